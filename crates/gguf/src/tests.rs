@@ -1,0 +1,133 @@
+use super::*;
+use crate::writer::GgufWriter;
+use std::io::Write;
+
+fn sample() -> GgufWriter {
+    GgufWriter::new()
+        .meta("general.architecture", Value::String("llama".into()))
+        .meta("llama.block_count", Value::U32(2))
+        .meta("llama.rope.freq_base", Value::F32(10000.0))
+        .meta("tokenizer.ggml.tokens", Value::Array(vec![Value::String("a".into()), Value::String("b".into())]))
+        .f32_tensor("w", &[4, 2], &[1., 2., 3., 4., 5., 6., 7., 8.])
+        .f32_tensor("b", &[3], &[9., 10., 11.])
+}
+
+fn write(bytes: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(bytes).unwrap();
+    f
+}
+
+#[test]
+fn round_trip() {
+    let f = write(&sample().to_bytes());
+    let g = GgufFile::open(f.path()).unwrap();
+    assert_eq!(g.version, 3);
+    assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
+    assert_eq!(g.get_u64("llama.block_count").unwrap(), 2);
+    assert_eq!(g.get_f64("llama.rope.freq_base").unwrap(), 10000.0);
+    assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap(), vec!["a", "b"]);
+    let w = g.tensor_info("w").unwrap();
+    assert_eq!(w.shape(), vec![2, 4]);
+    let data = g.tensor_data(w).unwrap();
+    assert_eq!(f32::from_le_bytes(data[12..16].try_into().unwrap()), 4.0);
+    let b = g.tensor_data(g.tensor_info("b").unwrap()).unwrap();
+    assert_eq!(f32::from_le_bytes(b[8..12].try_into().unwrap()), 11.0);
+    g.check_tensor_data().unwrap();
+}
+
+#[test]
+fn wrong_type_and_missing_key_are_named() {
+    let f = write(&sample().to_bytes());
+    let g = GgufFile::open(f.path()).unwrap();
+    let e = g.get_u64("general.architecture").unwrap_err().to_string();
+    assert!(e.contains("general.architecture") && e.contains("string"), "{e}");
+    let e = g.get_str("nope").unwrap_err().to_string();
+    assert!(e.contains("\"nope\" is missing"), "{e}");
+    let e = g.tensor_info("zz").unwrap_err().to_string();
+    assert!(e.contains("\"zz\""), "{e}");
+}
+
+#[test]
+fn bad_magic_names_file_and_problem() {
+    let f = write(b"{\"__metadata__\": 1}");
+    let e = GgufFile::open(f.path()).unwrap_err().to_string();
+    assert!(e.contains("not a GGUF file"), "{e}");
+    assert!(e.contains(&f.path().display().to_string()), "{e}");
+}
+
+#[test]
+fn every_truncation_of_the_header_is_an_error_not_a_panic() {
+    let bytes = sample().to_bytes();
+    let header_end = bytes.len() - 64; // both tensors are inside the last 64 bytes
+    for n in 0..header_end {
+        let f = write(&bytes[..n]);
+        assert!(GgufFile::open(f.path()).is_err(), "prefix of {n} bytes was accepted");
+    }
+}
+
+#[test]
+fn truncated_tensor_data_is_reported_on_access() {
+    let bytes = sample().to_bytes();
+    let f = write(&bytes[..bytes.len() - 4]);
+    let g = GgufFile::open(f.path()).expect("header is intact");
+    let e = g.check_tensor_data().unwrap_err().to_string();
+    assert!(e.contains("truncated") && e.contains("\"b\""), "{e}");
+}
+
+#[test]
+fn huge_counts_are_rejected_before_allocating() {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&u64::MAX.to_le_bytes()); // tensors
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    let f = write(&bytes);
+    let e = GgufFile::open(f.path()).unwrap_err().to_string();
+    assert!(e.contains("tensor infos"), "{e}");
+
+    // A string whose length field claims 2^60 bytes.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    bytes.extend_from_slice(&[0; 16]);
+    let f = write(&bytes);
+    let e = GgufFile::open(f.path()).unwrap_err().to_string();
+    assert!(e.contains("truncated or corrupt"), "{e}");
+
+    // An array claiming 2^62 u64 items.
+    let g = GgufWriter::new().meta("k", Value::Array(vec![Value::U64(1)])).to_bytes();
+    let mut bytes = g.clone();
+    let pos = 24 + 8 + 1 + 4 + 4; // header, key len, key, value type, item type
+    bytes[pos..pos + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    let f = write(&bytes);
+    let e = GgufFile::open(f.path()).unwrap_err().to_string();
+    assert!(e.contains("items in \"k\""), "{e}");
+}
+
+#[test]
+fn unsupported_versions_and_types_are_named() {
+    let mut bytes = sample().to_bytes();
+    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let f = write(&bytes);
+    let e = GgufFile::open(f.path()).unwrap_err().to_string();
+    assert!(e.contains("version 1"), "{e}");
+
+    let w = GgufWriter::new().tensor("t", &[32], GgmlType::F32, vec![0; 128]).to_bytes();
+    let mut bytes = w.clone();
+    // Type code sits after: header 24, name len 8 + "t", n_dims 4, dim 8.
+    let pos = 24 + 8 + 1 + 4 + 8;
+    bytes[pos..pos + 4].copy_from_slice(&16u32.to_le_bytes());
+    let f = write(&bytes);
+    let e = GgufFile::open(f.path()).unwrap_err().to_string();
+    assert!(e.contains("IQ2_XXS is not supported"), "{e}");
+}
+
+#[test]
+fn block_size_mismatch_is_rejected() {
+    let w = GgufWriter::new().tensor("q", &[31], GgmlType::Q4_0, vec![0; 18]).to_bytes();
+    let f = write(&w);
+    let e = GgufFile::open(f.path()).unwrap_err().to_string();
+    assert!(e.contains("block size 32"), "{e}");
+}
