@@ -1,1 +1,36 @@
-//! placeholder
+//! Model architectures and weight loading for Seek.
+//!
+//! Design decision: a model is a pure function of its weights. The KV cache is created by
+//! the model ([`CausalLm::new_cache`]) but owned by the caller and passed into every
+//! [`CausalLm::forward`], which returns logits for *every* position, so the same code serves
+//! prefill, decode, batched serving and training. One file per architecture (`llama.rs`,
+//! `qwen2.rs`); weights come from GGUF or safetensors through [`weights::Weights`].
+#![deny(missing_docs)]
+
+use candle_core::{Device, Tensor};
+
+mod error;
+mod kv_cache;
+pub mod llama;
+mod load;
+pub mod qwen2;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+pub use kv_cache::KvCache;
+pub use load::{inspect, load, LoadOptions, LoadedModel, ModelFormat, ModelInfo};
+
+/// A decoder-only language model.
+pub trait CausalLm: Send + Sync {
+    /// Runs `input_ids: (B, T)` after the `cache.seq_len()` positions already cached, appends
+    /// their keys and values to `cache`, and returns logits `(B, T, V)` in f32.
+    fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+    /// An empty cache shaped for this model.
+    fn new_cache(&self) -> KvCache;
+    /// V.
+    fn vocab_size(&self) -> usize;
+    /// The context length the model was trained for.
+    fn max_context(&self) -> usize;
+    /// Where the weights live.
+    fn device(&self) -> &Device;
+}

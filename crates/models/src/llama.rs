@@ -1,0 +1,643 @@
+//! Llama: SmolLM2, Llama 3.x and DeepSeek-R1-Distill-Llama.
+//!
+//! Traits: pre-norm decoder, RMSNorm, grouped-query attention (GQA), SwiGLU MLP, rotary
+//! embeddings (RoPE) with optional Llama 3 frequency scaling, optional q/k/v biases (used by
+//! Qwen2, which reuses these layers: see `qwen2.rs`).
+//!
+//! RoPE layout: Hugging Face checkpoints rotate halves (`rotate_half`); llama.cpp's converter
+//! permutes the q/k rows of `llama` GGUF files so that ggml can rotate interleaved pairs, so
+//! a GGUF llama uses the interleaved form and gets the same numbers.
+//!
+//! Checked against: transformers `LlamaForCausalLM` / `Qwen2ForCausalLM` (f32 logits of
+//! tiny random checkpoints, `tools/make_golden.py`) and against transformers loading the
+//! real GGUF sample models (`tools/make_gguf_reference.py`).
+//!
+//! Shapes: B batch, T new positions, S cached + new positions, E hidden size, H query heads,
+//! Hkv key/value heads, D head dim, F intermediate size, V vocabulary.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+use serde::Deserialize;
+
+use crate::weights::{Embedding, Weights};
+use crate::{CausalLm, KvCache, ModelError, Result};
+
+/// `rope_scaling` / `rope_parameters` of a Hugging Face config (transformers v4 and v5 names).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RopeParameters {
+    /// `default`, `llama3`, `linear`, `yarn`, ...
+    #[serde(alias = "type")]
+    pub rope_type: Option<String>,
+    /// Base frequency (transformers v5 keeps it here).
+    pub rope_theta: Option<f64>,
+    /// Scaling factor.
+    pub factor: Option<f64>,
+    /// Llama 3: low-frequency factor.
+    pub low_freq_factor: Option<f64>,
+    /// Llama 3: high-frequency factor.
+    pub high_freq_factor: Option<f64>,
+    /// Llama 3: the context length the model was pre-trained with.
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// Hugging Face `config.json` of a Llama model (field names as in `LlamaConfig`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// V.
+    pub vocab_size: usize,
+    /// E.
+    pub hidden_size: usize,
+    /// F.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// H.
+    pub num_attention_heads: usize,
+    /// Hkv; defaults to H.
+    pub num_key_value_heads: Option<usize>,
+    /// D; defaults to E / H.
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base (transformers v4).
+    pub rope_theta: Option<f64>,
+    /// RoPE scaling (transformers v4).
+    pub rope_scaling: Option<RopeParameters>,
+    /// RoPE base and scaling (transformers v5).
+    pub rope_parameters: Option<RopeParameters>,
+    /// Longest context the model was trained for.
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    /// Whether the output projection reuses the embedding table.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v/o projections.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Biases on the MLP projections (not supported).
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Activation of the MLP (`silu`).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_max_positions() -> usize {
+    4096
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+/// Llama 3 RoPE frequency scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// Rotary embedding settings.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RopeConfig {
+    pub theta: f64,
+    pub llama3: Option<Llama3Scaling>,
+    /// Per-frequency divisors stored by llama.cpp (`rope_freqs.weight`): Llama 3 scaling in GGUF.
+    pub freq_factors: Option<Vec<f32>>,
+    /// Rotate interleaved pairs (GGUF `llama`) instead of halves.
+    pub interleaved: bool,
+}
+
+/// The checked hyperparameters of a Llama-family decoder, shared by `llama` and `qwen2`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DecoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope: RopeConfig,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+}
+
+impl Config {
+    /// Checks the values and turns them into the decoder's settings.
+    pub(crate) fn decoder(&self) -> std::result::Result<DecoderConfig, String> {
+        if self.mlp_bias {
+            return Err("mlp_bias = true is not supported".into());
+        }
+        if self.hidden_act != "silu" {
+            return Err(format!("hidden_act {:?} is not supported (only \"silu\")", self.hidden_act));
+        }
+        let rope = self.rope_parameters.clone().or_else(|| self.rope_scaling.clone()).unwrap_or_default();
+        let theta = self.rope_theta.or(rope.rope_theta).unwrap_or(10_000.0);
+        let llama3 = match rope.rope_type.as_deref() {
+            None | Some("default") => None,
+            Some("llama3") => {
+                let need = |v: Option<f64>, name: &str| v.ok_or_else(|| format!("rope_scaling.{name} is missing"));
+                Some(Llama3Scaling {
+                    factor: need(rope.factor, "factor")?,
+                    low_freq_factor: need(rope.low_freq_factor, "low_freq_factor")?,
+                    high_freq_factor: need(rope.high_freq_factor, "high_freq_factor")?,
+                    original_max_position_embeddings: rope
+                        .original_max_position_embeddings
+                        .ok_or("rope_scaling.original_max_position_embeddings is missing")?,
+                })
+            }
+            Some(other) => return Err(format!("rope type {other:?} is not supported for llama/qwen2 (default, llama3)")),
+        };
+        let cfg = DecoderConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim: self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+            rms_norm_eps: self.rms_norm_eps,
+            rope: RopeConfig { theta, llama3, freq_factors: None, interleaved: false },
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+            attention_bias: self.attention_bias,
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+impl DecoderConfig {
+    /// Rejects values no real model has, before any of them sizes an allocation.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let fields = [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_layers, 1024),
+            ("num_attention_heads", self.num_heads, 1024),
+            ("num_key_value_heads", self.num_kv_heads, 1024),
+            ("head_dim", self.head_dim, 1024),
+        ];
+        for (name, v, max) in fields {
+            if v == 0 || v > max {
+                return Err(format!("{name} = {v} is out of range (1..={max})"));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(format!(
+                "num_attention_heads = {} is not a multiple of num_key_value_heads = {}",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim = {} must be even for RoPE", self.head_dim));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(format!("rms_norm_eps = {} is out of range (0, 1)", self.rms_norm_eps));
+        }
+        if !(self.rope.theta > 1.0 && self.rope.theta.is_finite()) {
+            return Err(format!("rope_theta = {} must be a finite number above 1", self.rope.theta));
+        }
+        Ok(())
+    }
+
+    /// Reads the hyperparameters llama.cpp writes under `{arch}.*`.
+    pub fn from_gguf(file: &std::sync::Arc<seek_gguf::GgufFile>, arch: &str, attention_bias: bool) -> Result<Self> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let n_heads = file.get_u64(&key("attention.head_count"))? as usize;
+        let hidden = file.get_u64(&key("embedding_length"))? as usize;
+        let head_dim = match file.get_u64(&key("attention.key_length")) {
+            Ok(d) => d as usize,
+            Err(_) => hidden / n_heads.max(1),
+        };
+        let vocab = match file.get_u64(&key("vocab_size")) {
+            Ok(v) => v as usize,
+            Err(_) => file.tensor_info("token_embd.weight")?.shape()[0],
+        };
+        if let Ok(rope_dims) = file.get_u64(&key("rope.dimension_count")) {
+            if rope_dims as usize != head_dim {
+                return Err(config_err(file.path(), format!(
+                    "{arch}.rope.dimension_count = {rope_dims} differs from the head size {head_dim}; partial RoPE is not supported"
+                )));
+            }
+        }
+        let freq_factors = match file.tensor_info("rope_freqs.weight") {
+            Ok(info) if info.n_elements() as usize == head_dim / 2 => {
+                let t = Weights::Gguf { file: file.clone(), device: Device::Cpu };
+                Some(t.tensor("rope_freqs.weight", &[head_dim / 2])?.to_vec1::<f32>()?)
+            }
+            Ok(info) => {
+                return Err(config_err(file.path(), format!(
+                    "rope_freqs.weight has {} values, expected head_dim / 2 = {}",
+                    info.n_elements(),
+                    head_dim / 2
+                )))
+            }
+            Err(_) => None,
+        };
+        let cfg = DecoderConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: file.get_u64(&key("feed_forward_length"))? as usize,
+            num_layers: file.get_u64(&key("block_count"))? as usize,
+            num_heads: n_heads,
+            num_kv_heads: file.get_u64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads),
+            head_dim,
+            rms_norm_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope: RopeConfig {
+                theta: file.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+                llama3: None,
+                freq_factors,
+                // ggml rotates interleaved pairs for `llama` (the converter permuted q/k) and
+                // halves (NEOX style) for `qwen2`.
+                interleaved: arch == "llama",
+            },
+            max_position_embeddings: file.get_u64(&key("context_length")).map(|v| v as usize).unwrap_or(4096),
+            tie_word_embeddings: !file.has_tensor("output.weight"),
+            attention_bias,
+        };
+        cfg.check().map_err(|p| config_err(file.path(), p))?;
+        Ok(cfg)
+    }
+
+    /// Bytes of KV cache one token costs in f32.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        (2 * self.num_layers * self.num_kv_heads * self.head_dim * 4) as u64
+    }
+}
+
+pub(crate) fn config_err(path: &std::path::Path, problem: String) -> ModelError {
+    ModelError::Config { path: path.to_path_buf(), problem }
+}
+
+/// Root-mean-square layer norm.
+#[derive(Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn new(w: &Weights, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.tensor(name, &[size])?.to_dtype(w.dtype())?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+/// `x @ W^T + b` with a possibly quantized `W: (out, in)`.
+#[derive(Clone)]
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(w: &Weights, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
+        let weight = w.matmul(&format!("{prefix}.weight"), out_dim, in_dim)?;
+        let bias = if bias { Some(w.tensor(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Inverse frequencies of the rotary embedding, `(D/2,)`, as transformers computes them.
+fn inv_freq(cfg: &DecoderConfig) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let mut f: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / (cfg.rope.theta as f32).powf((2 * i) as f32 / d as f32))
+        .collect();
+    if let Some(s) = &cfg.rope.llama3 {
+        let old = s.original_max_position_embeddings as f32;
+        let low_wavelen = old / s.low_freq_factor as f32;
+        let high_wavelen = old / s.high_freq_factor as f32;
+        let factor = s.factor as f32;
+        for x in &mut f {
+            let wavelen = 2.0 * std::f32::consts::PI / *x;
+            if wavelen > low_wavelen {
+                *x /= factor;
+            } else if wavelen >= high_wavelen {
+                let smooth = (old / wavelen - s.low_freq_factor as f32)
+                    / (s.high_freq_factor as f32 - s.low_freq_factor as f32);
+                *x = (1.0 - smooth) * *x / factor + smooth * *x;
+            }
+        }
+    }
+    if let Some(factors) = &cfg.rope.freq_factors {
+        for (x, div) in f.iter_mut().zip(factors) {
+            *x /= div;
+        }
+    }
+    f
+}
+
+/// Rotary position embedding for positions `offset..offset + T`.
+#[derive(Clone)]
+struct Rope {
+    inv_freq: Vec<f32>,
+    interleaved: bool,
+}
+
+impl Rope {
+    /// `(cos, sin)`, each `(T, D/2)`.
+    fn tables(&self, offset: usize, t: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut angles = Vec::with_capacity(t * half);
+        for pos in offset..offset + t {
+            angles.extend(self.inv_freq.iter().map(|f| pos as f32 * f));
+        }
+        let angles = Tensor::from_vec(angles, (t, half), device)?;
+        Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+    }
+
+    /// Rotates `x: (B, H, T, D)`.
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x, cos, sin)?
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &DecoderConfig, w: &Weights, prefix: &str) -> Result<Self> {
+        let (e, h, hkv, d) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: Linear::new(w, &format!("{prefix}.q_proj"), h * d, e, bias)?,
+            k_proj: Linear::new(w, &format!("{prefix}.k_proj"), hkv * d, e, bias)?,
+            v_proj: Linear::new(w, &format!("{prefix}.v_proj"), hkv * d, e, bias)?,
+            // Qwen2 has biases on q/k/v but not on o.
+            o_proj: Linear::new(w, &format!("{prefix}.o_proj"), e, h * d, false)?,
+            num_heads: h,
+            num_kv_heads: hkv,
+            head_dim: d,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, step: &Step, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
+        let q = self.q_proj.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, hkv, d))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, hkv, d))?.transpose(1, 2)?.contiguous()?;
+        let q = step.rope.apply(&q, &step.cos, &step.sin)?;
+        let k = step.rope.apply(&k, &step.cos, &step.sin)?;
+        // (B, Hkv, S, D)
+        let (k, v) = cache.append(layer, &k, &v)?;
+        // GQA: each group of H/Hkv query heads shares one key/value head.
+        let group = h / hkv;
+        let s = k.dim(2)?;
+        // (B, Hkv, G*T, D): the queries of one group stacked along time, one matmul per KV head.
+        let q = q.reshape((b, hkv, group * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        // (B, Hkv, G*T, D) @ (B, Hkv, D, S) -> (B, Hkv, G*T, S)
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = match &step.mask {
+            // mask: (T, S) broadcast over (B, Hkv, G, T, S)
+            Some(mask) => att.reshape((b, hkv, group, t, s))?.broadcast_add(mask)?.reshape((b, hkv, group * t, s))?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        // (B, Hkv, G*T, S) @ (B, Hkv, S, D) -> (B, Hkv, G*T, D) = (B, H, T, D)
+        let y = att.matmul(&v)?.reshape((b, h, t, d))?;
+        // (B, H, T, D) -> (B, T, H*D)
+        let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// SwiGLU: `down(silu(gate(x)) * up(x))`.
+#[derive(Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &DecoderConfig, w: &Weights, prefix: &str) -> Result<Self> {
+        let (e, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: Linear::new(w, &format!("{prefix}.gate_proj"), f, e, false)?,
+            up_proj: Linear::new(w, &format!("{prefix}.up_proj"), f, e, false)?,
+            down_proj: Linear::new(w, &format!("{prefix}.down_proj"), e, f, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Clone)]
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(cfg: &DecoderConfig, w: &Weights, layer: usize) -> Result<Self> {
+        let p = format!("model.layers.{layer}");
+        let (e, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(Self {
+            input_layernorm: RmsNorm::new(w, &format!("{p}.input_layernorm.weight"), e, eps)?,
+            self_attn: Attention::new(cfg, w, &format!("{p}.self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(w, &format!("{p}.post_attention_layernorm.weight"), e, eps)?,
+            mlp: Mlp::new(cfg, w, &format!("{p}.mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, step: &Step, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, step, cache, layer)?)?;
+        Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    }
+}
+
+/// Per-forward values every layer shares.
+struct Step {
+    rope: Rope,
+    cos: Tensor,
+    sin: Tensor,
+    /// Additive causal mask `(T, S)`, or none for a single new position.
+    mask: Option<Tensor>,
+}
+
+/// A Llama-family decoder-only transformer.
+#[derive(Clone)]
+pub struct Llama {
+    cfg: DecoderConfig,
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: QMatMul,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+impl Llama {
+    /// Builds the model from a Hugging Face `config.json` and its weights.
+    pub fn new(cfg: &Config, w: &Weights) -> Result<Self> {
+        let dec = cfg.decoder().map_err(|p| config_err(w.path(), p))?;
+        Self::from_decoder(dec, w)
+    }
+
+    pub(crate) fn from_decoder(cfg: DecoderConfig, w: &Weights) -> Result<Self> {
+        let (v, e) = (cfg.vocab_size, cfg.hidden_size);
+        let embed_tokens = w.embedding("model.embed_tokens.weight", v, e)?;
+        let layers = (0..cfg.num_layers).map(|i| Block::new(&cfg, w, i)).collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(w, "model.norm.weight", e, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
+            w.matmul("model.embed_tokens.weight", v, e)?
+        } else {
+            w.matmul("lm_head.weight", v, e)?
+        };
+        let rope = Rope { inv_freq: inv_freq(&cfg), interleaved: cfg.rope.interleaved };
+        Ok(Self { embed_tokens, layers, norm, lm_head, rope, device: w.device().clone(), dtype: w.dtype(), cfg })
+    }
+}
+
+/// Additive causal mask `(T, S)` for `T` new positions after `offset` cached ones.
+fn causal_mask(t: usize, offset: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    let s = offset + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, s), device)?.to_dtype(dtype)?)
+}
+
+impl CausalLm for Llama {
+    fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (_b, t) = input_ids.dims2()?;
+        let offset = cache.seq_len();
+        if cache.n_layers() != self.layers.len() {
+            return Err(ModelError::Input(format!(
+                "the KV cache has {} layers but the model has {}; make it with CausalLm::new_cache",
+                cache.n_layers(),
+                self.layers.len()
+            )));
+        }
+        if t == 0 {
+            return Err(ModelError::Input("forward needs at least one token".into()));
+        }
+        let (cos, sin) = self.rope.tables(offset, t, &self.device, self.dtype)?;
+        let mask = if t > 1 { Some(causal_mask(t, offset, &self.device, self.dtype)?) } else { None };
+        let step = Step { rope: self.rope.clone(), cos, sin, mask };
+        // (B, T) -> (B, T, E)
+        let mut x = self.embed_tokens.forward(input_ids)?.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &step, cache, i)?;
+        }
+        cache.advance(t);
+        let x = self.norm.forward(&x)?;
+        // (B, T, E) -> (B, T, V), in f32 whatever the compute type
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn max_context(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(theta: f64, llama3: Option<Llama3Scaling>) -> DecoderConfig {
+        DecoderConfig {
+            vocab_size: 10,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope: RopeConfig { theta, llama3, freq_factors: None, interleaved: false },
+            max_position_embeddings: 128,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        }
+    }
+
+    #[test]
+    fn inv_freq_matches_formula() {
+        let f = inv_freq(&cfg(10000.0, None));
+        assert_eq!(f.len(), 4);
+        assert!((f[0] - 1.0).abs() < 1e-7);
+        assert!((f[1] - 0.1).abs() < 1e-7);
+        assert!((f[3] - 0.001).abs() < 1e-9);
+    }
+
+    #[test]
+    fn llama3_scaling_divides_low_frequencies_only() {
+        let s = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 };
+        let plain = inv_freq(&cfg(500000.0, None));
+        let scaled = inv_freq(&cfg(500000.0, Some(s)));
+        // The highest frequency (wavelength 2π < 16) is unchanged; the lowest is divided by 8.
+        assert_eq!(plain[0], scaled[0]);
+        assert!((scaled[3] - plain[3] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_configs_are_rejected_with_the_field_name() {
+        let mut c = cfg(10000.0, None);
+        c.num_kv_heads = 3;
+        assert!(c.check().unwrap_err().contains("num_key_value_heads"));
+        let mut c = cfg(10000.0, None);
+        c.vocab_size = usize::MAX;
+        assert!(c.check().unwrap_err().contains("vocab_size"));
+    }
+
+    #[test]
+    fn causal_mask_allows_cached_positions() {
+        let m = causal_mask(2, 3, &Device::Cpu, DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0][..4], [0.0; 4]);
+        assert_eq!(m[0][4], f32::NEG_INFINITY);
+        assert_eq!(m[1], vec![0.0; 5]);
+    }
+}

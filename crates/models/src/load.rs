@@ -1,0 +1,332 @@
+//! Opening a model: a GGUF file or a Hugging Face folder, dispatched on its architecture.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use seek_gguf::GgufFile;
+use serde::Serialize;
+
+use crate::llama::{self, config_err, DecoderConfig, Llama};
+use crate::weights::Weights;
+use crate::{qwen2, CausalLm, ModelError, Result};
+
+const SUPPORTED: &str = "llama (SmolLM2, Llama 3, R1-Distill-Llama) and qwen2 (Qwen2.5, R1-Distill-Qwen)";
+
+/// How to load weights.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where to place tensors.
+    pub device: Device,
+    /// Compute type for safetensors weights (GGUF keeps its encodings and computes in f32).
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32 }
+    }
+}
+
+/// What kind of file a model came from.
+#[derive(Debug, Clone)]
+pub enum ModelFormat {
+    /// A GGUF file; the tokenizer and chat template are in its metadata.
+    Gguf(Arc<GgufFile>),
+    /// A Hugging Face folder with `config.json`, safetensors and `tokenizer.json`.
+    HfDir(PathBuf),
+}
+
+/// A summary of a model for `seek inspect` and logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// `llama` or `qwen2`.
+    pub architecture: String,
+    /// Model name from the metadata, when present.
+    pub name: Option<String>,
+    /// The file or folder.
+    pub path: PathBuf,
+    /// `gguf` or `safetensors`.
+    pub format: &'static str,
+    /// Number of weights.
+    pub parameters: u64,
+    /// Bytes of weight data.
+    pub weight_bytes: u64,
+    /// Number of weights per encoding, e.g. `Q4_K` -> 123456.
+    pub weight_types: BTreeMap<String, u64>,
+    /// V.
+    pub vocab_size: usize,
+    /// E.
+    pub hidden_size: usize,
+    /// F.
+    pub intermediate_size: usize,
+    /// Layers.
+    pub num_layers: usize,
+    /// H.
+    pub num_heads: usize,
+    /// Hkv.
+    pub num_kv_heads: usize,
+    /// D.
+    pub head_dim: usize,
+    /// Training context length.
+    pub context_length: usize,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// KV-cache bytes per token (f32 keys and values of every layer).
+    pub kv_bytes_per_token: u64,
+}
+
+/// A model ready to run, with what was learnt while loading it.
+pub struct LoadedModel {
+    /// The network.
+    pub model: Box<dyn CausalLm>,
+    /// Its summary.
+    pub info: ModelInfo,
+    /// The source, for the tokenizer.
+    pub format: ModelFormat,
+}
+
+/// Reads what a model is without loading its weights (fast; works on truncated GGUF files).
+pub fn inspect(path: &Path) -> Result<(ModelInfo, ModelFormat)> {
+    if path.is_dir() {
+        if let Some(gguf) = single_gguf_in(path)? {
+            return inspect(&gguf);
+        }
+        let (arch, dec, _) = hf_config(path)?;
+        let files = safetensors_files(path)?;
+        let (parameters, weight_bytes, weight_types) = safetensors_stats(path, &files)?;
+        let info = info_from(&arch, None, path, "safetensors", &dec, parameters, weight_bytes, weight_types);
+        Ok((info, ModelFormat::HfDir(path.to_path_buf())))
+    } else {
+        let file = Arc::new(GgufFile::open(path)?);
+        let (arch, dec) = gguf_config(&file)?;
+        let mut types = BTreeMap::new();
+        let (mut params, mut bytes) = (0, 0);
+        for t in &file.tensors {
+            *types.entry(t.ggml_type.name().to_string()).or_insert(0) += t.n_elements();
+            params += t.n_elements();
+            bytes += t.n_bytes;
+        }
+        let name = file.get_str("general.name").ok().map(str::to_string);
+        let info = info_from(&arch, name, path, "gguf", &dec, params, bytes, types);
+        Ok((info, ModelFormat::Gguf(file)))
+    }
+}
+
+/// Loads a model from a GGUF file or a Hugging Face folder (a folder holding one `.gguf`
+/// file counts as that file).
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
+    let (info, format) = inspect(path)?;
+    let model: Box<dyn CausalLm> = match &format {
+        ModelFormat::Gguf(file) => {
+            // One clear message for a truncated download, before any tensor is touched.
+            file.check_tensor_data()?;
+            let (_, dec) = gguf_config(file)?;
+            let w = Weights::Gguf { file: file.clone(), device: opts.device.clone() };
+            Box::new(Llama::from_decoder(dec, &w)?)
+        }
+        ModelFormat::HfDir(dir) => {
+            let (_, _, raw) = hf_config(dir)?;
+            let files = safetensors_files(dir)?;
+            let w = Weights::from_safetensors(dir, &files, opts.dtype, &opts.device)?;
+            match raw {
+                HfConfig::Llama(c) => Box::new(Llama::new(&c, &w)?),
+                HfConfig::Qwen2(c) => Box::new(qwen2::new(&c, &w)?),
+            }
+        }
+    };
+    Ok(LoadedModel { model, info, format })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn info_from(
+    arch: &str,
+    name: Option<String>,
+    path: &Path,
+    format: &'static str,
+    dec: &DecoderConfig,
+    parameters: u64,
+    weight_bytes: u64,
+    weight_types: BTreeMap<String, u64>,
+) -> ModelInfo {
+    ModelInfo {
+        architecture: arch.to_string(),
+        name,
+        path: path.to_path_buf(),
+        format,
+        parameters,
+        weight_bytes,
+        weight_types,
+        vocab_size: dec.vocab_size,
+        hidden_size: dec.hidden_size,
+        intermediate_size: dec.intermediate_size,
+        num_layers: dec.num_layers,
+        num_heads: dec.num_heads,
+        num_kv_heads: dec.num_kv_heads,
+        head_dim: dec.head_dim,
+        context_length: dec.max_position_embeddings,
+        rope_theta: dec.rope.theta,
+        kv_bytes_per_token: dec.kv_bytes_per_token(),
+    }
+}
+
+fn gguf_config(file: &Arc<GgufFile>) -> Result<(String, DecoderConfig)> {
+    let arch = file.get_str("general.architecture")?.to_string();
+    let dec = match arch.as_str() {
+        "llama" => DecoderConfig::from_gguf(file, "llama", false)?,
+        "qwen2" => DecoderConfig::from_gguf(file, "qwen2", true)?,
+        _ => {
+            return Err(ModelError::UnsupportedArchitecture {
+                path: file.path().to_path_buf(),
+                arch,
+                supported: SUPPORTED,
+            })
+        }
+    };
+    Ok((arch, dec))
+}
+
+enum HfConfig {
+    Llama(llama::Config),
+    Qwen2(qwen2::Config),
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|e| config_err(path, format!("not valid JSON: {e}")))
+}
+
+fn hf_config(dir: &Path) -> Result<(String, DecoderConfig, HfConfig)> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(config_err(
+            dir,
+            "no config.json here: pass a GGUF file, a Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a repo id".into(),
+        ));
+    }
+    let json = read_json(&path)?;
+    let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let parse = |what| config_err(&path, format!("{what}"));
+    let (dec, raw) = match model_type.as_str() {
+        "llama" => {
+            let c: llama::Config = serde_json::from_value(json).map_err(parse)?;
+            (c.decoder().map_err(|p| config_err(&path, p))?, HfConfig::Llama(c))
+        }
+        "qwen2" => {
+            let c: qwen2::Config = serde_json::from_value(json).map_err(parse)?;
+            (c.decoder().map_err(|p| config_err(&path, p))?, HfConfig::Qwen2(c))
+        }
+        _ => {
+            return Err(ModelError::UnsupportedArchitecture {
+                path: path.clone(),
+                arch: if model_type.is_empty() { "(no model_type)".into() } else { model_type },
+                supported: SUPPORTED,
+            })
+        }
+    };
+    Ok((model_type, dec, raw))
+}
+
+fn single_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
+    if dir.join("config.json").exists() {
+        return Ok(None);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    let ggufs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    match ggufs.len() {
+        0 => Ok(None),
+        1 => Ok(ggufs.into_iter().next()),
+        n => Err(config_err(dir, format!("the folder holds {n} .gguf files; pass the one to run"))),
+    }
+}
+
+/// The safetensors files of a folder: those named by `model.safetensors.index.json`, else
+/// `model.safetensors`, else every `*.safetensors`.
+pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let json = read_json(&index)?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| config_err(&index, "has no \"weight_map\" object".into()))?;
+        let mut names: Vec<&str> = Vec::new();
+        for v in map.values() {
+            let f = v.as_str().ok_or_else(|| config_err(&index, "weight_map values must be file names".into()))?;
+            // The index is untrusted: shard names must be plain file names inside the folder.
+            if f.contains('/') || f.contains('\\') || f == ".." || !f.ends_with(".safetensors") {
+                return Err(config_err(&index, format!("shard name {f:?} is not a plain *.safetensors file name")));
+            }
+            if !names.contains(&f) {
+                names.push(f);
+            }
+        }
+        names.sort();
+        let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            return Err(config_err(&index, format!("names shard {}, which is not in the folder; download every shard", missing.display())));
+        }
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(config_err(dir, "no *.safetensors weights in the folder (PyTorch .bin checkpoints are not supported: convert them to safetensors)".into()));
+    }
+    Ok(files)
+}
+
+fn safetensors_stats(dir: &Path, files: &[PathBuf]) -> Result<(u64, u64, BTreeMap<String, u64>)> {
+    let (mut params, mut bytes, mut types) = (0u64, 0u64, BTreeMap::new());
+    for f in files {
+        let header = read_safetensors_header(f)?;
+        for (name, t) in header.as_object().into_iter().flatten() {
+            if name == "__metadata__" {
+                continue;
+            }
+            let n: u64 = t
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .map(|s| s.iter().filter_map(|d| d.as_u64()).product())
+                .unwrap_or(0);
+            let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?").to_string();
+            if let Some([a, b]) = t.get("data_offsets").and_then(|o| o.as_array()).map(|o| o.as_slice()) {
+                bytes += b.as_u64().unwrap_or(0).saturating_sub(a.as_u64().unwrap_or(0));
+            }
+            params += n;
+            *types.entry(dtype).or_insert(0) += n;
+        }
+    }
+    let _ = dir;
+    Ok((params, bytes, types))
+}
+
+/// The JSON header of a safetensors file, read with its length checked first.
+fn read_safetensors_header(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    const MAX_HEADER: u64 = 100 << 20;
+    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let file_len = f.metadata().map_err(io)?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| config_err(path, "too short to be a safetensors file".into()))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER || len + 8 > file_len {
+        return Err(config_err(path, format!("safetensors header claims {len} bytes; the file ({file_len} bytes) is corrupt or truncated")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).map_err(io)?;
+    serde_json::from_slice(&buf).map_err(|e| config_err(path, format!("safetensors header is not valid JSON: {e}")))
+}

@@ -1,0 +1,269 @@
+//! Where weights come from: a GGUF file (quantized, memory-mapped) or Hugging Face safetensors.
+//!
+//! Model code asks for tensors by their Hugging Face names (`model.layers.0.self_attn.q_proj.weight`);
+//! the GGUF source translates them to llama.cpp names (`blk.0.attn_q.weight`). So each
+//! architecture file is written once, against one vocabulary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use seek_gguf::{GgmlType, GgufFile};
+
+use crate::{ModelError, Result};
+
+/// A source of named weight tensors.
+#[derive(Clone)]
+pub enum Weights {
+    /// Tensors of a GGUF file, kept in their quantized encoding.
+    Gguf {
+        /// The open file.
+        file: Arc<GgufFile>,
+        /// Where tensors are placed.
+        device: Device,
+    },
+    /// Tensors of one or more safetensors files, converted to `dtype` on load.
+    Safetensors {
+        /// The folder they came from (for messages).
+        dir: PathBuf,
+        /// candle's memory-mapped reader.
+        vb: VarBuilder<'static>,
+    },
+}
+
+/// Translates a Hugging Face tensor name into the llama.cpp GGUF name.
+pub fn gguf_name(hf: &str) -> String {
+    const WHOLE: &[(&str, &str)] = &[
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = WHOLE.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    const PARTS: &[(&str, &str)] = &[
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+    ];
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        if let Some((layer, tail)) = rest.split_once('.') {
+            for (h, g) in PARTS {
+                if let Some(suffix) = tail.strip_prefix(h) {
+                    return format!("blk.{layer}.{g}{suffix}");
+                }
+            }
+        }
+    }
+    hf.to_string()
+}
+
+fn ggml_dtype(t: GgmlType) -> Result<GgmlDType> {
+    Ok(match t {
+        GgmlType::F32 => GgmlDType::F32,
+        GgmlType::F16 => GgmlDType::F16,
+        GgmlType::BF16 => GgmlDType::BF16,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q5_0 => GgmlDType::Q5_0,
+        GgmlType::Q5_1 => GgmlDType::Q5_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q8_1 => GgmlDType::Q8_1,
+        GgmlType::Q2K => GgmlDType::Q2K,
+        GgmlType::Q3K => GgmlDType::Q3K,
+        GgmlType::Q4K => GgmlDType::Q4K,
+        GgmlType::Q5K => GgmlDType::Q5K,
+        GgmlType::Q6K => GgmlDType::Q6K,
+        GgmlType::Q8K => GgmlDType::Q8K,
+    })
+}
+
+impl Weights {
+    /// Opens the safetensors files of a Hugging Face folder (sharded or not).
+    pub fn from_safetensors(dir: &Path, files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        // SAFETY: the files are mapped read-only; like every mmap loader we assume no other
+        // process truncates them while the model is alive.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
+            ModelError::Config { path: dir.to_path_buf(), problem: format!("cannot read the safetensors weights: {e}") }
+        })?;
+        Ok(Self::Safetensors { dir: dir.to_path_buf(), vb })
+    }
+
+    /// Path of the file or folder, for messages.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Gguf { file, .. } => file.path(),
+            Self::Safetensors { dir, .. } => dir,
+        }
+    }
+
+    /// The device tensors are placed on.
+    pub fn device(&self) -> &Device {
+        match self {
+            Self::Gguf { device, .. } => device,
+            Self::Safetensors { vb, .. } => vb.device(),
+        }
+    }
+
+    /// The floating-point type activations use.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Gguf { .. } => DType::F32,
+            Self::Safetensors { vb, .. } => vb.dtype(),
+        }
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, hf_name: &str) -> bool {
+        match self {
+            Self::Gguf { file, .. } => file.has_tensor(&gguf_name(hf_name)),
+            Self::Safetensors { vb, .. } => vb.contains_tensor(hf_name),
+        }
+    }
+
+    fn missing(&self, name: &str) -> ModelError {
+        ModelError::MissingTensor { path: self.path().to_path_buf(), name: name.to_string() }
+    }
+
+    fn qtensor(&self, hf_name: &str, shape: &[usize]) -> Result<QTensor> {
+        let Self::Gguf { file, device } = self else { unreachable!("qtensor on a GGUF source only") };
+        let name = gguf_name(hf_name);
+        let info = file.tensor_info(&name).map_err(|_| self.missing(&name))?;
+        if info.shape() != shape {
+            return Err(ModelError::Shape { name, expected: shape.to_vec(), found: info.shape() });
+        }
+        let data = file.tensor_data(info)?;
+        let dtype = ggml_dtype(info.ggml_type)?;
+        let storage = QStorage::from_data(std::borrow::Cow::Borrowed(data), device, dtype)?;
+        Ok(QTensor::new(storage, shape)?)
+    }
+
+    /// A dense tensor (norm weights, biases), always dequantized, in [`Weights::dtype`].
+    pub fn tensor(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Self::Gguf { device, .. } => Ok(self.qtensor(hf_name, shape)?.dequantize(device)?),
+            Self::Safetensors { vb, .. } => {
+                if !vb.contains_tensor(hf_name) {
+                    return Err(self.missing(hf_name));
+                }
+                vb.get(shape, hf_name).map_err(|e| shape_or_candle(hf_name, shape, e))
+            }
+        }
+    }
+
+    /// A weight matrix `(out, in)` for `x @ W^T`, kept quantized when the file is.
+    pub fn matmul(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
+        match self {
+            Self::Gguf { .. } => Ok(QMatMul::from_qtensor(self.qtensor(hf_name, &[out_dim, in_dim])?)?),
+            Self::Safetensors { .. } => Ok(QMatMul::Tensor(self.tensor(hf_name, &[out_dim, in_dim])?)),
+        }
+    }
+
+    /// An embedding table `(V, hidden)`.
+    pub fn embedding(&self, hf_name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+        match self {
+            Self::Gguf { file, .. } => {
+                let name = gguf_name(hf_name);
+                let info = file.tensor_info(&name).map_err(|_| self.missing(&name))?;
+                if info.shape() != [vocab, hidden] {
+                    return Err(ModelError::Shape { name, expected: vec![vocab, hidden], found: info.shape() });
+                }
+                file.tensor_data(info)?;
+                Ok(Embedding::Quantized {
+                    file: file.clone(),
+                    device: self.device().clone(),
+                    name,
+                    dtype: ggml_dtype(info.ggml_type)?,
+                    vocab,
+                    hidden,
+                })
+            }
+            Self::Safetensors { .. } => Ok(Embedding::Dense(self.tensor(hf_name, &[vocab, hidden])?)),
+        }
+    }
+}
+
+fn shape_or_candle(name: &str, expected: &[usize], e: candle_core::Error) -> ModelError {
+    match e {
+        candle_core::Error::UnexpectedShape { got, .. } => ModelError::Shape {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            found: got.dims().to_vec(),
+        },
+        other => ModelError::Candle(other),
+    }
+}
+
+/// Token embeddings. A quantized table stays in the memory map and only the rows a
+/// forward needs are dequantized: a 150k-token vocabulary costs nothing until used.
+#[derive(Clone)]
+pub enum Embedding {
+    /// A dense `(V, hidden)` table.
+    Dense(Tensor),
+    /// Rows of a GGUF tensor, dequantized on demand.
+    Quantized {
+        /// The file that holds the table.
+        file: Arc<GgufFile>,
+        /// Where the looked-up rows go.
+        device: Device,
+        /// The GGUF tensor name.
+        name: String,
+        /// Its encoding.
+        dtype: GgmlDType,
+        /// Rows.
+        vocab: usize,
+        /// Columns.
+        hidden: usize,
+    },
+}
+
+impl Embedding {
+    /// Looks up `ids: (B, T)` and returns `(B, T, hidden)`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        match self {
+            Self::Dense(table) => {
+                let vocab = table.dim(0)?;
+                check_ids(&flat, vocab)?;
+                let idx = Tensor::new(flat.as_slice(), table.device())?;
+                Ok(table.index_select(&idx, 0)?.reshape((b, t, ()))?)
+            }
+            Self::Quantized { file, device: out_device, name, dtype, vocab, hidden } => {
+                check_ids(&flat, *vocab)?;
+                let info = file.tensor_info(name)?;
+                let data = file.tensor_data(info)?;
+                let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+                let device = Device::Cpu;
+                let mut rows = Vec::with_capacity(flat.len());
+                for &id in &flat {
+                    let start = id as usize * row_bytes;
+                    let raw = &data[start..start + row_bytes];
+                    let q = QTensor::new(
+                        QStorage::from_data(std::borrow::Cow::Borrowed(raw), &device, *dtype)?,
+                        (1, *hidden),
+                    )?;
+                    rows.push(q.dequantize(&device)?);
+                }
+                Ok(Tensor::cat(&rows, 0)?.reshape((b, t, *hidden))?.to_device(out_device)?)
+            }
+        }
+    }
+}
+
+fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(ModelError::Input(format!(
+            "token id {id} is outside the vocabulary (0..{vocab}); the ids come from another tokenizer"
+        ))),
+        None => Ok(()),
+    }
+}
