@@ -1,1 +1,9 @@
-//! placeholder
+//! The synchronous engine: scheduling, KV cache management, model execution and sampling.
+//!
+//! Design decision: the engine is a plain synchronous loop on its own thread (vLLM's
+//! `EngineCore.step()`); async stays at the edges, and requests, aborts and shutdown reach
+//! it as ordinary messages.
+#![deny(missing_docs)]
+
+pub mod sampler;
+pub mod stop;
