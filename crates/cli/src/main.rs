@@ -1,1 +1,99 @@
-fn main() {}
+//! `seek`: run DeepSeek-R1-family reasoning models on your own hardware.
+//!
+//! ```text
+//! scripts/fetch-sample-models.sh
+//! cargo run --release -p seek-cli -- run models/Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf "What is the capital of France?"
+//! cargo run --release -p seek-cli -- --help
+//! ```
+//!
+//! Only this binary reads flags, files and the environment; it turns them into typed
+//! configs for the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod generation;
+mod inspect;
+mod npy;
+mod source;
+mod tokens;
+
+/// Run, inspect and probe DeepSeek-R1-style reasoning models locally (GGUF or Hugging Face safetensors).
+#[derive(Parser, Debug)]
+#[command(name = "seek", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "MODEL is a .gguf file, a Hugging Face folder (config.json + *.safetensors + tokenizer.json),\n\
+or a Hugging Face repo id such as deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B.\n\n\
+Examples:\n  seek run model.gguf \"What is 17 * 23?\"\n  seek chat model.gguf\n  seek inspect model.gguf")]
+struct Cli {
+    /// CPU threads for tensor work (default: all cores).
+    #[arg(long, global = true, env = "SEEK_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Answer one prompt, streaming the reasoning (dimmed) and then the answer.
+    Run(generation::RunArgs),
+    /// Talk with a model turn by turn (`/reset` clears the history, `/exit` or Ctrl-D quits).
+    Chat(generation::ChatArgs),
+    /// Show architecture, size, quantization, context length, KV-cache cost and chat template.
+    Inspect(inspect::InspectArgs),
+    /// Print the token ids of a text.
+    Tokenize(tokens::TokenizeArgs),
+    /// Write the logits of every position of a token sequence to a .npy file.
+    Logits(tokens::LogitsArgs),
+}
+
+/// The model argument shared by every command.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArg {
+    /// A .gguf file, a Hugging Face folder, or a Hugging Face repo id.
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+    /// Git revision when MODEL is a repo id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+}
+
+impl ModelArg {
+    /// The local path of the model, downloading it first when it is a repo id.
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        source::resolve(&self.model, &self.revision)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEEK_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        // candle's CPU kernels size their pools from RAYON_NUM_THREADS; set it before any pool starts.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let result = match cli.command {
+        Command::Run(a) => generation::run(a),
+        Command::Chat(a) => generation::chat(a),
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Tokenize(a) => tokens::tokenize(a),
+        Command::Logits(a) => tokens::logits(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

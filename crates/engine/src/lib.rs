@@ -5,5 +5,11 @@
 //! it as ordinary messages.
 #![deny(missing_docs)]
 
+pub mod chat;
+mod error;
+pub mod generate;
 pub mod sampler;
 pub mod stop;
+
+pub use error::EngineError;
+pub use generate::{generate, GenerateOutput, GenerateRequest, Timings};

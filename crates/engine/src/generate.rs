@@ -1,0 +1,280 @@
+//! Generation for one conversation: prompt in, streamed reasoning and answer out.
+//!
+//! The loop is prefill (one forward over the whole prompt) then decode (one forward per new
+//! token), each followed by sampling. Text goes token ids -> incremental detokenizer -> stop
+//! strings -> `<think>` splitter, so what a caller sees is whole UTF-8, never past a stop
+//! string, with the chain of thought apart from the answer.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use seek_models::{CausalLm, KvCache};
+use seek_reasoning::ReasoningSplitter;
+use seek_tokenizer::{IncrementalDetokenizer, Tokenizer};
+use seek_types::{FinishReason, SamplingParams, TokenId, Usage};
+use serde::Serialize;
+
+use crate::sampler::Sampler;
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::EngineError;
+
+/// The text that closes a reasoning block when its budget is spent.
+pub const THINK_CLOSE: &str = "\n</think>\n\n";
+
+/// What to generate, after the prompt has been rendered and encoded.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// The encoded prompt.
+    pub prompt: Vec<TokenId>,
+    /// How to pick tokens.
+    pub sampling: SamplingParams,
+    /// Most new tokens, reasoning included.
+    pub max_tokens: usize,
+    /// Strings that end generation (not included in the output).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// Whether the prompt already opened a `<think>` block.
+    pub starts_in_reasoning: bool,
+    /// Most tokens inside the reasoning block; when spent, [`THINK_CLOSE`] is inserted and the
+    /// model goes on to answer.
+    pub max_reasoning_tokens: Option<usize>,
+}
+
+/// A piece of streamed output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// New chain-of-thought text.
+    pub reasoning: String,
+    /// New answer text.
+    pub content: String,
+}
+
+/// Wall-clock figures of one generation.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    /// Prefill (prompt forward) time.
+    pub prefill_s: f64,
+    /// Time from start to the first sampled token.
+    pub time_to_first_token_s: f64,
+    /// Time spent on every token after the first.
+    pub decode_s: f64,
+    /// Prompt tokens per second.
+    pub prefill_tokens_per_s: f64,
+    /// Generated tokens per second after the first.
+    pub decode_tokens_per_s: f64,
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateOutput {
+    /// The chain of thought, when the model produced one.
+    pub reasoning_content: Option<String>,
+    /// The answer.
+    pub content: String,
+    /// Every generated token id (inserted budget tokens included).
+    pub token_ids: Vec<TokenId>,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Token counts.
+    pub usage: Usage,
+    /// Speed.
+    pub timings: Timings,
+}
+
+/// Runs one request to completion, calling `on_delta` with each piece of text; returning
+/// `ControlFlow::Break` from it aborts the generation.
+pub fn generate(
+    model: &dyn CausalLm,
+    tokenizer: &Tokenizer,
+    req: &GenerateRequest,
+    mut on_delta: impl FnMut(&Delta) -> ControlFlow<()>,
+) -> Result<GenerateOutput, EngineError> {
+    if req.prompt.is_empty() {
+        return Err(EngineError::Request(
+            "the prompt is empty: it must have at least one token".into(),
+        ));
+    }
+    let context = model.max_context();
+    if req.prompt.len() >= context {
+        return Err(EngineError::Request(format!(
+            "the prompt has {} tokens, but the model's context is {context}; shorten the prompt",
+            req.prompt.len()
+        )));
+    }
+    let max_tokens = req.max_tokens.min(context - req.prompt.len());
+    let length_capped = max_tokens < req.max_tokens;
+    let close_ids = tokenizer.encode(THINK_CLOSE, false)?;
+
+    let start = Instant::now();
+    let mut cache = model.new_cache();
+    let mut sampler = Sampler::new(req.sampling.clone());
+    let mut detok = IncrementalDetokenizer::new(tokenizer, true);
+    let mut stops = StopMatcher::new(req.stop.clone());
+    let mut splitter = ReasoningSplitter::new(req.starts_in_reasoning);
+    let mut out = GenerateOutput {
+        reasoning_content: None,
+        content: String::new(),
+        token_ids: Vec::new(),
+        finish_reason: FinishReason::Length,
+        usage: Usage {
+            prompt_tokens: req.prompt.len(),
+            ..Usage::default()
+        },
+        timings: Timings::default(),
+    };
+    let mut reasoning = String::new();
+    let mut reasoning_tokens = 0usize;
+    let mut pending: Vec<TokenId> = Vec::new(); // tokens to feed without sampling (budget close)
+
+    let mut logits = last_logits(model, &req.prompt, &mut cache)?;
+    let prefill = start.elapsed();
+    let mut first_token_at: Option<Duration> = None;
+
+    let mut emit = |delta: Delta, out: &mut GenerateOutput, reasoning: &mut String| {
+        reasoning.push_str(&delta.reasoning);
+        out.content.push_str(&delta.content);
+        if delta == Delta::default() {
+            ControlFlow::Continue(())
+        } else {
+            on_delta(&delta)
+        }
+    };
+
+    while out.token_ids.len() < max_tokens {
+        let in_reasoning = splitter.in_reasoning() && !splitter.reasoning_closed();
+        let budget_spent = in_reasoning
+            && req
+                .max_reasoning_tokens
+                .is_some_and(|m| reasoning_tokens >= m);
+        if budget_spent && pending.is_empty() {
+            pending = close_ids.iter().rev().copied().collect();
+        }
+        let token = match pending.pop() {
+            Some(t) => t,
+            None => sampler.sample(&mut logits, &req.prompt, &out.token_ids),
+        };
+        first_token_at.get_or_insert_with(|| start.elapsed());
+        if !req.ignore_eos && tokenizer.eos_token_ids().contains(&token) {
+            out.finish_reason = FinishReason::Stop;
+            break;
+        }
+        out.token_ids.push(token);
+        if in_reasoning {
+            reasoning_tokens += 1;
+        }
+        let text = detok.push(token)?;
+        let (text, stopped) = match stops.push(&text) {
+            StopOutcome::Continue { emit } => (emit, false),
+            StopOutcome::Stopped { emit, .. } => (emit, true),
+        };
+        let d = splitter.push(&text);
+        let flow = emit(
+            Delta {
+                reasoning: d.reasoning,
+                content: d.content,
+            },
+            &mut out,
+            &mut reasoning,
+        );
+        if stopped {
+            out.finish_reason = FinishReason::Stop;
+            break;
+        }
+        if flow.is_break() {
+            out.finish_reason = FinishReason::Abort;
+            break;
+        }
+        if out.token_ids.len() >= max_tokens {
+            break;
+        }
+        logits = last_logits(model, &[token], &mut cache)?;
+    }
+    if out.finish_reason == FinishReason::Length
+        && length_capped
+        && out.token_ids.len() < req.max_tokens
+    {
+        tracing::debug!("generation stopped at the end of the context window");
+    }
+
+    // Flush what the detokenizer, stop matcher and splitter still hold.
+    if out.finish_reason != FinishReason::Stop || stops.matched().is_none() {
+        let tail = detok.finish()?;
+        let text = match stops.push(&tail) {
+            StopOutcome::Continue { emit } => emit + &stops.finish(),
+            StopOutcome::Stopped { emit, .. } => {
+                out.finish_reason = FinishReason::Stop;
+                emit
+            }
+        };
+        let d = splitter.push(&text);
+        let _ = emit(
+            Delta {
+                reasoning: d.reasoning,
+                content: d.content,
+            },
+            &mut out,
+            &mut reasoning,
+        );
+    }
+    let d = splitter.finish();
+    let _ = emit(
+        Delta {
+            reasoning: d.reasoning,
+            content: d.content,
+        },
+        &mut out,
+        &mut reasoning,
+    );
+
+    let total = start.elapsed();
+    let ttft = first_token_at.unwrap_or(total);
+    let n = out.token_ids.len();
+    out.reasoning_content = (req.starts_in_reasoning || !reasoning.is_empty()).then_some(reasoning);
+    out.usage.completion_tokens = n;
+    out.usage.reasoning_tokens = reasoning_tokens;
+    out.usage.total_tokens = out.usage.prompt_tokens + n;
+    let decode = total.saturating_sub(ttft);
+    out.timings = Timings {
+        prefill_s: prefill.as_secs_f64(),
+        time_to_first_token_s: ttft.as_secs_f64(),
+        decode_s: decode.as_secs_f64(),
+        prefill_tokens_per_s: req.prompt.len() as f64 / prefill.as_secs_f64().max(1e-9),
+        decode_tokens_per_s: if n > 1 {
+            (n - 1) as f64 / decode.as_secs_f64().max(1e-9)
+        } else {
+            0.0
+        },
+    };
+    Ok(out)
+}
+
+/// Feeds `tokens` after what `cache` holds and returns the logits of the last position.
+fn last_logits(
+    model: &dyn CausalLm,
+    tokens: &[TokenId],
+    cache: &mut KvCache,
+) -> Result<Vec<f32>, EngineError> {
+    let input = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
+    // (1, T, V) -> (V,)
+    let logits = model.forward(&input, cache)?;
+    let t = logits.dim(1)?;
+    Ok(logits
+        .narrow(1, t - 1, 1)?
+        .squeeze(0)?
+        .squeeze(0)?
+        .to_vec1::<f32>()?)
+}
+
+/// Logits of every position of `tokens` from a fresh cache, `(T, V)`: what `seek logits` writes.
+pub fn all_logits(model: &dyn CausalLm, tokens: &[TokenId]) -> Result<Tensor, EngineError> {
+    if tokens.is_empty() {
+        return Err(EngineError::Request("no tokens given".into()));
+    }
+    let mut cache = model.new_cache();
+    let input = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
+    let logits = model.forward(&input, &mut cache)?;
+    // (1, T, V) -> (T, V)
+    Ok(logits.squeeze(0)?)
+}
