@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use seek_types::TokenId;
 
-use crate::source::{open, tokenizer_for};
+use crate::source::tokenizer_for;
 use crate::{npy, ModelArg};
 
 /// `seek tokenize MODEL TEXT`.
@@ -59,12 +59,14 @@ pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
 
 /// Runs a full-sequence forward and writes every position's logits.
 pub fn logits(args: LogitsArgs) -> anyhow::Result<()> {
-    let opened = open(&args.model)?;
+    let path = args.model.resolve()?;
+    let loaded = seek_models::load(&path, &seek_models::LoadOptions::default())?;
     let ids = match &args.text {
-        Some(t) => opened.tokenizer.encode(t, true)?,
+        // Only `--text` needs the tokenizer, so token ids work with weight-only files too.
+        Some(t) => tokenizer_for(&loaded.format)?.encode(t, true)?,
         None => args.tokens.clone(),
     };
-    let logits = seek_engine::generate::all_logits(opened.loaded.model.as_ref(), &ids)?;
+    let logits = seek_engine::generate::all_logits(loaded.model.as_ref(), &ids)?;
     let (t, v) = logits.dims2()?;
     let data: Vec<f32> = logits.flatten_all()?.to_vec1()?;
     npy::write_f32(&args.out, &[t, v], &data).context("cannot write the logits")?;

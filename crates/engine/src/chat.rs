@@ -3,7 +3,8 @@
 //! DeepSeek recommends, for R1 and its distillations: no system prompt (its instructions go
 //! into the user turn), temperature 0.5-0.7 (0.6), top-p 0.95, and forcing the answer to
 //! begin with `<think>\n` so the model does not skip its reasoning. A model counts as a
-//! reasoning model when its chat template mentions `<think>`.
+//! reasoning model when its chat template mentions `<think>` or `</think>` (the January 2025
+//! R1-Distill templates only strip `</think>` from history; later ones also open `<think>`).
 
 use seek_tokenizer::Tokenizer;
 use seek_types::{ChatMessage, SamplingParams, TokenId};
@@ -25,7 +26,7 @@ pub struct RenderedPrompt {
 pub fn is_reasoning_model(tokenizer: &Tokenizer) -> bool {
     tokenizer
         .chat_template()
-        .is_some_and(|t| t.source().contains("<think>"))
+        .is_some_and(|t| t.source().contains("<think>") || t.source().contains("</think>"))
 }
 
 /// The sampling defaults for this model: DeepSeek's for reasoning models, greedy-free

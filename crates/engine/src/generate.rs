@@ -125,7 +125,8 @@ pub fn generate(
         timings: Timings::default(),
     };
     let mut reasoning = String::new();
-    let mut reasoning_tokens = 0usize;
+    let mut reasoning_tokens = 0usize; // every token inside the block, the closing tag included
+    let mut sampled_reasoning = 0usize; // what the budget counts: tokens the model chose
     let mut pending: Vec<TokenId> = Vec::new(); // tokens to feed without sampling (budget close)
 
     let mut logits = last_logits(model, &req.prompt, &mut cache)?;
@@ -151,9 +152,9 @@ pub fn generate(
         if budget_spent && pending.is_empty() {
             pending = close_ids.iter().rev().copied().collect();
         }
-        let token = match pending.pop() {
-            Some(t) => t,
-            None => sampler.sample(&mut logits, &req.prompt, &out.token_ids),
+        let (token, sampled) = match pending.pop() {
+            Some(t) => (t, false),
+            None => (sampler.sample(&mut logits, &req.prompt, &out.token_ids), true),
         };
         first_token_at.get_or_insert_with(|| start.elapsed());
         if !req.ignore_eos && tokenizer.eos_token_ids().contains(&token) {
@@ -163,6 +164,7 @@ pub fn generate(
         out.token_ids.push(token);
         if in_reasoning {
             reasoning_tokens += 1;
+            sampled_reasoning += usize::from(sampled);
         }
         let text = detok.push(token)?;
         let (text, stopped) = match stops.push(&text) {
