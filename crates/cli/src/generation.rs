@@ -70,10 +70,16 @@ impl GenArgs {
             frequency_penalty: self.frequency_penalty,
             seed: self.seed,
         };
-        anyhow::ensure!(p.temperature >= 0.0 && p.temperature.is_finite(), "--temperature must be 0 or more");
+        anyhow::ensure!(
+            p.temperature >= 0.0 && p.temperature.is_finite(),
+            "--temperature must be 0 or more"
+        );
         anyhow::ensure!(p.top_p > 0.0 && p.top_p <= 1.0, "--top-p must be in (0, 1]");
         anyhow::ensure!((0.0..=1.0).contains(&p.min_p), "--min-p must be in [0, 1]");
-        anyhow::ensure!(p.repetition_penalty > 0.0, "--repetition-penalty must be above 0 (1.0 disables it)");
+        anyhow::ensure!(
+            p.repetition_penalty > 0.0,
+            "--repetition-penalty must be above 0 (1.0 disables it)"
+        );
         Ok(p)
     }
 
@@ -125,7 +131,11 @@ struct Printer {
 
 impl Printer {
     fn new(hide_reasoning: bool) -> Self {
-        Self { hide_reasoning, tty: std::io::stdout().is_terminal(), in_reasoning: false }
+        Self {
+            hide_reasoning,
+            tty: std::io::stdout().is_terminal(),
+            in_reasoning: false,
+        }
     }
 
     fn print(&mut self, d: &Delta) {
@@ -133,7 +143,11 @@ impl Printer {
         if !d.reasoning.is_empty() && !self.hide_reasoning {
             if !self.in_reasoning {
                 self.in_reasoning = true;
-                let _ = write!(out, "{}", if self.tty { "\x1b[2m" } else { "Thinking...\n" });
+                let _ = write!(
+                    out,
+                    "{}",
+                    if self.tty { "\x1b[2m" } else { "Thinking...\n" }
+                );
             }
             let _ = write!(out, "{}", d.reasoning);
         }
@@ -147,7 +161,15 @@ impl Printer {
     fn end_reasoning(&mut self, out: &mut impl Write) {
         if self.in_reasoning {
             self.in_reasoning = false;
-            let _ = write!(out, "{}", if self.tty { "\x1b[0m\n" } else { "\n...done thinking.\n\n" });
+            let _ = write!(
+                out,
+                "{}",
+                if self.tty {
+                    "\x1b[0m\n"
+                } else {
+                    "\n...done thinking.\n\n"
+                }
+            );
         }
     }
 
@@ -186,7 +208,11 @@ struct RunJson<'a> {
 
 /// `seek run MODEL PROMPT`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let Opened { loaded, tokenizer, load_s } = open(&args.model)?;
+    let Opened {
+        loaded,
+        tokenizer,
+        load_s,
+    } = open(&args.model)?;
     let sampling = args.gen.sampling(default_sampling(&tokenizer))?;
     let prompt = if args.raw {
         render_raw(&tokenizer, &args.prompt)?
@@ -200,7 +226,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let req = args.gen.request(&prompt, sampling);
     if args.json {
-        let out = generate(loaded.model.as_ref(), &tokenizer, &req, |_| ControlFlow::Continue(()))?;
+        let out = generate(loaded.model.as_ref(), &tokenizer, &req, |_| {
+            ControlFlow::Continue(())
+        })?;
         let j = RunJson {
             model: loaded.info.path.display().to_string(),
             reasoning_content: &out.reasoning_content,
@@ -225,12 +253,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// `seek chat MODEL`.
 pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
-    let Opened { loaded, tokenizer, .. } = open(&args.model)?;
+    let Opened {
+        loaded, tokenizer, ..
+    } = open(&args.model)?;
     let sampling = args.gen.sampling(default_sampling(&tokenizer))?;
     let tty = std::io::stdin().is_terminal();
     eprintln!(
         "Chatting with {} ({}). /reset clears the history, /exit or Ctrl-D quits.",
-        loaded.info.name.as_deref().unwrap_or(&loaded.info.architecture),
+        loaded
+            .info
+            .name
+            .as_deref()
+            .unwrap_or(&loaded.info.architecture),
         loaded.info.path.display()
     );
     let mut history: Vec<ChatMessage> = Vec::new();

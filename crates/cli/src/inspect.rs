@@ -70,24 +70,44 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         Ok(t) => (Some(t), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
-    let chat_template = tokenizer.as_ref().and_then(|t| t.chat_template()).map(|t| t.source().to_string());
+    let chat_template = tokenizer
+        .as_ref()
+        .and_then(|t| t.chat_template())
+        .map(|t| t.source().to_string());
     let summary = tokenizer.as_ref().map(|t| TokenizerSummary {
         vocab_size: t.vocab_size(),
         pre_tokenizer: t.pre_tokenizer_name().map(str::to_string),
         bos: t.bos_token_id().and_then(|id| t.id_to_token(id)),
-        eos: t.eos_token_ids().iter().filter_map(|&id| t.id_to_token(id)).collect(),
+        eos: t
+            .eos_token_ids()
+            .iter()
+            .filter_map(|&id| t.id_to_token(id))
+            .collect(),
         reasoning_model: seek_engine::chat::is_reasoning_model(t),
     });
-    let report = Report { info, complete_percent, tokenizer: summary, tokenizer_error, chat_template };
+    let report = Report {
+        info,
+        complete_percent,
+        tokenizer: summary,
+        tokenizer_error,
+        chat_template,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let i = &report.info;
-    println!("model          {}", i.name.as_deref().unwrap_or("(unnamed)"));
+    println!(
+        "model          {}",
+        i.name.as_deref().unwrap_or("(unnamed)")
+    );
     println!("path           {} ({})", i.path.display(), i.format);
     println!("architecture   {}", i.architecture);
-    println!("parameters     {} ({} of weights)", human(i.parameters), bytes(i.weight_bytes));
+    println!(
+        "parameters     {} ({} of weights)",
+        human(i.parameters),
+        bytes(i.weight_bytes)
+    );
     let types: Vec<String> = i
         .weight_types
         .iter()
@@ -117,7 +137,11 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             t.pre_tokenizer.as_deref().unwrap_or("-"),
             t.bos.as_deref().unwrap_or("-"),
             t.eos.join(" "),
-            if t.reasoning_model { " · reasoning model (<think>)" } else { "" }
+            if t.reasoning_model {
+                " · reasoning model (<think>)"
+            } else {
+                ""
+            }
         ),
         (None, Some(e)) => println!("tokenizer      unavailable: {e}"),
         (None, None) => {}
@@ -126,7 +150,10 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         Some(t) if args.template => println!("chat template\n{t}"),
         Some(t) => {
             let lines: Vec<&str> = t.lines().collect();
-            println!("chat template  {} lines (--template prints it all)", lines.len());
+            println!(
+                "chat template  {} lines (--template prints it all)",
+                lines.len()
+            );
             for l in lines.iter().take(6) {
                 println!("    {}", l.chars().take(110).collect::<String>());
             }

@@ -23,9 +23,11 @@ mod tokens;
 /// Run, inspect and probe DeepSeek-R1-style reasoning models locally (GGUF or Hugging Face safetensors).
 #[derive(Parser, Debug)]
 #[command(name = "seek", version, about, long_about = None, propagate_version = true)]
-#[command(after_help = "MODEL is a .gguf file, a Hugging Face folder (config.json + *.safetensors + tokenizer.json),\n\
+#[command(
+    after_help = "MODEL is a .gguf file, a Hugging Face folder (config.json + *.safetensors + tokenizer.json),\n\
 or a Hugging Face repo id such as deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B.\n\n\
-Examples:\n  seek run model.gguf \"What is 17 * 23?\"\n  seek chat model.gguf\n  seek inspect model.gguf")]
+Examples:\n  seek run model.gguf \"What is 17 * 23?\"\n  seek chat model.gguf\n  seek inspect model.gguf"
+)]
 struct Cli {
     /// CPU threads for tensor work (default: all cores).
     #[arg(long, global = true, env = "SEEK_THREADS")]
@@ -70,7 +72,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEEK_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SEEK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

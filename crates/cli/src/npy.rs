@@ -7,9 +7,17 @@ use anyhow::Context;
 
 /// Writes `data` (row-major, `shape`) as a little-endian f32 `.npy` file.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> anyhow::Result<()> {
-    anyhow::ensure!(shape.iter().product::<usize>() == data.len(), "shape {shape:?} does not match {} values", data.len());
+    anyhow::ensure!(
+        shape.iter().product::<usize>() == data.len(),
+        "shape {shape:?} does not match {} values",
+        data.len()
+    );
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_txt = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // magic (6) + version (2) + header length (2) + header + '\n' must be a multiple of 64.
     let unpadded = 10 + header.len() + 1;
@@ -22,8 +30,10 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> anyhow::Result<(
     for v in data {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&out).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(&out)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -39,6 +49,9 @@ mod tests {
         assert_eq!((10 + hlen) % 64, 0);
         let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
         assert!(header.contains("'shape': (2, 3)"), "{header}");
-        assert_eq!(f32::from_le_bytes(bytes[10 + hlen + 20..10 + hlen + 24].try_into().unwrap()), 6.0);
+        assert_eq!(
+            f32::from_le_bytes(bytes[10 + hlen + 20..10 + hlen + 24].try_into().unwrap()),
+            6.0
+        );
     }
 }

@@ -20,7 +20,11 @@ pub fn resolve(model: &str, revision: &str) -> anyhow::Result<PathBuf> {
 fn looks_like_repo_id(s: &str) -> bool {
     let mut parts = s.split('/');
     let ok = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
     };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none() && !s.ends_with(".gguf")
 }
@@ -29,8 +33,15 @@ fn download(repo_id: &str, revision: &str) -> anyhow::Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};
 
-    let api = ApiBuilder::from_env().with_progress(true).build().context("cannot set up the Hugging Face Hub client")?;
-    let repo = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string()));
+    let api = ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .context("cannot set up the Hugging Face Hub client")?;
+    let repo = api.repo(Repo::with_revision(
+        repo_id.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    ));
     let unreachable = |e: hf_hub::api::sync::ApiError| {
         anyhow::anyhow!(
             "cannot fetch {repo_id} from the Hugging Face Hub ({e}).\n\
@@ -43,7 +54,11 @@ fn download(repo_id: &str, revision: &str) -> anyhow::Result<PathBuf> {
     let wanted = |f: &str| {
         matches!(
             f,
-            "config.json" | "tokenizer.json" | "tokenizer_config.json" | "generation_config.json" | "model.safetensors.index.json"
+            "config.json"
+                | "tokenizer.json"
+                | "tokenizer_config.json"
+                | "generation_config.json"
+                | "model.safetensors.index.json"
         ) || f.ends_with(".safetensors") && !f.contains('/')
     };
     let mut dir = None;
@@ -56,25 +71,6 @@ fn download(repo_id: &str, revision: &str) -> anyhow::Result<PathBuf> {
         _ => bail!(
             "{repo_id} has no config.json and safetensors weights; for a GGUF repo, download the .gguf file and pass its path"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repo_ids_are_told_apart_from_paths() {
-        assert!(looks_like_repo_id("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"));
-        assert!(!looks_like_repo_id("models/x.gguf"));
-        assert!(!looks_like_repo_id("a/b/c"));
-        assert!(!looks_like_repo_id("plain"));
-    }
-
-    #[test]
-    fn missing_local_path_says_what_to_pass() {
-        let e = resolve("/nonexistent/model.gguf", "main").unwrap_err().to_string();
-        assert!(e.contains("no such file"), "{e}");
     }
 }
 
@@ -102,13 +98,42 @@ pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
             loaded.info.vocab_size
         );
     }
-    Ok(Opened { loaded, tokenizer, load_s: start.elapsed().as_secs_f64() })
+    Ok(Opened {
+        loaded,
+        tokenizer,
+        load_s: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// The tokenizer stored with a model.
-pub fn tokenizer_for(format: &seek_models::ModelFormat) -> anyhow::Result<seek_tokenizer::Tokenizer> {
+pub fn tokenizer_for(
+    format: &seek_models::ModelFormat,
+) -> anyhow::Result<seek_tokenizer::Tokenizer> {
     Ok(match format {
         seek_models::ModelFormat::Gguf(file) => seek_tokenizer::Tokenizer::from_gguf(file)?,
         seek_models::ModelFormat::HfDir(dir) => seek_tokenizer::Tokenizer::from_hf_dir(dir)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids_are_told_apart_from_paths() {
+        assert!(looks_like_repo_id(
+            "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+        ));
+        assert!(!looks_like_repo_id("models/x.gguf"));
+        assert!(!looks_like_repo_id("a/b/c"));
+        assert!(!looks_like_repo_id("plain"));
+    }
+
+    #[test]
+    fn missing_local_path_says_what_to_pass() {
+        let e = resolve("/nonexistent/model.gguf", "main")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such file"), "{e}");
+    }
 }

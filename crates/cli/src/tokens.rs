@@ -70,6 +70,9 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<()> {
     let (t, v) = logits.dims2()?;
     let data: Vec<f32> = logits.flatten_all()?.to_vec1()?;
     npy::write_f32(&args.out, &[t, v], &data).context("cannot write the logits")?;
-    eprintln!("wrote logits ({t} positions x {v}) to {}", args.out.display());
+    eprintln!(
+        "wrote logits ({t} positions x {v}) to {}",
+        args.out.display()
+    );
     Ok(())
 }

@@ -12,7 +12,11 @@ fn models_dir() -> PathBuf {
 
 fn model(name: &str) -> String {
     let p = models_dir().join(name);
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-sample-models.sh first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-sample-models.sh first",
+        p.display()
+    );
     p.display().to_string()
 }
 
@@ -21,7 +25,11 @@ const SMOL: &str = "SmolLM2-135M-Instruct-Q4_1.gguf";
 const R1: &str = "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.part0000.gguf";
 
 fn seek(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seek")).args(args).env("SEEK_THREADS", "2").output().expect("seek runs")
+    Command::new(env!("CARGO_BIN_EXE_seek"))
+        .args(args)
+        .env("SEEK_THREADS", "2")
+        .output()
+        .expect("seek runs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -40,7 +48,16 @@ fn run_json(args: &[&str]) -> serde_json::Value {
 #[test]
 fn chat_model_answers_a_factual_question() {
     let q = model(QWEN);
-    let j = run_json(&["run", &q, "What is the capital of France? Answer in one sentence.", "-t", "0", "-n", "32", "--json"]);
+    let j = run_json(&[
+        "run",
+        &q,
+        "What is the capital of France? Answer in one sentence.",
+        "-t",
+        "0",
+        "-n",
+        "32",
+        "--json",
+    ]);
     let content = j["content"].as_str().unwrap();
     assert!(content.contains("Paris"), "answer: {content:?}");
     assert_eq!(j["finish_reason"], "stop", "{j}");
@@ -53,25 +70,70 @@ fn chat_model_answers_a_factual_question() {
 #[test]
 fn same_seed_same_output_and_streaming_matches_json() {
     let s = model(SMOL);
-    let args = ["run", &s, "Write a haiku about the sea.", "-t", "0.9", "--seed", "42", "-n", "24"];
+    let args = [
+        "run",
+        &s,
+        "Write a haiku about the sea.",
+        "-t",
+        "0.9",
+        "--seed",
+        "42",
+        "-n",
+        "24",
+    ];
     let a = run_json(&[&args[..], &["--json"]].concat());
     let b = run_json(&[&args[..], &["--json"]].concat());
     assert_eq!(a["content"], b["content"]);
-    let c = run_json(&["run", &s, "Write a haiku about the sea.", "-t", "0.9", "--seed", "7", "-n", "24", "--json"]);
-    assert_ne!(a["content"], c["content"], "different seeds gave the same 24 tokens");
+    let c = run_json(&[
+        "run",
+        &s,
+        "Write a haiku about the sea.",
+        "-t",
+        "0.9",
+        "--seed",
+        "7",
+        "-n",
+        "24",
+        "--json",
+    ]);
+    assert_ne!(
+        a["content"], c["content"],
+        "different seeds gave the same 24 tokens"
+    );
     // The streamed text (stdout, not a terminal) is the JSON content plus a newline.
     let streamed = seek(&args);
     assert!(streamed.status.success(), "{}", stderr(&streamed));
-    assert_eq!(stdout(&streamed).trim_end(), a["content"].as_str().unwrap().trim_end());
-    assert!(stderr(&streamed).contains("tok/s"), "stats line missing: {}", stderr(&streamed));
+    assert_eq!(
+        stdout(&streamed).trim_end(),
+        a["content"].as_str().unwrap().trim_end()
+    );
+    assert!(
+        stderr(&streamed).contains("tok/s"),
+        "stats line missing: {}",
+        stderr(&streamed)
+    );
 }
 
 #[test]
 fn stop_strings_end_generation_without_being_printed() {
     let q = model(QWEN);
-    let j = run_json(&["run", &q, "Count from 1 to 20, separated by commas.", "-t", "0", "-n", "64", "--stop", "7", "--json"]);
+    let j = run_json(&[
+        "run",
+        &q,
+        "Count from 1 to 20, separated by commas.",
+        "-t",
+        "0",
+        "-n",
+        "64",
+        "--stop",
+        "7",
+        "--json",
+    ]);
     let content = j["content"].as_str().unwrap();
-    assert!(content.contains('6') && !content.contains('7'), "{content:?}");
+    assert!(
+        content.contains('6') && !content.contains('7'),
+        "{content:?}"
+    );
     assert_eq!(j["finish_reason"], "stop");
 }
 
@@ -81,19 +143,32 @@ fn truncated_r1_file_inspects_and_tokenizes_but_refuses_to_run() {
     let o = seek(&["inspect", &r1]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    assert!(text.contains("qwen2") && text.contains("TRUNCATED"), "{text}");
-    assert!(text.contains("deepseek-r1-qwen") && text.contains("reasoning model"), "{text}");
+    assert!(
+        text.contains("qwen2") && text.contains("TRUNCATED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("deepseek-r1-qwen") && text.contains("reasoning model"),
+        "{text}"
+    );
 
     let o = seek(&["tokenize", &r1, "<｜User｜>Hi<｜Assistant｜><think>\n"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ids: Vec<u32> = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(ids.first(), Some(&151644), "<｜User｜> is one token: {ids:?}");
+    assert_eq!(
+        ids.first(),
+        Some(&151644),
+        "<｜User｜> is one token: {ids:?}"
+    );
     assert!(ids.contains(&151645) && ids.contains(&151648), "{ids:?}");
 
     let o = seek(&["run", &r1, "hi"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("truncated") && err.contains("download it again"), "{err}");
+    assert!(
+        err.contains("truncated") && err.contains("download it again"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -102,8 +177,16 @@ fn bad_model_files_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[u8], &str); 3] = [
         ("empty.gguf", b"", "truncated or corrupt"),
-        ("text.gguf", b"hello, this is not a model at all", "not a GGUF file"),
-        ("v1.gguf", b"GGUF\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", "version 1"),
+        (
+            "text.gguf",
+            b"hello, this is not a model at all",
+            "not a GGUF file",
+        ),
+        (
+            "v1.gguf",
+            b"GGUF\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+            "version 1",
+        ),
     ];
     for (name, bytes, expected) in cases {
         let p = dir.path().join(name);
@@ -111,7 +194,10 @@ fn bad_model_files_get_clear_errors() {
         let o = seek(&["run", p.to_str().unwrap(), "hi"]);
         assert_eq!(o.status.code(), Some(1), "{name}");
         let err = stderr(&o);
-        assert!(err.contains(expected) && err.contains(name), "{name}: {err}");
+        assert!(
+            err.contains(expected) && err.contains(name),
+            "{name}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
     // A folder without config.json.
@@ -126,17 +212,38 @@ fn bad_model_files_get_clear_errors() {
 
 #[test]
 fn logits_writes_every_position() {
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/gguf/tiny-qwen2.f32.gguf");
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden/gguf/tiny-qwen2.f32.gguf");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("l.npy");
-    let o = seek(&["logits", tiny.to_str().unwrap(), "--tokens", "1,17,42", "--out", out.to_str().unwrap()]);
+    let o = seek(&[
+        "logits",
+        tiny.to_str().unwrap(),
+        "--tokens",
+        "1,17,42",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bytes = std::fs::read(&out).unwrap();
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    assert!(std::str::from_utf8(&bytes[10..10 + hlen]).unwrap().contains("(3, 256)"));
+    assert!(std::str::from_utf8(&bytes[10..10 + hlen])
+        .unwrap()
+        .contains("(3, 256)"));
     assert_eq!(bytes.len(), 10 + hlen + 3 * 256 * 4);
-    let o = seek(&["logits", tiny.to_str().unwrap(), "--tokens", "1,9999", "--out", out.to_str().unwrap()]);
-    assert!(stderr(&o).contains("outside the vocabulary"), "{}", stderr(&o));
+    let o = seek(&[
+        "logits",
+        tiny.to_str().unwrap(),
+        "--tokens",
+        "1,9999",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&o).contains("outside the vocabulary"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

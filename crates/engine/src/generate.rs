@@ -148,13 +148,16 @@ pub fn generate(
         let budget_spent = in_reasoning
             && req
                 .max_reasoning_tokens
-                .is_some_and(|m| reasoning_tokens >= m);
+                .is_some_and(|m| sampled_reasoning >= m);
         if budget_spent && pending.is_empty() {
             pending = close_ids.iter().rev().copied().collect();
         }
         let (token, sampled) = match pending.pop() {
             Some(t) => (t, false),
-            None => (sampler.sample(&mut logits, &req.prompt, &out.token_ids), true),
+            None => (
+                sampler.sample(&mut logits, &req.prompt, &out.token_ids),
+                true,
+            ),
         };
         first_token_at.get_or_insert_with(|| start.elapsed());
         if !req.ignore_eos && tokenizer.eos_token_ids().contains(&token) {

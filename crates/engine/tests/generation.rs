@@ -14,7 +14,11 @@ fn model(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
     let p = dir.join(name);
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-sample-models.sh first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-sample-models.sh first",
+        p.display()
+    );
     p
 }
 
@@ -26,11 +30,26 @@ fn tokenizer(name: &str) -> Tokenizer {
 fn r1_prompt_folds_the_system_prompt_and_opens_think() {
     let tok = tokenizer("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.part0000.gguf");
     assert!(is_reasoning_model(&tok));
-    let p = render_chat(&tok, &[ChatMessage::system("Answer tersely."), ChatMessage::user("What is 2+2?")]).unwrap();
+    let p = render_chat(
+        &tok,
+        &[
+            ChatMessage::system("Answer tersely."),
+            ChatMessage::user("What is 2+2?"),
+        ],
+    )
+    .unwrap();
     assert!(p.starts_in_reasoning);
     assert!(p.text.ends_with("<｜Assistant｜><think>\n"), "{:?}", p.text);
-    assert!(p.text.contains("<｜User｜>Answer tersely.\n\nWhat is 2+2?"), "{:?}", p.text);
-    assert_eq!(p.ids.iter().filter(|&&t| t == 151648).count(), 1, "one <think> token");
+    assert!(
+        p.text.contains("<｜User｜>Answer tersely.\n\nWhat is 2+2?"),
+        "{:?}",
+        p.text
+    );
+    assert_eq!(
+        p.ids.iter().filter(|&&t| t == 151648).count(),
+        1,
+        "one <think> token"
+    );
 }
 
 fn qwen() -> (seek_models::LoadedModel, Tokenizer) {
@@ -44,7 +63,11 @@ fn qwen() -> (seek_models::LoadedModel, Tokenizer) {
 #[test]
 fn reasoning_budget_closes_the_block_and_lets_the_model_answer() {
     let (loaded, tok) = qwen();
-    let mut prompt = render_chat(&tok, &[ChatMessage::user("What is 12 + 30? Reply with the number.")]).unwrap();
+    let mut prompt = render_chat(
+        &tok,
+        &[ChatMessage::user("What is 12 + 30? Reply with the number.")],
+    )
+    .unwrap();
     // Qwen2.5-Coder does not think by itself: open a block as an R1 template would.
     prompt.ids.extend(tok.encode("<think>\n", false).unwrap());
     let req = GenerateRequest {
@@ -66,9 +89,16 @@ fn reasoning_budget_closes_the_block_and_lets_the_model_answer() {
     assert!(!reasoning.is_empty());
     assert!(!reasoning.contains("</think>"), "{reasoning:?}");
     // Six sampled tokens plus the forced closing tag.
-    let close = tok.encode(seek_engine::generate::THINK_CLOSE, false).unwrap().len();
+    let close = tok
+        .encode(seek_engine::generate::THINK_CLOSE, false)
+        .unwrap()
+        .len();
     assert_eq!(out.usage.reasoning_tokens, 6 + close);
-    assert!(out.content.contains("42"), "content after the forced close: {:?}", out.content);
+    assert!(
+        out.content.contains("42"),
+        "content after the forced close: {:?}",
+        out.content
+    );
     // The streamed pieces add up to the final texts.
     let streamed_content: String = deltas.iter().map(|d| d.content.as_str()).collect();
     let streamed_reasoning: String = deltas.iter().map(|d| d.reasoning.as_str()).collect();
@@ -82,14 +112,23 @@ fn max_tokens_abort_and_determinism() {
     let prompt = render_chat(&tok, &[ChatMessage::user("Tell me a story about a robot.")]).unwrap();
     let req = GenerateRequest {
         prompt: prompt.ids.clone(),
-        sampling: SamplingParams { temperature: 0.8, seed: Some(3), ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: 0.8,
+            seed: Some(3),
+            ..SamplingParams::default()
+        },
         max_tokens: 8,
         stop: vec![],
         ignore_eos: false,
         starts_in_reasoning: false,
         max_reasoning_tokens: None,
     };
-    let run = |req: &GenerateRequest| generate(loaded.model.as_ref(), &tok, req, |_| ControlFlow::Continue(())).unwrap();
+    let run = |req: &GenerateRequest| {
+        generate(loaded.model.as_ref(), &tok, req, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+    };
     let a = run(&req);
     assert_eq!(a.finish_reason, FinishReason::Length);
     assert_eq!(a.token_ids.len(), 8);
@@ -100,13 +139,23 @@ fn max_tokens_abort_and_determinism() {
     let mut n = 0;
     let aborted = generate(loaded.model.as_ref(), &tok, &req, |_| {
         n += 1;
-        if n == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if n == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })
     .unwrap();
     assert_eq!(aborted.finish_reason, FinishReason::Abort);
     assert!(aborted.token_ids.len() < 8);
 
-    let too_long = GenerateRequest { prompt: vec![1; 40_000], ..req };
-    let e = generate(loaded.model.as_ref(), &tok, &too_long, |_| ControlFlow::Continue(())).unwrap_err();
+    let too_long = GenerateRequest {
+        prompt: vec![1; 40_000],
+        ..req
+    };
+    let e = generate(loaded.model.as_ref(), &tok, &too_long, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
     assert!(e.to_string().contains("context is 32768"), "{e}");
 }

@@ -200,7 +200,13 @@ impl fmt::Display for Value {
             Value::Bool(v) => write!(f, "{v}"),
             Value::F32(v) => write!(f, "{v}"),
             Value::F64(v) => write!(f, "{v}"),
-            other => write!(f, "{}", other.as_i64().map_or_else(|| "?".to_string(), |v| v.to_string())),
+            other => write!(
+                f,
+                "{}",
+                other
+                    .as_i64()
+                    .map_or_else(|| "?".to_string(), |v| v.to_string())
+            ),
         }
     }
 }
@@ -261,7 +267,10 @@ impl GgufFile {
     /// Opens and memory-maps `path` and parses its header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let err = |problem| GgufError { path: path.clone(), problem };
+        let err = |problem| GgufError {
+            path: path.clone(),
+            problem,
+        };
         let file = std::fs::File::open(&path).map_err(|e| err(Problem::Io(e)))?;
         // SAFETY: the map is read-only. Like every mmap-based loader (llama.cpp, safetensors) we
         // rely on the file not being truncated by another process while it is open.
@@ -309,15 +318,22 @@ impl GgufFile {
                 dims.push(r.u64(&format!("a dimension of tensor {name:?}"))?);
             }
             let code = r.u32(&format!("the type of tensor {name:?}"))?;
-            let ggml_type = GgmlType::from_code(code).map_err(|msg| {
-                Problem::Invalid(format!("tensor {name:?}: {msg}"))
-            })?;
+            let ggml_type = GgmlType::from_code(code)
+                .map_err(|msg| Problem::Invalid(format!("tensor {name:?}: {msg}")))?;
             let offset = r.u64(&format!("the offset of tensor {name:?}"))?;
             let n_bytes = tensor_bytes(&name, &dims, ggml_type)?;
             if by_name.insert(name.clone(), tensors.len()).is_some() {
-                return Err(Problem::Invalid(format!("tensor {name:?} appears twice; the file is corrupt")));
+                return Err(Problem::Invalid(format!(
+                    "tensor {name:?} appears twice; the file is corrupt"
+                )));
             }
-            tensors.push(TensorInfo { name, dims, ggml_type, offset, n_bytes });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+                n_bytes,
+            });
         }
 
         let alignment = match metadata.get("general.alignment") {
@@ -340,7 +356,15 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(Self { path, mmap, version, metadata, tensors, by_name, data_offset })
+        Ok(Self {
+            path,
+            mmap,
+            version,
+            metadata,
+            tensors,
+            by_name,
+            data_offset,
+        })
     }
 
     /// The file's path.
@@ -357,13 +381,20 @@ impl GgufFile {
     pub fn expected_len(&self) -> u64 {
         self.tensors
             .iter()
-            .map(|t| self.data_offset.saturating_add(t.offset).saturating_add(t.n_bytes))
+            .map(|t| {
+                self.data_offset
+                    .saturating_add(t.offset)
+                    .saturating_add(t.n_bytes)
+            })
             .max()
             .unwrap_or(self.data_offset)
     }
 
     fn error(&self, problem: Problem) -> GgufError {
-        GgufError { path: self.path.clone(), problem }
+        GgufError {
+            path: self.path.clone(),
+            problem,
+        }
     }
 
     /// A metadata value.
@@ -372,11 +403,16 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| self.error(Problem::MissingKey(key.to_string())))
+        self.get(key)
+            .ok_or_else(|| self.error(Problem::MissingKey(key.to_string())))
     }
 
     fn wrong(&self, key: &str, expected: &'static str, v: &Value) -> GgufError {
-        self.error(Problem::WrongType { key: key.to_string(), expected, found: v.type_name() })
+        self.error(Problem::WrongType {
+            key: key.to_string(),
+            expected,
+            found: v.type_name(),
+        })
     }
 
     /// A string value.
@@ -412,7 +448,10 @@ impl GgufFile {
         match self.require(key)? {
             Value::Array(items) => items
                 .iter()
-                .map(|v| v.as_str().ok_or_else(|| self.wrong(key, "an array of strings", v)))
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| self.wrong(key, "an array of strings", v))
+                })
                 .collect(),
             v => Err(self.wrong(key, "an array of strings", v)),
         }
@@ -423,7 +462,10 @@ impl GgufFile {
         match self.require(key)? {
             Value::Array(items) => items
                 .iter()
-                .map(|v| v.as_i64().ok_or_else(|| self.wrong(key, "an array of integers", v)))
+                .map(|v| {
+                    v.as_i64()
+                        .ok_or_else(|| self.wrong(key, "an array of integers", v))
+                })
                 .collect(),
             v => Err(self.wrong(key, "an array of integers", v)),
         }
@@ -475,13 +517,16 @@ impl GgufFile {
 }
 
 fn tensor_bytes(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64, Problem> {
-    let invalid = |why: String| Problem::Invalid(format!("tensor {name:?} {why}; the file is corrupt"));
+    let invalid =
+        |why: String| Problem::Invalid(format!("tensor {name:?} {why}; the file is corrupt"));
     let mut n: u64 = 1;
     for &d in dims {
-        n = n.checked_mul(d).ok_or_else(|| invalid(format!("has dimensions {dims:?} whose product overflows")))?;
+        n = n
+            .checked_mul(d)
+            .ok_or_else(|| invalid(format!("has dimensions {dims:?} whose product overflows")))?;
     }
     let (block, size) = ty.block_layout();
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(invalid(format!(
             "has a row of {} elements, not a multiple of the {} block size {block}",
             dims[0],
@@ -540,7 +585,9 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String, Problem> {
         let len = self.u64(what)?;
         let raw = self.bytes(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| Problem::BadUtf8 { what: what.to_string() })
+        String::from_utf8(raw.to_vec()).map_err(|_| Problem::BadUtf8 {
+            what: what.to_string(),
+        })
     }
 
     fn value(&mut self, code: u32, key: &str, depth: usize) -> Result<Value, Problem> {
@@ -555,7 +602,11 @@ impl<'a> Reader<'a> {
             7 => match self.array::<1>(key)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(Problem::Invalid(format!("metadata key {key:?} holds bool byte {b}; the file is corrupt"))),
+                b => {
+                    return Err(Problem::Invalid(format!(
+                        "metadata key {key:?} holds bool byte {b}; the file is corrupt"
+                    )))
+                }
             },
             8 => Value::String(self.string(&format!("the value of {key:?}"))?),
             9 => {
@@ -569,10 +620,15 @@ impl<'a> Reader<'a> {
                 let min_size = match item_code {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
+                    4..=6 => 4,
                     8 | 10 | 11 | 12 => 8,
                     9 => 12,
-                    code => return Err(Problem::UnknownValueType { key: key.to_string(), code }),
+                    code => {
+                        return Err(Problem::UnknownValueType {
+                            key: key.to_string(),
+                            code,
+                        })
+                    }
                 };
                 self.check_count(count, min_size, &format!("items in {key:?}"))?;
                 let mut items = Vec::with_capacity(count as usize);
@@ -584,7 +640,12 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.array(key)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
-            code => return Err(Problem::UnknownValueType { key: key.to_string(), code }),
+            code => {
+                return Err(Problem::UnknownValueType {
+                    key: key.to_string(),
+                    code,
+                })
+            }
         })
     }
 }

@@ -7,7 +7,10 @@ fn sample() -> GgufWriter {
         .meta("general.architecture", Value::String("llama".into()))
         .meta("llama.block_count", Value::U32(2))
         .meta("llama.rope.freq_base", Value::F32(10000.0))
-        .meta("tokenizer.ggml.tokens", Value::Array(vec![Value::String("a".into()), Value::String("b".into())]))
+        .meta(
+            "tokenizer.ggml.tokens",
+            Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+        )
         .f32_tensor("w", &[4, 2], &[1., 2., 3., 4., 5., 6., 7., 8.])
         .f32_tensor("b", &[3], &[9., 10., 11.])
 }
@@ -26,7 +29,10 @@ fn round_trip() {
     assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
     assert_eq!(g.get_u64("llama.block_count").unwrap(), 2);
     assert_eq!(g.get_f64("llama.rope.freq_base").unwrap(), 10000.0);
-    assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap(), vec!["a", "b"]);
+    assert_eq!(
+        g.get_str_array("tokenizer.ggml.tokens").unwrap(),
+        vec!["a", "b"]
+    );
     let w = g.tensor_info("w").unwrap();
     assert_eq!(w.shape(), vec![2, 4]);
     let data = g.tensor_data(w).unwrap();
@@ -41,7 +47,10 @@ fn wrong_type_and_missing_key_are_named() {
     let f = write(&sample().to_bytes());
     let g = GgufFile::open(f.path()).unwrap();
     let e = g.get_u64("general.architecture").unwrap_err().to_string();
-    assert!(e.contains("general.architecture") && e.contains("string"), "{e}");
+    assert!(
+        e.contains("general.architecture") && e.contains("string"),
+        "{e}"
+    );
     let e = g.get_str("nope").unwrap_err().to_string();
     assert!(e.contains("\"nope\" is missing"), "{e}");
     let e = g.tensor_info("zz").unwrap_err().to_string();
@@ -62,7 +71,10 @@ fn every_truncation_of_the_header_is_an_error_not_a_panic() {
     let header_end = bytes.len() - 64; // both tensors are inside the last 64 bytes
     for n in 0..header_end {
         let f = write(&bytes[..n]);
-        assert!(GgufFile::open(f.path()).is_err(), "prefix of {n} bytes was accepted");
+        assert!(
+            GgufFile::open(f.path()).is_err(),
+            "prefix of {n} bytes was accepted"
+        );
     }
 }
 
@@ -97,7 +109,9 @@ fn huge_counts_are_rejected_before_allocating() {
     assert!(e.contains("truncated or corrupt"), "{e}");
 
     // An array claiming 2^62 u64 items.
-    let g = GgufWriter::new().meta("k", Value::Array(vec![Value::U64(1)])).to_bytes();
+    let g = GgufWriter::new()
+        .meta("k", Value::Array(vec![Value::U64(1)]))
+        .to_bytes();
     let mut bytes = g.clone();
     let pos = 24 + 8 + 1 + 4 + 4; // header, key len, key, value type, item type
     bytes[pos..pos + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
@@ -114,7 +128,9 @@ fn unsupported_versions_and_types_are_named() {
     let e = GgufFile::open(f.path()).unwrap_err().to_string();
     assert!(e.contains("version 1"), "{e}");
 
-    let w = GgufWriter::new().tensor("t", &[32], GgmlType::F32, vec![0; 128]).to_bytes();
+    let w = GgufWriter::new()
+        .tensor("t", &[32], GgmlType::F32, vec![0; 128])
+        .to_bytes();
     let mut bytes = w.clone();
     // Type code sits after: header 24, name len 8 + "t", n_dims 4, dim 8.
     let pos = 24 + 8 + 1 + 4 + 8;
@@ -126,7 +142,9 @@ fn unsupported_versions_and_types_are_named() {
 
 #[test]
 fn block_size_mismatch_is_rejected() {
-    let w = GgufWriter::new().tensor("q", &[31], GgmlType::Q4_0, vec![0; 18]).to_bytes();
+    let w = GgufWriter::new()
+        .tensor("q", &[31], GgmlType::Q4_0, vec![0; 18])
+        .to_bytes();
     let f = write(&w);
     let e = GgufFile::open(f.path()).unwrap_err().to_string();
     assert!(e.contains("block size 32"), "{e}");

@@ -23,7 +23,8 @@ impl GgufWriter {
 
     /// Adds a tensor; `dims` in GGUF order (innermost first), `data` already encoded.
     pub fn tensor(mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ty, data));
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), ty, data));
         self
     }
 
@@ -71,7 +72,9 @@ impl GgufWriter {
 }
 
 fn code_of(ty: GgmlType) -> u32 {
-    (0..64).find(|&c| GgmlType::from_code(c) == Ok(ty)).expect("every GgmlType has a code")
+    (0..64)
+        .find(|&c| GgmlType::from_code(c) == Ok(ty))
+        .expect("every GgmlType has a code")
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {

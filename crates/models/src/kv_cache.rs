@@ -18,7 +18,10 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a model with `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers], seq_len: 0 }
+        Self {
+            layers: vec![None; n_layers],
+            seq_len: 0,
+        }
     }
 
     /// Number of positions already cached.
@@ -32,7 +35,12 @@ impl KvCache {
     }
 
     /// Appends this step's keys and values to layer `layer` and returns the full keys and values.
-    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let slot = &mut self.layers[layer];
         let (k, v) = match slot.take() {
             None => (k.contiguous()?, v.contiguous()?),

@@ -133,14 +133,23 @@ impl Config {
             return Err("mlp_bias = true is not supported".into());
         }
         if self.hidden_act != "silu" {
-            return Err(format!("hidden_act {:?} is not supported (only \"silu\")", self.hidden_act));
+            return Err(format!(
+                "hidden_act {:?} is not supported (only \"silu\")",
+                self.hidden_act
+            ));
         }
-        let rope = self.rope_parameters.clone().or_else(|| self.rope_scaling.clone()).unwrap_or_default();
+        let rope = self
+            .rope_parameters
+            .clone()
+            .or_else(|| self.rope_scaling.clone())
+            .unwrap_or_default();
         let theta = self.rope_theta.or(rope.rope_theta).unwrap_or(10_000.0);
         let llama3 = match rope.rope_type.as_deref() {
             None | Some("default") => None,
             Some("llama3") => {
-                let need = |v: Option<f64>, name: &str| v.ok_or_else(|| format!("rope_scaling.{name} is missing"));
+                let need = |v: Option<f64>, name: &str| {
+                    v.ok_or_else(|| format!("rope_scaling.{name} is missing"))
+                };
                 Some(Llama3Scaling {
                     factor: need(rope.factor, "factor")?,
                     low_freq_factor: need(rope.low_freq_factor, "low_freq_factor")?,
@@ -150,7 +159,11 @@ impl Config {
                         .ok_or("rope_scaling.original_max_position_embeddings is missing")?,
                 })
             }
-            Some(other) => return Err(format!("rope type {other:?} is not supported for llama/qwen2 (default, llama3)")),
+            Some(other) => {
+                return Err(format!(
+                    "rope type {other:?} is not supported for llama/qwen2 (default, llama3)"
+                ))
+            }
         };
         let cfg = DecoderConfig {
             vocab_size: self.vocab_size,
@@ -159,9 +172,16 @@ impl Config {
             num_layers: self.num_hidden_layers,
             num_heads: self.num_attention_heads,
             num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            head_dim: self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
             rms_norm_eps: self.rms_norm_eps,
-            rope: RopeConfig { theta, llama3, freq_factors: None, interleaved: false },
+            rope: RopeConfig {
+                theta,
+                llama3,
+                freq_factors: None,
+                interleaved: false,
+            },
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
             attention_bias: self.attention_bias,
@@ -188,26 +208,39 @@ impl DecoderConfig {
                 return Err(format!("{name} = {v} is out of range (1..={max})"));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_attention_heads = {} is not a multiple of num_key_value_heads = {}",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim = {} must be even for RoPE", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim = {} must be even for RoPE",
+                self.head_dim
+            ));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
-            return Err(format!("rms_norm_eps = {} is out of range (0, 1)", self.rms_norm_eps));
+            return Err(format!(
+                "rms_norm_eps = {} is out of range (0, 1)",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope.theta > 1.0 && self.rope.theta.is_finite()) {
-            return Err(format!("rope_theta = {} must be a finite number above 1", self.rope.theta));
+            return Err(format!(
+                "rope_theta = {} must be a finite number above 1",
+                self.rope.theta
+            ));
         }
         Ok(())
     }
 
     /// Reads the hyperparameters llama.cpp writes under `{arch}.*`.
-    pub fn from_gguf(file: &std::sync::Arc<seek_gguf::GgufFile>, arch: &str, attention_bias: bool) -> Result<Self> {
+    pub fn from_gguf(
+        file: &std::sync::Arc<seek_gguf::GgufFile>,
+        arch: &str,
+        attention_bias: bool,
+    ) -> Result<Self> {
         let key = |k: &str| format!("{arch}.{k}");
         let n_heads = file.get_u64(&key("attention.head_count"))? as usize;
         let hidden = file.get_u64(&key("embedding_length"))? as usize;
@@ -228,15 +261,24 @@ impl DecoderConfig {
         }
         let freq_factors = match file.tensor_info("rope_freqs.weight") {
             Ok(info) if info.n_elements() as usize == head_dim / 2 => {
-                let t = Weights::Gguf { file: file.clone(), device: Device::Cpu };
-                Some(t.tensor("rope_freqs.weight", &[head_dim / 2])?.to_vec1::<f32>()?)
+                let t = Weights::Gguf {
+                    file: file.clone(),
+                    device: Device::Cpu,
+                };
+                Some(
+                    t.tensor("rope_freqs.weight", &[head_dim / 2])?
+                        .to_vec1::<f32>()?,
+                )
             }
             Ok(info) => {
-                return Err(config_err(file.path(), format!(
-                    "rope_freqs.weight has {} values, expected head_dim / 2 = {}",
-                    info.n_elements(),
-                    head_dim / 2
-                )))
+                return Err(config_err(
+                    file.path(),
+                    format!(
+                        "rope_freqs.weight has {} values, expected head_dim / 2 = {}",
+                        info.n_elements(),
+                        head_dim / 2
+                    ),
+                ))
             }
             Err(_) => None,
         };
@@ -246,7 +288,10 @@ impl DecoderConfig {
             intermediate_size: file.get_u64(&key("feed_forward_length"))? as usize,
             num_layers: file.get_u64(&key("block_count"))? as usize,
             num_heads: n_heads,
-            num_kv_heads: file.get_u64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads),
+            num_kv_heads: file
+                .get_u64(&key("attention.head_count_kv"))
+                .map(|v| v as usize)
+                .unwrap_or(n_heads),
             head_dim,
             rms_norm_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope: RopeConfig {
@@ -257,7 +302,10 @@ impl DecoderConfig {
                 // halves (NEOX style) for `qwen2`.
                 interleaved: arch == "llama",
             },
-            max_position_embeddings: file.get_u64(&key("context_length")).map(|v| v as usize).unwrap_or(4096),
+            max_position_embeddings: file
+                .get_u64(&key("context_length"))
+                .map(|v| v as usize)
+                .unwrap_or(4096),
             tie_word_embeddings: !file.has_tensor("output.weight"),
             attention_bias,
         };
@@ -272,7 +320,10 @@ impl DecoderConfig {
 }
 
 pub(crate) fn config_err(path: &std::path::Path, problem: String) -> ModelError {
-    ModelError::Config { path: path.to_path_buf(), problem }
+    ModelError::Config {
+        path: path.to_path_buf(),
+        problem,
+    }
 }
 
 /// Root-mean-square layer norm.
@@ -284,7 +335,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(w: &Weights, name: &str, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.tensor(name, &[size])?.to_dtype(w.dtype())?, eps: eps as f32 })
+        Ok(Self {
+            weight: w.tensor(name, &[size])?.to_dtype(w.dtype())?,
+            eps: eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -302,7 +356,11 @@ struct Linear {
 impl Linear {
     fn new(w: &Weights, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.matmul(&format!("{prefix}.weight"), out_dim, in_dim)?;
-        let bias = if bias { Some(w.tensor(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        let bias = if bias {
+            Some(w.tensor(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -354,14 +412,23 @@ struct Rope {
 
 impl Rope {
     /// `(cos, sin)`, each `(T, D/2)`.
-    fn tables(&self, offset: usize, t: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    fn tables(
+        &self,
+        offset: usize,
+        t: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut angles = Vec::with_capacity(t * half);
         for pos in offset..offset + t {
             angles.extend(self.inv_freq.iter().map(|f| pos as f32 * f));
         }
         let angles = Tensor::from_vec(angles, (t, half), device)?;
-        Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+        Ok((
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        ))
     }
 
     /// Rotates `x: (B, H, T, D)`.
@@ -388,7 +455,12 @@ struct Attention {
 
 impl Attention {
     fn new(cfg: &DecoderConfig, w: &Weights, prefix: &str) -> Result<Self> {
-        let (e, h, hkv, d) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let (e, h, hkv, d) = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        );
         let bias = cfg.attention_bias;
         Ok(Self {
             q_proj: Linear::new(w, &format!("{prefix}.q_proj"), h * d, e, bias)?,
@@ -402,13 +474,32 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, step: &Step, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        step: &Step,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
-        let q = self.q_proj.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, hkv, d))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, hkv, d))?.transpose(1, 2)?.contiguous()?;
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, h, d))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, hkv, d))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, hkv, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = step.rope.apply(&q, &step.cos, &step.sin)?;
         let k = step.rope.apply(&k, &step.cos, &step.sin)?;
         // (B, Hkv, S, D)
@@ -423,10 +514,14 @@ impl Attention {
         let att = (q.matmul(&k.t()?)? * scale)?;
         let att = match &step.mask {
             // mask: (T, S) broadcast over (B, Hkv, G, T, S)
-            Some(mask) => att.reshape((b, hkv, group, t, s))?.broadcast_add(mask)?.reshape((b, hkv, group * t, s))?,
+            Some(mask) => att
+                .reshape((b, hkv, group, t, s))?
+                .broadcast_add(mask)?
+                .reshape((b, hkv, group * t, s))?,
             None => att,
         };
-        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let att =
+            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         // (B, Hkv, G*T, S) @ (B, Hkv, S, D) -> (B, Hkv, G*T, D) = (B, H, T, D)
         let y = att.matmul(&v)?.reshape((b, h, t, d))?;
         // (B, H, T, D) -> (B, T, H*D)
@@ -474,14 +569,31 @@ impl Block {
         Ok(Self {
             input_layernorm: RmsNorm::new(w, &format!("{p}.input_layernorm.weight"), e, eps)?,
             self_attn: Attention::new(cfg, w, &format!("{p}.self_attn"))?,
-            post_attention_layernorm: RmsNorm::new(w, &format!("{p}.post_attention_layernorm.weight"), e, eps)?,
+            post_attention_layernorm: RmsNorm::new(
+                w,
+                &format!("{p}.post_attention_layernorm.weight"),
+                e,
+                eps,
+            )?,
             mlp: Mlp::new(cfg, w, &format!("{p}.mlp"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, step: &Step, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, step, cache, layer)?)?;
-        Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    fn forward(
+        &self,
+        x: &Tensor,
+        step: &Step,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let h =
+            (x + self
+                .self_attn
+                .forward(&self.input_layernorm.forward(x)?, step, cache, layer)?)?;
+        Ok((&h
+            + self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
 }
 
@@ -517,15 +629,29 @@ impl Llama {
     pub(crate) fn from_decoder(cfg: DecoderConfig, w: &Weights) -> Result<Self> {
         let (v, e) = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = w.embedding("model.embed_tokens.weight", v, e)?;
-        let layers = (0..cfg.num_layers).map(|i| Block::new(&cfg, w, i)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| Block::new(&cfg, w, i))
+            .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(w, "model.norm.weight", e, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
             w.matmul("model.embed_tokens.weight", v, e)?
         } else {
             w.matmul("lm_head.weight", v, e)?
         };
-        let rope = Rope { inv_freq: inv_freq(&cfg), interleaved: cfg.rope.interleaved };
-        Ok(Self { embed_tokens, layers, norm, lm_head, rope, device: w.device().clone(), dtype: w.dtype(), cfg })
+        let rope = Rope {
+            inv_freq: inv_freq(&cfg),
+            interleaved: cfg.rope.interleaved,
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            device: w.device().clone(),
+            dtype: w.dtype(),
+            cfg,
+        })
     }
 }
 
@@ -533,7 +659,15 @@ impl Llama {
 fn causal_mask(t: usize, offset: usize, device: &Device, dtype: DType) -> Result<Tensor> {
     let s = offset + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (t, s), device)?.to_dtype(dtype)?)
 }
@@ -553,8 +687,17 @@ impl CausalLm for Llama {
             return Err(ModelError::Input("forward needs at least one token".into()));
         }
         let (cos, sin) = self.rope.tables(offset, t, &self.device, self.dtype)?;
-        let mask = if t > 1 { Some(causal_mask(t, offset, &self.device, self.dtype)?) } else { None };
-        let step = Step { rope: self.rope.clone(), cos, sin, mask };
+        let mask = if t > 1 {
+            Some(causal_mask(t, offset, &self.device, self.dtype)?)
+        } else {
+            None
+        };
+        let step = Step {
+            rope: self.rope.clone(),
+            cos,
+            sin,
+            mask,
+        };
         // (B, T) -> (B, T, E)
         let mut x = self.embed_tokens.forward(input_ids)?.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -597,7 +740,12 @@ mod tests {
             num_kv_heads: 1,
             head_dim: 8,
             rms_norm_eps: 1e-5,
-            rope: RopeConfig { theta, llama3, freq_factors: None, interleaved: false },
+            rope: RopeConfig {
+                theta,
+                llama3,
+                freq_factors: None,
+                interleaved: false,
+            },
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             attention_bias: false,
@@ -615,7 +763,12 @@ mod tests {
 
     #[test]
     fn llama3_scaling_divides_low_frequencies_only() {
-        let s = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 };
+        let s = Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64,
+        };
         let plain = inv_freq(&cfg(500000.0, None));
         let scaled = inv_freq(&cfg(500000.0, Some(s)));
         // The highest frequency (wavelength 2π < 16) is unchanged; the lowest is divided by 8.
@@ -635,7 +788,10 @@ mod tests {
 
     #[test]
     fn causal_mask_allows_cached_positions() {
-        let m = causal_mask(2, 3, &Device::Cpu, DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        let m = causal_mask(2, 3, &Device::Cpu, DType::F32)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(m[0][..4], [0.0; 4]);
         assert_eq!(m[0][4], f32::NEG_INFINITY);
         assert_eq!(m[1], vec![0.0; 5]);

@@ -12,7 +12,8 @@ use crate::llama::{self, config_err, DecoderConfig, Llama};
 use crate::weights::Weights;
 use crate::{qwen2, CausalLm, ModelError, Result};
 
-const SUPPORTED: &str = "llama (SmolLM2, Llama 3, R1-Distill-Llama) and qwen2 (Qwen2.5, R1-Distill-Qwen)";
+const SUPPORTED: &str =
+    "llama (SmolLM2, Llama 3, R1-Distill-Llama) and qwen2 (Qwen2.5, R1-Distill-Qwen)";
 
 /// How to load weights.
 #[derive(Debug, Clone)]
@@ -25,7 +26,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32 }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
     }
 }
 
@@ -96,7 +100,16 @@ pub fn inspect(path: &Path) -> Result<(ModelInfo, ModelFormat)> {
         let (arch, dec, _) = hf_config(path)?;
         let files = safetensors_files(path)?;
         let (parameters, weight_bytes, weight_types) = safetensors_stats(path, &files)?;
-        let info = info_from(&arch, None, path, "safetensors", &dec, parameters, weight_bytes, weight_types);
+        let info = info_from(
+            &arch,
+            None,
+            path,
+            "safetensors",
+            &dec,
+            parameters,
+            weight_bytes,
+            weight_types,
+        );
         Ok((info, ModelFormat::HfDir(path.to_path_buf())))
     } else {
         let file = Arc::new(GgufFile::open(path)?);
@@ -123,7 +136,10 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             // One clear message for a truncated download, before any tensor is touched.
             file.check_tensor_data()?;
             let (_, dec) = gguf_config(file)?;
-            let w = Weights::Gguf { file: file.clone(), device: opts.device.clone() };
+            let w = Weights::Gguf {
+                file: file.clone(),
+                device: opts.device.clone(),
+            };
             Box::new(Llama::from_decoder(dec, &w)?)
         }
         ModelFormat::HfDir(dir) => {
@@ -136,7 +152,11 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             }
         }
     };
-    Ok(LoadedModel { model, info, format })
+    Ok(LoadedModel {
+        model,
+        info,
+        format,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -193,7 +213,10 @@ enum HfConfig {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     serde_json::from_str(&text).map_err(|e| config_err(path, format!("not valid JSON: {e}")))
 }
 
@@ -206,21 +229,35 @@ fn hf_config(dir: &Path) -> Result<(String, DecoderConfig, HfConfig)> {
         ));
     }
     let json = read_json(&path)?;
-    let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let model_type = json
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
     let parse = |what| config_err(&path, format!("{what}"));
     let (dec, raw) = match model_type.as_str() {
         "llama" => {
             let c: llama::Config = serde_json::from_value(json).map_err(parse)?;
-            (c.decoder().map_err(|p| config_err(&path, p))?, HfConfig::Llama(c))
+            (
+                c.decoder().map_err(|p| config_err(&path, p))?,
+                HfConfig::Llama(c),
+            )
         }
         "qwen2" => {
             let c: qwen2::Config = serde_json::from_value(json).map_err(parse)?;
-            (c.decoder().map_err(|p| config_err(&path, p))?, HfConfig::Qwen2(c))
+            (
+                c.decoder().map_err(|p| config_err(&path, p))?,
+                HfConfig::Qwen2(c),
+            )
         }
         _ => {
             return Err(ModelError::UnsupportedArchitecture {
                 path: path.clone(),
-                arch: if model_type.is_empty() { "(no model_type)".into() } else { model_type },
+                arch: if model_type.is_empty() {
+                    "(no model_type)".into()
+                } else {
+                    model_type
+                },
                 supported: SUPPORTED,
             })
         }
@@ -232,7 +269,10 @@ fn single_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
     if dir.join("config.json").exists() {
         return Ok(None);
     }
-    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let ggufs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
@@ -240,7 +280,10 @@ fn single_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
     match ggufs.len() {
         0 => Ok(None),
         1 => Ok(ggufs.into_iter().next()),
-        n => Err(config_err(dir, format!("the folder holds {n} .gguf files; pass the one to run"))),
+        n => Err(config_err(
+            dir,
+            format!("the folder holds {n} .gguf files; pass the one to run"),
+        )),
     }
 }
 
@@ -256,10 +299,15 @@ pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .ok_or_else(|| config_err(&index, "has no \"weight_map\" object".into()))?;
         let mut names: Vec<&str> = Vec::new();
         for v in map.values() {
-            let f = v.as_str().ok_or_else(|| config_err(&index, "weight_map values must be file names".into()))?;
+            let f = v
+                .as_str()
+                .ok_or_else(|| config_err(&index, "weight_map values must be file names".into()))?;
             // The index is untrusted: shard names must be plain file names inside the folder.
             if f.contains('/') || f.contains('\\') || f == ".." || !f.ends_with(".safetensors") {
-                return Err(config_err(&index, format!("shard name {f:?} is not a plain *.safetensors file name")));
+                return Err(config_err(
+                    &index,
+                    format!("shard name {f:?} is not a plain *.safetensors file name"),
+                ));
             }
             if !names.contains(&f) {
                 names.push(f);
@@ -268,7 +316,13 @@ pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         names.sort();
         let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
         if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-            return Err(config_err(&index, format!("names shard {}, which is not in the folder; download every shard", missing.display())));
+            return Err(config_err(
+                &index,
+                format!(
+                    "names shard {}, which is not in the folder; download every shard",
+                    missing.display()
+                ),
+            ));
         }
         return Ok(files);
     }
@@ -276,7 +330,10 @@ pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.is_file() {
         return Ok(vec![single]);
     }
-    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
@@ -301,9 +358,20 @@ fn safetensors_stats(dir: &Path, files: &[PathBuf]) -> Result<(u64, u64, BTreeMa
                 .and_then(|s| s.as_array())
                 .map(|s| s.iter().filter_map(|d| d.as_u64()).product())
                 .unwrap_or(0);
-            let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?").to_string();
-            if let Some([a, b]) = t.get("data_offsets").and_then(|o| o.as_array()).map(|o| o.as_slice()) {
-                bytes += b.as_u64().unwrap_or(0).saturating_sub(a.as_u64().unwrap_or(0));
+            let dtype = t
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .unwrap_or("?")
+                .to_string();
+            if let Some([a, b]) = t
+                .get("data_offsets")
+                .and_then(|o| o.as_array())
+                .map(|o| o.as_slice())
+            {
+                bytes += b
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(a.as_u64().unwrap_or(0));
             }
             params += n;
             *types.entry(dtype).or_insert(0) += n;
@@ -317,16 +385,21 @@ fn safetensors_stats(dir: &Path, files: &[PathBuf]) -> Result<(u64, u64, BTreeMa
 fn read_safetensors_header(path: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
     const MAX_HEADER: u64 = 100 << 20;
-    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|_| config_err(path, "too short to be a safetensors file".into()))?;
+    f.read_exact(&mut len)
+        .map_err(|_| config_err(path, "too short to be a safetensors file".into()))?;
     let len = u64::from_le_bytes(len);
     if len > MAX_HEADER || len + 8 > file_len {
         return Err(config_err(path, format!("safetensors header claims {len} bytes; the file ({file_len} bytes) is corrupt or truncated")));
     }
     let mut buf = vec![0u8; len as usize];
     f.read_exact(&mut buf).map_err(io)?;
-    serde_json::from_slice(&buf).map_err(|e| config_err(path, format!("safetensors header is not valid JSON: {e}")))
+    serde_json::from_slice(&buf)
+        .map_err(|e| config_err(path, format!("safetensors header is not valid JSON: {e}")))
 }

@@ -64,15 +64,24 @@ impl Config {
             return Err("use_sliding_window = true is not supported".into());
         }
         if self.hidden_act != "silu" {
-            return Err(format!("hidden_act {:?} is not supported (only \"silu\")", self.hidden_act));
+            return Err(format!(
+                "hidden_act {:?} is not supported (only \"silu\")",
+                self.hidden_act
+            ));
         }
         let theta = self
             .rope_theta
             .or_else(|| self.rope_parameters.as_ref().and_then(|r| r.rope_theta))
             .unwrap_or(10_000.0);
-        if let Some(t) = self.rope_parameters.as_ref().and_then(|r| r.rope_type.as_deref()) {
+        if let Some(t) = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.as_deref())
+        {
             if t != "default" {
-                return Err(format!("rope type {t:?} is not supported for qwen2 (only default)"));
+                return Err(format!(
+                    "rope type {t:?} is not supported for qwen2 (only default)"
+                ));
             }
         }
         let cfg = DecoderConfig {
@@ -84,7 +93,12 @@ impl Config {
             num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
             head_dim: self.hidden_size / self.num_attention_heads.max(1),
             rms_norm_eps: self.rms_norm_eps,
-            rope: RopeConfig { theta, llama3: None, freq_factors: None, interleaved: false },
+            rope: RopeConfig {
+                theta,
+                llama3: None,
+                freq_factors: None,
+                interleaved: false,
+            },
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
             attention_bias: true,

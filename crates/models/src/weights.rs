@@ -88,13 +88,25 @@ fn ggml_dtype(t: GgmlType) -> Result<GgmlDType> {
 
 impl Weights {
     /// Opens the safetensors files of a Hugging Face folder (sharded or not).
-    pub fn from_safetensors(dir: &Path, files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+    pub fn from_safetensors(
+        dir: &Path,
+        files: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         // SAFETY: the files are mapped read-only; like every mmap loader we assume no other
         // process truncates them while the model is alive.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
-            ModelError::Config { path: dir.to_path_buf(), problem: format!("cannot read the safetensors weights: {e}") }
-        })?;
-        Ok(Self::Safetensors { dir: dir.to_path_buf(), vb })
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
+                ModelError::Config {
+                    path: dir.to_path_buf(),
+                    problem: format!("cannot read the safetensors weights: {e}"),
+                }
+            })?;
+        Ok(Self::Safetensors {
+            dir: dir.to_path_buf(),
+            vb,
+        })
     }
 
     /// Path of the file or folder, for messages.
@@ -130,15 +142,24 @@ impl Weights {
     }
 
     fn missing(&self, name: &str) -> ModelError {
-        ModelError::MissingTensor { path: self.path().to_path_buf(), name: name.to_string() }
+        ModelError::MissingTensor {
+            path: self.path().to_path_buf(),
+            name: name.to_string(),
+        }
     }
 
     fn qtensor(&self, hf_name: &str, shape: &[usize]) -> Result<QTensor> {
-        let Self::Gguf { file, device } = self else { unreachable!("qtensor on a GGUF source only") };
+        let Self::Gguf { file, device } = self else {
+            unreachable!("qtensor on a GGUF source only")
+        };
         let name = gguf_name(hf_name);
         let info = file.tensor_info(&name).map_err(|_| self.missing(&name))?;
         if info.shape() != shape {
-            return Err(ModelError::Shape { name, expected: shape.to_vec(), found: info.shape() });
+            return Err(ModelError::Shape {
+                name,
+                expected: shape.to_vec(),
+                found: info.shape(),
+            });
         }
         let data = file.tensor_data(info)?;
         let dtype = ggml_dtype(info.ggml_type)?;
@@ -154,7 +175,8 @@ impl Weights {
                 if !vb.contains_tensor(hf_name) {
                     return Err(self.missing(hf_name));
                 }
-                vb.get(shape, hf_name).map_err(|e| shape_or_candle(hf_name, shape, e))
+                vb.get(shape, hf_name)
+                    .map_err(|e| shape_or_candle(hf_name, shape, e))
             }
         }
     }
@@ -162,8 +184,12 @@ impl Weights {
     /// A weight matrix `(out, in)` for `x @ W^T`, kept quantized when the file is.
     pub fn matmul(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
         match self {
-            Self::Gguf { .. } => Ok(QMatMul::from_qtensor(self.qtensor(hf_name, &[out_dim, in_dim])?)?),
-            Self::Safetensors { .. } => Ok(QMatMul::Tensor(self.tensor(hf_name, &[out_dim, in_dim])?)),
+            Self::Gguf { .. } => Ok(QMatMul::from_qtensor(
+                self.qtensor(hf_name, &[out_dim, in_dim])?,
+            )?),
+            Self::Safetensors { .. } => {
+                Ok(QMatMul::Tensor(self.tensor(hf_name, &[out_dim, in_dim])?))
+            }
         }
     }
 
@@ -174,7 +200,11 @@ impl Weights {
                 let name = gguf_name(hf_name);
                 let info = file.tensor_info(&name).map_err(|_| self.missing(&name))?;
                 if info.shape() != [vocab, hidden] {
-                    return Err(ModelError::Shape { name, expected: vec![vocab, hidden], found: info.shape() });
+                    return Err(ModelError::Shape {
+                        name,
+                        expected: vec![vocab, hidden],
+                        found: info.shape(),
+                    });
                 }
                 file.tensor_data(info)?;
                 Ok(Embedding::Quantized {
@@ -186,7 +216,9 @@ impl Weights {
                     hidden,
                 })
             }
-            Self::Safetensors { .. } => Ok(Embedding::Dense(self.tensor(hf_name, &[vocab, hidden])?)),
+            Self::Safetensors { .. } => {
+                Ok(Embedding::Dense(self.tensor(hf_name, &[vocab, hidden])?))
+            }
         }
     }
 }
@@ -237,7 +269,14 @@ impl Embedding {
                 let idx = Tensor::new(flat.as_slice(), table.device())?;
                 Ok(table.index_select(&idx, 0)?.reshape((b, t, ()))?)
             }
-            Self::Quantized { file, device: out_device, name, dtype, vocab, hidden } => {
+            Self::Quantized {
+                file,
+                device: out_device,
+                name,
+                dtype,
+                vocab,
+                hidden,
+            } => {
                 check_ids(&flat, *vocab)?;
                 let info = file.tensor_info(name)?;
                 let data = file.tensor_data(info)?;
@@ -253,7 +292,9 @@ impl Embedding {
                     )?;
                     rows.push(q.dequantize(&device)?);
                 }
-                Ok(Tensor::cat(&rows, 0)?.reshape((b, t, *hidden))?.to_device(out_device)?)
+                Ok(Tensor::cat(&rows, 0)?
+                    .reshape((b, t, *hidden))?
+                    .to_device(out_device)?)
             }
         }
     }

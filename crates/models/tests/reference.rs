@@ -18,38 +18,76 @@ fn models_dir() -> PathBuf {
 
 fn model(name: &str) -> PathBuf {
     let p = models_dir().join(name);
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-sample-models.sh first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-sample-models.sh first",
+        p.display()
+    );
     p
 }
 
 fn check(file: &str, fixture: &str) {
     let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference").join(fixture))
-            .unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/reference")
+                .join(fixture),
+        )
+        .unwrap(),
     )
     .unwrap();
-    let ids: Vec<u32> = reference["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     let loaded = load(&model(file), &LoadOptions::default()).unwrap();
     let mut cache = loaded.model.new_cache();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let logits: Vec<Vec<f32>> = loaded.model.forward(&input, &mut cache).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits: Vec<Vec<f32>> = loaded
+        .model
+        .forward(&input, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
 
     let top_ids = reference["top_ids"].as_array().unwrap();
     let top_logits = reference["top_logits"].as_array().unwrap();
     let (mut agree, mut max_diff) = (0, 0f32);
     for (t, row) in logits.iter().enumerate() {
-        let ours = row.iter().enumerate().fold(0, |b, (i, &x)| if x > row[b] { i } else { b });
+        let ours = row
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &x)| if x > row[b] { i } else { b });
         if ours as u64 == top_ids[t][0].as_u64().unwrap() {
             agree += 1;
         }
-        for (id, l) in top_ids[t].as_array().unwrap().iter().zip(top_logits[t].as_array().unwrap()) {
-            max_diff = max_diff.max((row[id.as_u64().unwrap() as usize] - l.as_f64().unwrap() as f32).abs());
+        for (id, l) in top_ids[t]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(top_logits[t].as_array().unwrap())
+        {
+            max_diff = max_diff
+                .max((row[id.as_u64().unwrap() as usize] - l.as_f64().unwrap() as f32).abs());
         }
     }
     let n = logits.len();
     println!("{file}: top-1 agreement {agree}/{n} ({:.1}%), max abs diff on the reference top-5 {max_diff:.3}", 100.0 * agree as f64 / n as f64);
-    assert!(agree * 100 >= n * 95, "{file}: top-1 agreement {agree}/{n} is below 95%");
-    assert!(max_diff < 1.5, "{file}: logits drift by {max_diff} from transformers");
+    assert!(
+        agree * 100 >= n * 95,
+        "{file}: top-1 agreement {agree}/{n} is below 95%"
+    );
+    assert!(
+        max_diff < 1.5,
+        "{file}: logits drift by {max_diff} from transformers"
+    );
 }
 
 #[test]
@@ -59,5 +97,8 @@ fn smollm2_q4_1_agrees_with_transformers() {
 
 #[test]
 fn qwen25_coder_q4_k_m_agrees_with_transformers() {
-    check("Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf", "qwen2.5-coder.json");
+    check(
+        "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf",
+        "qwen2.5-coder.json",
+    );
 }

@@ -50,12 +50,19 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Greedy decoding: always the most likely token.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 
     /// DeepSeek's recommended settings for R1 models: temperature 0.6, top-p 0.95.
     pub fn r1_defaults() -> Self {
-        Self { temperature: 0.6, top_p: 0.95, ..Self::default() }
+        Self {
+            temperature: 0.6,
+            top_p: 0.95,
+            ..Self::default()
+        }
     }
 
     /// Whether sampling reduces to argmax.
@@ -101,7 +108,11 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into(), reasoning_content: None }
+        Self {
+            role: role.into(),
+            content: content.into(),
+            reasoning_content: None,
+        }
     }
     /// A `system` message.
     pub fn system(content: impl Into<String>) -> Self {
@@ -138,12 +149,18 @@ mod tests {
     fn greedy_detection() {
         assert!(SamplingParams::greedy().is_greedy());
         assert!(!SamplingParams::r1_defaults().is_greedy());
-        let k1 = SamplingParams { top_k: 1, ..SamplingParams::default() };
+        let k1 = SamplingParams {
+            top_k: 1,
+            ..SamplingParams::default()
+        };
         assert!(k1.is_greedy());
     }
 
     #[test]
     fn finish_reason_wire_names() {
-        assert_eq!(serde_json::to_string(&FinishReason::Length).unwrap(), "\"length\"");
+        assert_eq!(
+            serde_json::to_string(&FinishReason::Length).unwrap(),
+            "\"length\""
+        );
     }
 }
