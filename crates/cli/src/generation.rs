@@ -50,6 +50,9 @@ pub struct GenArgs {
     /// Stop when this string appears (repeatable); it is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Do not print the reasoning.
     #[arg(long)]
     pub hide_reasoning: bool,
@@ -89,7 +92,7 @@ impl GenArgs {
             sampling,
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
-            ignore_eos: false,
+            ignore_eos: self.ignore_eos,
             starts_in_reasoning: prompt.starts_in_reasoning,
             max_reasoning_tokens: self.max_reasoning_tokens,
         }

@@ -254,3 +254,61 @@ fn help_lists_every_command() {
         assert!(text.contains(c), "{text}");
     }
 }
+
+#[test]
+fn unreachable_hub_explains_how_to_pass_a_local_path() {
+    // Port 9 on loopback is closed: the hub client fails fast, as it does on an offline machine.
+    let cache = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_seek"))
+        .args(["inspect", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HOME", cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot fetch deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
+        "{err}"
+    );
+    assert!(err.contains("pass its path"), "{err}");
+}
+
+#[test]
+fn chat_keeps_the_conversation() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let q = model(QWEN);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seek"))
+        .args(["chat", &q, "-t", "0", "-n", "24"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"My name is Ada. Reply with one short sentence.\nWhat is my name? Reply with one word.\n/exit\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let turns: Vec<&str> = out
+        .trim()
+        .split('\n')
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(turns.len() >= 2, "{out}");
+    assert!(
+        turns.last().unwrap().contains("Ada"),
+        "the second answer should recall the name: {out}"
+    );
+    assert_eq!(
+        stderr(&o).matches("prompt tokens").count(),
+        2,
+        "one stats line per turn: {}",
+        stderr(&o)
+    );
+}
