@@ -104,7 +104,7 @@ pub(crate) fn from_gguf(g: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         .filter(|(t, &ty)| !t.is_empty() && (ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED))
         .map(|(t, &ty)| AddedToken::from(t.to_string(), ty == TYPE_CONTROL).normalized(false))
         .collect();
-    inner.add_tokens(&added);
+    inner.add_tokens(added);
 
     let id_key = |key: &str| -> Result<Option<TokenId>, TokenizerError> {
         if g.get(key).is_none() {
