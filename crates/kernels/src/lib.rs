@@ -1,0 +1,343 @@
+//! CPU kernels for ggml-quantized matrix-vector and matrix-matrix products, as llama.cpp's
+//! ggml-cpu computes them: weights stay in their GGUF block encoding (read straight from the
+//! memory map), activations are quantized once per row to the matching 8-bit "vec-dot" type
+//! (Q8_0, Q8_1 or Q8_K), and the dot products run on integers with one float scale per block.
+//!
+//! Design decision: **one tile kernel per (SIMD level, weight type) computes every dot product**,
+//! for `R` weight rows against `C` activation rows at once (`R, C <= 4`). [`vec_dot`] is the
+//! 1x1 tile and [`matmul`] walks the matrix in 4x4 (prefill) or 4x1 (decode) tiles, so each
+//! weight block is unpacked once per tile and the per-pair arithmetic is the same instruction
+//! sequence whatever the tile shape: `matmul` equals per-row `vec_dot` bit for bit, which the
+//! tests check. The SIMD level is chosen at run time ([`Simd::best`]); the portable scalar code
+//! follows ggml's generic C and is the reference the SIMD paths are tested against.
+//!
+//! Layouts are ggml's exactly (little-endian, f16 scales); blocks are read with unaligned loads
+//! because a GGUF file only aligns the start of a tensor.
+#![deny(missing_docs)]
+
+mod dispatch;
+mod layout;
+mod matmul;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use matmul::{matmul, thread_pool, QMatrix, Scratch};
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// A ggml weight encoding that these kernels compute with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum QType {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QType {
+    /// Every type, in ggml's type-code order.
+    pub const ALL: [QType; 10] = [
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q5_0,
+        QType::Q5_1,
+        QType::Q8_0,
+        QType::Q2K,
+        QType::Q3K,
+        QType::Q4K,
+        QType::Q5K,
+        QType::Q6K,
+    ];
+
+    /// ggml's name for the type (`"Q4_K"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            QType::Q4_0 => "Q4_0",
+            QType::Q4_1 => "Q4_1",
+            QType::Q5_0 => "Q5_0",
+            QType::Q5_1 => "Q5_1",
+            QType::Q8_0 => "Q8_0",
+            QType::Q2K => "Q2_K",
+            QType::Q3K => "Q3_K",
+            QType::Q4K => "Q4_K",
+            QType::Q5K => "Q5_K",
+            QType::Q6K => "Q6_K",
+        }
+    }
+
+    /// Elements per block: 32, or 256 for the K-quants' super-blocks.
+    pub fn block_elems(self) -> usize {
+        match self {
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => 32,
+            _ => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QType::Q4_0 => 18,
+            QType::Q4_1 => 20,
+            QType::Q5_0 => 22,
+            QType::Q5_1 => 24,
+            QType::Q8_0 => 34,
+            QType::Q2K => 84,
+            QType::Q3K => 110,
+            QType::Q4K => 144,
+            QType::Q5K => 176,
+            QType::Q6K => 210,
+        }
+    }
+
+    /// Bytes of a row of `n` elements; `n` must be a multiple of [`QType::block_elems`].
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_elems() * self.block_bytes()
+    }
+
+    /// The type activations are quantized to before a dot product with this weight type
+    /// (ggml's `vec_dot_type`).
+    pub fn vec_dot_type(self) -> VecDotType {
+        match self {
+            QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => VecDotType::Q8_0,
+            QType::Q4_1 | QType::Q5_1 => VecDotType::Q8_1,
+            _ => VecDotType::Q8K,
+        }
+    }
+}
+
+impl fmt::Display for QType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An 8-bit activation encoding: the right-hand side of every dot product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VecDotType {
+    /// 32 elements: f16 scale `d`, 32 x i8 (34 bytes).
+    Q8_0,
+    /// 32 elements: f16 scale `d`, f16 `s = d * sum(qs)`, 32 x i8 (36 bytes).
+    Q8_1,
+    /// 256 elements: f32 scale `d`, 256 x i8, 16 x i16 sums of 16 (292 bytes).
+    Q8K,
+}
+
+impl VecDotType {
+    /// Elements per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            VecDotType::Q8_0 | VecDotType::Q8_1 => 32,
+            VecDotType::Q8K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            VecDotType::Q8_0 => 34,
+            VecDotType::Q8_1 => 36,
+            VecDotType::Q8K => 292,
+        }
+    }
+
+    /// Bytes of a row of `n` elements; `n` must be a multiple of [`VecDotType::block_elems`].
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_elems() * self.block_bytes()
+    }
+}
+
+/// A set of CPU instructions that the kernels can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Simd {
+    /// Portable Rust, the reference that the other levels are tested against.
+    Scalar,
+    /// x86-64 AVX2 with FMA and F16C (Haswell, Zen 1 and later).
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL with VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later),
+    /// on top of [`Simd::Avx2`].
+    Avx512,
+}
+
+impl Simd {
+    /// Every level, slowest first.
+    pub const ALL: [Simd; 3] = [Simd::Scalar, Simd::Avx2, Simd::Avx512];
+
+    /// Whether this CPU can run the level.
+    pub fn is_available(self) -> bool {
+        match self {
+            Simd::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => {
+                Simd::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest level this CPU can run, detected once. Setting the environment variable
+    /// `SEEK_SIMD` to `scalar` or `avx2` caps it (for comparisons and bug reports).
+    pub fn best() -> Simd {
+        static BEST: OnceLock<Simd> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let cap = match std::env::var("SEEK_SIMD").ok().as_deref() {
+                Some("scalar") => Simd::Scalar,
+                Some("avx2") => Simd::Avx2,
+                _ => Simd::Avx512,
+            };
+            Simd::ALL
+                .into_iter()
+                .filter(|s| *s <= cap && s.is_available())
+                .max()
+                .unwrap_or(Simd::Scalar)
+        })
+    }
+
+    /// The levels this CPU can run, slowest first.
+    pub fn available() -> Vec<Simd> {
+        Simd::ALL.into_iter().filter(|s| s.is_available()).collect()
+    }
+
+    /// [`vec_dot`] at this level. Panics if the CPU cannot run it (see [`Simd::is_available`]).
+    pub fn vec_dot(self, ty: QType, w_row: &[u8], x_q: &[u8], n: usize) -> f32 {
+        check_dot_args(ty, w_row, x_q, n);
+        let kernel = dispatch::Kernel::new(self, ty);
+        let mut out = [0f32; 16];
+        kernel.tile(
+            1,
+            1,
+            dispatch::Rows::new(w_row, 0),
+            dispatch::Rows::new(x_q, 0),
+            n / ty.block_elems(),
+            &mut out,
+        );
+        out[0]
+    }
+
+    /// [`quantize_row`] at this level; results are identical at every level.
+    pub fn quantize_row(self, x: &[f32], to: VecDotType, out: &mut Vec<u8>) {
+        assert!(
+            x.len().is_multiple_of(to.block_elems()),
+            "quantize_row: {} elements is not a multiple of the {to:?} block size {}",
+            x.len(),
+            to.block_elems()
+        );
+        out.clear();
+        out.resize(to.row_bytes(x.len()), 0);
+        dispatch::quantize_into(self, x, to, out);
+    }
+}
+
+/// Why a weight matrix or a thread pool was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The column count does not divide into whole blocks.
+    #[error("{ty} matrix: {cols} columns is not a multiple of the block size {block}; quantize the tensor with a type whose block divides its row length (e.g. Q8_0 or Q4_0 for rows of 32k)")]
+    RaggedRow {
+        /// Weight type.
+        ty: QType,
+        /// Columns asked for.
+        cols: usize,
+        /// Elements per block.
+        block: usize,
+    },
+    /// The data is not `rows * row_bytes` long.
+    #[error("{ty} matrix of {rows} x {cols}: expected {expected} bytes of blocks, got {got}; the tensor's type or shape does not match its data")]
+    WrongLength {
+        /// Weight type.
+        ty: QType,
+        /// Rows asked for.
+        rows: usize,
+        /// Columns asked for.
+        cols: usize,
+        /// `rows * ty.row_bytes(cols)`.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// A forced SIMD level that this CPU cannot run.
+    #[error("this CPU cannot run {0:?} kernels; use Simd::best() or one of Simd::available()")]
+    Unavailable(Simd),
+    /// The worker threads could not be started.
+    #[error("cannot start {threads} kernel threads: {source}")]
+    ThreadPool {
+        /// Threads asked for.
+        threads: usize,
+        /// Why rayon refused.
+        source: rayon::ThreadPoolBuildError,
+    },
+}
+
+/// Quantizes one activation row to `to` (ggml's `quantize_row_q8_0` / `_q8_1` / `_q8_K`
+/// reference rounding), replacing the contents of `out`. `x.len()` must be a multiple of
+/// the block size.
+pub fn quantize_row(x: &[f32], to: VecDotType, out: &mut Vec<u8>) {
+    Simd::best().quantize_row(x, to, out)
+}
+
+/// Decodes one row of blocks of `ty` into `out` (ggml's `dequantize_row_*`, bit for bit).
+/// `out.len()` elements are decoded; `w_row` must hold exactly their blocks.
+pub fn dequantize_row(ty: QType, w_row: &[u8], out: &mut [f32]) {
+    assert!(
+        out.len().is_multiple_of(ty.block_elems()) && w_row.len() == ty.row_bytes(out.len()),
+        "dequantize_row: {} bytes of {ty} do not hold {} elements",
+        w_row.len(),
+        out.len()
+    );
+    scalar::dequantize_row(ty, w_row, out)
+}
+
+/// Decodes one activation row quantized by [`quantize_row`] (`d * q` per element); tests use
+/// it to build a plain f32 reference.
+pub fn dequantize_act_row(from: VecDotType, x_q: &[u8], out: &mut [f32]) {
+    assert!(
+        out.len().is_multiple_of(from.block_elems()) && x_q.len() == from.row_bytes(out.len()),
+        "dequantize_act_row: {} bytes of {from:?} do not hold {} elements",
+        x_q.len(),
+        out.len()
+    );
+    scalar::dequantize_act(from, x_q, out)
+}
+
+/// The dot product of a weight row of `n` elements (blocks of `ty`) with an activation row
+/// quantized by [`quantize_row`] to `ty.vec_dot_type()`, at the best SIMD level.
+pub fn vec_dot(ty: QType, w_row: &[u8], x_q: &[u8], n: usize) -> f32 {
+    Simd::best().vec_dot(ty, w_row, x_q, n)
+}
+
+fn check_dot_args(ty: QType, w_row: &[u8], x_q: &[u8], n: usize) {
+    assert!(
+        n.is_multiple_of(ty.block_elems()),
+        "vec_dot: {n} elements is not a multiple of the {ty} block size"
+    );
+    assert_eq!(
+        w_row.len(),
+        ty.row_bytes(n),
+        "vec_dot: {ty} row of {n} elements"
+    );
+    assert_eq!(
+        x_q.len(),
+        ty.vec_dot_type().row_bytes(n),
+        "vec_dot: {:?} activations of {n} elements",
+        ty.vec_dot_type()
+    );
+}

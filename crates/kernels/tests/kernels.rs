@@ -1,0 +1,216 @@
+//! Every kernel at every SIMD level this CPU has, against a plain f32 reference and against
+//! each other; `matmul` against per-row `vec_dot`, bit for bit.
+
+mod common;
+
+use common::*;
+use seek_kernels::{matmul, quantize_row, thread_pool, QMatrix, QType, Scratch, Simd, VecDotType};
+
+const BLOCK_COUNTS: [usize; 4] = [1, 3, 7, 33];
+
+#[test]
+fn vec_dot_matches_the_f32_reference_at_every_level() {
+    let mut rng = rng(1);
+    for ty in QType::ALL {
+        for nb in BLOCK_COUNTS {
+            let n = nb * ty.block_elems();
+            for trial in 0..4 {
+                let w = random_blocks(ty, nb, &mut rng);
+                let x = random_acts(n, &mut rng);
+                let xq = quantize(ty, &x);
+                let (want, scale) = reference_dot(ty, &w, &xq, n);
+                let scalar = Simd::Scalar.vec_dot(ty, &w, &xq, n);
+                for simd in Simd::available() {
+                    let got = simd.vec_dot(ty, &w, &xq, n);
+                    let err = (got as f64 - want).abs();
+                    assert!(
+                        err <= 2e-5 * scale + 1e-6,
+                        "{ty} {simd:?} nb={nb} trial={trial}: got {got}, want {want}, err {err:e}, scale {scale:e}"
+                    );
+                    let vs = (got - scalar).abs() as f64;
+                    assert!(
+                        vs <= 1e-4 * scale.max(want.abs()) + 1e-6,
+                        "{ty} {simd:?} nb={nb}: {got} vs scalar {scalar}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_row_is_identical_at_every_level() {
+    let mut rng = rng(2);
+    for to in [VecDotType::Q8_0, VecDotType::Q8_1, VecDotType::Q8K] {
+        for nb in BLOCK_COUNTS {
+            let n = nb * to.block_elems();
+            let mut x = random_acts(n, &mut rng);
+            // Exact halves after scaling, an all-zero block and ties of the largest magnitude.
+            x[0] = 127.0;
+            x[1] = 0.5;
+            x[2] = -2.5;
+            x[3] = -127.0;
+            if nb > 1 {
+                x[to.block_elems()..2 * to.block_elems()].fill(0.0);
+            }
+            let mut want = Vec::new();
+            Simd::Scalar.quantize_row(&x, to, &mut want);
+            for simd in Simd::available() {
+                let mut got = Vec::new();
+                simd.quantize_row(&x, to, &mut got);
+                assert_eq!(got, want, "{to:?} {simd:?} nb={nb}");
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_row_follows_ggml_rounding() {
+    // Q8_0: d = amax / 127 and roundf (half away from zero); here d = 1 exactly.
+    let mut x = vec![0f32; 32];
+    x[0] = 127.0;
+    x[1] = 2.5;
+    x[2] = -2.5;
+    x[3] = 0.49999997;
+    let mut q = Vec::new();
+    quantize_row(&x, VecDotType::Q8_0, &mut q);
+    assert_eq!(&q[..2], &half::f16::from_f32(1.0).to_le_bytes());
+    assert_eq!(
+        q[2..6].iter().map(|&b| b as i8).collect::<Vec<_>>(),
+        [127, 3, -3, 0]
+    );
+
+    // Q8_1: s = d * sum(q).
+    quantize_row(&x, VecDotType::Q8_1, &mut q);
+    assert_eq!(&q[2..4], &half::f16::from_f32(127.0).to_le_bytes());
+
+    // Q8_K: iscale = -127 / max (signed), round half to even, d = 1 / iscale, bsums.
+    let mut x = vec![0f32; 256];
+    x[0] = -127.0;
+    x[1] = 2.5;
+    x[2] = 3.5;
+    x[17] = 1.0;
+    quantize_row(&x, VecDotType::Q8K, &mut q);
+    assert_eq!(f32::from_le_bytes(q[..4].try_into().unwrap()), 1.0);
+    assert_eq!(
+        q[4..7].iter().map(|&b| b as i8).collect::<Vec<_>>(),
+        [-127, 2, 4]
+    );
+    let bsum = |j: usize| i16::from_le_bytes([q[260 + 2 * j], q[261 + 2 * j]]);
+    assert_eq!((bsum(0), bsum(1)), (-127 + 2 + 4, 1));
+}
+
+#[test]
+fn matmul_equals_per_row_vec_dot_exactly() {
+    let mut rng = rng(3);
+    let pools: Vec<_> = (1..=3).map(|t| thread_pool(t).unwrap()).collect();
+    // 131 rows: not a multiple of the 4-row tile, and enough bytes that 2 and 3 threads split
+    // the rows (small products stay on one thread).
+    let rows = 131;
+    for ty in QType::ALL {
+        let nb = if ty.block_elems() == 32 { 33 } else { 3 };
+        let cols = nb * ty.block_elems();
+        let w = random_blocks(ty, rows * nb, &mut rng);
+        let w = QMatrix::new(ty, &w, rows, cols).unwrap();
+        for simd in Simd::available() {
+            let mut scratch = Scratch::with_simd(simd).unwrap();
+            for m in [1, 2, 3, 5, 8, 17] {
+                let x = random_acts(m * cols, &mut rng);
+                let mut want = vec![0f32; m * rows];
+                for c in 0..m {
+                    let mut xq = Vec::new();
+                    simd.quantize_row(&x[c * cols..(c + 1) * cols], ty.vec_dot_type(), &mut xq);
+                    for r in 0..rows {
+                        want[c * rows + r] = simd.vec_dot(ty, w.row(r), &xq, cols);
+                    }
+                }
+                for pool in &pools {
+                    let mut out = vec![f32::NAN; m * rows];
+                    matmul(&w, &x, m, &mut out, &mut scratch, pool);
+                    for (i, (g, e)) in out.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            e.to_bits(),
+                            "{ty} {simd:?} m={m} threads={} at (c={}, r={}): {g} vs {e}",
+                            pool.current_num_threads(),
+                            i / rows,
+                            i % rows
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_handles_odd_shapes() {
+    let mut rng = rng(4);
+    let pool = thread_pool(3).unwrap();
+    let mut scratch = Scratch::new();
+    for ty in [QType::Q5_0, QType::Q4K] {
+        for rows in [1, 3, 5, 7, 9] {
+            let nb = 7;
+            let cols = nb * ty.block_elems();
+            let w = random_blocks(ty, rows * nb, &mut rng);
+            let w = QMatrix::new(ty, &w, rows, cols).unwrap();
+            for m in [1, 4, 6] {
+                let x = random_acts(m * cols, &mut rng);
+                let mut out = vec![0f32; m * rows];
+                matmul(&w, &x, m, &mut out, &mut scratch, &pool);
+                for c in 0..m {
+                    let xq = quantize(ty, &x[c * cols..(c + 1) * cols]);
+                    for r in 0..rows {
+                        let (want, scale) = reference_dot(ty, w.row(r), &xq, cols);
+                        let got = out[c * rows + r] as f64;
+                        assert!(
+                            (got - want).abs() <= 2e-5 * scale + 1e-6,
+                            "{ty} {rows}x{cols} m={m}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn qmatrix_checks_its_shape() {
+    let data = vec![0u8; 2 * 22];
+    assert!(QMatrix::new(QType::Q5_0, &data, 2, 32).is_ok());
+    let e = QMatrix::new(QType::Q5_0, &data, 2, 48)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a multiple of the block size 32"), "{e}");
+    let e = QMatrix::new(QType::Q5_0, &data, 3, 32)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected 66 bytes"), "{e}");
+}
+
+#[test]
+fn block_sizes_are_ggmls() {
+    let sizes: Vec<_> = QType::ALL
+        .iter()
+        .map(|t| (t.name(), t.block_bytes()))
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("Q4_0", 18),
+            ("Q4_1", 20),
+            ("Q5_0", 22),
+            ("Q5_1", 24),
+            ("Q8_0", 34),
+            ("Q2_K", 84),
+            ("Q3_K", 110),
+            ("Q4_K", 144),
+            ("Q5_K", 176),
+            ("Q6_K", 210),
+        ]
+    );
+    assert_eq!(QType::Q5_0.vec_dot_type(), VecDotType::Q8_0);
+    assert_eq!(QType::Q5_1.vec_dot_type(), VecDotType::Q8_1);
+    assert_eq!(QType::Q6K.vec_dot_type(), VecDotType::Q8K);
+    assert_eq!(VecDotType::Q8K.block_bytes(), 292);
+}
