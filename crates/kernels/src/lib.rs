@@ -3,13 +3,18 @@
 //! memory map), activations are quantized once per row to the matching 8-bit "vec-dot" type
 //! (Q8_0, Q8_1 or Q8_K), and the dot products run on integers with one float scale per block.
 //!
-//! Design decision: **one tile kernel per (SIMD level, weight type) computes every dot product**,
-//! for `R` weight rows against `C` activation rows at once (`R, C <= 4`). [`vec_dot`] is the
-//! 1x1 tile and [`matmul`] walks the matrix in 4x4 (prefill) or 4x1 (decode) tiles, so each
-//! weight block is unpacked once per tile and the per-pair arithmetic is the same instruction
-//! sequence whatever the tile shape: `matmul` equals per-row `vec_dot` bit for bit, which the
-//! tests check. The SIMD level is chosen at run time ([`Simd::best`]); the portable scalar code
-//! follows ggml's generic C and is the reference the SIMD paths are tested against.
+//! Design decision: **every kernel follows one canonical arithmetic order**, so results are
+//! the same bits at every SIMD level, on every CPU, for every batch size and thread count.
+//! Per block, the integer dot product of the quants is exact (ggml's arithmetic, any order);
+//! the float part is fixed: `sum = fma(isum as f32, d_w * d_x, sum)` block after block from
+//! `sum = 0` (a second FMA right after for a min term: `fma(m_w, s_x, sum)` for Q4_1/Q5_1,
+//! `fma(isum_min as f32, -(dmin_w * d_x), sum)` for Q2_K/Q4_K/Q5_K). The scalar code states it
+//! plainly; SIMD kernels keep the float accumulators with one weight row per lane, which is
+//! what makes them fast: decode reduces each row's integer lanes in a transpose tree and
+//! pays the float work once per 8 or 16 rows, prefill repacks 16 weight rows so that one
+//! `vpdpbusd` multiplies 4 quants of all 16 rows by a broadcast activation. So `matmul` equals
+//! per-row [`vec_dot`] bit for bit, and a prompt's prefill equals its token-by-token decode.
+//! The SIMD level is chosen at run time ([`Simd::best`]).
 //!
 //! Layouts are ggml's exactly (little-endian, f16 scales); blocks are read with unaligned loads
 //! because a GGUF file only aligns the start of a tensor.
@@ -218,19 +223,22 @@ impl Simd {
     }
 
     /// [`vec_dot`] at this level. Panics if the CPU cannot run it (see [`Simd::is_available`]).
+    /// Every level returns the same bits (see the crate docs).
     pub fn vec_dot(self, ty: QType, w_row: &[u8], x_q: &[u8], n: usize) -> f32 {
         check_dot_args(ty, w_row, x_q, n);
-        let kernel = dispatch::Kernel::new(self, ty);
-        let mut out = [0f32; 16];
-        kernel.tile(
-            1,
-            1,
-            dispatch::Rows::new(w_row, 0),
-            dispatch::Rows::new(x_q, 0),
-            n / ty.block_elems(),
-            &mut out,
-        );
-        out[0]
+        let job = dispatch::Job {
+            w: w_row,
+            wrow: w_row.len(),
+            act: x_q,
+            xrow: x_q.len(),
+            nb: n / ty.block_elems(),
+            m: 1,
+            act_info: dispatch::ActInfo::default(),
+        };
+        let mut v = 0f32;
+        let mut pack = Vec::new();
+        dispatch::Kernel::new(self, ty).run(&job, 0..1, &mut pack, &mut |_, _, out| v = out[0]);
+        v
     }
 
     /// [`quantize_row`] at this level; results are identical at every level.

@@ -1,8 +1,8 @@
 //! The matrix product driver: activations are quantized once per row into the caller's
-//! [`Scratch`], weight rows are split evenly across the pool's threads, and each thread walks
-//! its rows in tiles of 4 weight rows by up to 4 activation rows.
+//! [`Scratch`], and weight rows are split evenly across the pool's threads in whole groups of
+//! the kernel (8 or 16 rows), each thread computing its rows against every activation row.
 
-use crate::dispatch::{quantize_into, Kernel, Rows};
+use crate::dispatch::{quantize_into, ActInfoBuf, Job, Kernel};
 use crate::{KernelError, QType, Simd};
 use rayon::prelude::*;
 
@@ -66,13 +66,15 @@ impl<'a> QMatrix<'a> {
     }
 }
 
-/// What a caller of [`matmul`] keeps between calls: the SIMD level and the buffer for the
-/// quantized activations, which grows to the largest `m x cols` seen and is then reused, so a
-/// decode loop does not allocate.
+/// What a caller of [`matmul`] keeps between calls: the SIMD level and the buffers for the
+/// quantized activations and each thread's repacked weights, which grow to the largest shape
+/// seen and are then reused, so a decode loop does not allocate.
 #[derive(Debug, Clone)]
 pub struct Scratch {
     simd: Simd,
     act: Vec<u8>,
+    info: ActInfoBuf,
+    packs: Vec<Vec<u8>>,
 }
 
 impl Default for Scratch {
@@ -84,10 +86,7 @@ impl Default for Scratch {
 impl Scratch {
     /// Scratch at the best SIMD level of this CPU.
     pub fn new() -> Self {
-        Self {
-            simd: Simd::best(),
-            act: Vec::new(),
-        }
+        Self::at(Simd::best())
     }
 
     /// Scratch at a forced SIMD level (tests, benchmarks), refused if the CPU lacks it.
@@ -95,10 +94,16 @@ impl Scratch {
         if !simd.is_available() {
             return Err(KernelError::Unavailable(simd));
         }
-        Ok(Self {
+        Ok(Self::at(simd))
+    }
+
+    fn at(simd: Simd) -> Self {
+        Self {
             simd,
             act: Vec::new(),
-        })
+            info: ActInfoBuf::default(),
+            packs: Vec::new(),
+        }
     }
 
     /// The SIMD level in use.
@@ -167,24 +172,33 @@ pub fn matmul(
     let act: &[u8] = act;
 
     let kernel = Kernel::new(simd, w.ty);
+    let nb = cols / w.ty.block_elems();
+    if m >= kernel.info_from_m {
+        scratch.info.fill(vt, act, xrow, m, nb);
+    }
     let job = Job {
-        kernel,
         w: w.data,
         wrow: w.ty.row_bytes(cols),
         act,
         xrow,
-        nb: cols / w.ty.block_elems(),
-        rows,
+        nb,
         m,
+        act_info: scratch.info.info(),
     };
-    let groups = rows.div_ceil(kernel.rows);
+    let groups = rows.div_ceil(kernel.group);
     let threads = if w.data.len() * m < MIN_PARALLEL_WORK {
         1
     } else {
         pool.current_num_threads().min(groups)
     };
+    let packs = &mut scratch.packs;
+    if packs.len() < threads {
+        packs.resize_with(threads, Vec::new);
+    }
     if threads <= 1 {
-        job.run(0..rows, |i, v| out[i] = v);
+        kernel.run(&job, 0..rows, &mut packs[0], &mut |c, r0, v| {
+            out[c * rows + r0..c * rows + r0 + v.len()].copy_from_slice(v)
+        });
         return;
     }
     let shared = SharedOut {
@@ -194,26 +208,28 @@ pub fn matmul(
     let range = |t: usize| {
         let g0 = groups * t / threads;
         let g1 = groups * (t + 1) / threads;
-        g0 * kernel.rows..(g1 * kernel.rows).min(rows)
+        g0 * kernel.group..(g1 * kernel.group).min(rows)
     };
-    // SAFETY (of the writes): thread `t` writes only the elements of its weight rows
-    // `range(t)`, and the ranges are disjoint; `out` is not touched otherwise until
-    // `install` returns.
-    pool.install(|| {
-        split(0, threads, &|t| {
-            job.run(range(t), |i, v| unsafe { shared.write(i, v) })
-        })
-    });
+    let work = |t: usize, pack: &mut Vec<u8>| {
+        let rows_t = range(t);
+        // SAFETY: thread `t` writes only the elements of its weight rows `rows_t`, and the
+        // threads' ranges are disjoint; `out` is not otherwise touched until `install` returns.
+        kernel.run(&job, rows_t, pack, &mut |c, r0, v| unsafe {
+            shared.write(c * rows + r0, v)
+        });
+    };
+    pool.install(|| split(&mut packs[..threads], 0, &work));
 }
 
-/// Runs `f(t)` for `t` in `lo..hi`, spread over the current pool by `rayon::join`, which
-/// (unlike `broadcast`) needs no allocation.
-fn split(lo: usize, hi: usize, f: &(dyn Fn(usize) + Sync)) {
-    if hi - lo == 1 {
-        f(lo)
+/// Runs `f(t, pack t)` for `t` in `lo..lo + packs.len()`, spread over the current pool by
+/// `rayon::join`, which (unlike `broadcast`) needs no allocation.
+fn split(packs: &mut [Vec<u8>], lo: usize, f: &(dyn Fn(usize, &mut Vec<u8>) + Sync)) {
+    if packs.len() == 1 {
+        f(lo, &mut packs[0])
     } else {
-        let mid = lo + (hi - lo) / 2;
-        rayon::join(|| split(lo, mid, f), || split(mid, hi, f));
+        let mid = packs.len() / 2;
+        let (a, b) = packs.split_at_mut(mid);
+        rayon::join(|| split(a, lo, f), || split(b, lo + mid, f));
     }
 }
 
@@ -227,50 +243,13 @@ struct SharedOut {
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    /// Writes `v` at `out[at..]`.
+    ///
     /// # Safety
-    /// No other thread reads or writes element `i` while the matmul runs.
-    unsafe fn write(&self, i: usize, v: f32) {
-        assert!(i < self.len);
+    /// No other thread reads or writes these elements while the matmul runs.
+    unsafe fn write(&self, at: usize, v: &[f32]) {
+        assert!(at + v.len() <= self.len);
         // SAFETY: in bounds (just checked); exclusive by the caller's contract.
-        unsafe { *self.ptr.add(i) = v }
-    }
-}
-
-/// One product's fixed inputs.
-struct Job<'a> {
-    kernel: Kernel,
-    w: &'a [u8],
-    wrow: usize,
-    act: &'a [u8],
-    xrow: usize,
-    nb: usize,
-    rows: usize,
-    m: usize,
-}
-
-impl Job<'_> {
-    /// Computes the weight rows `rows` against every activation row, handing each result to
-    /// `store(index into out, value)`.
-    fn run(&self, rows: std::ops::Range<usize>, mut store: impl FnMut(usize, f32)) {
-        let (rt, ct) = (self.kernel.rows, self.kernel.cols);
-        let mut tile = [0f32; 16];
-        let mut r = rows.start;
-        while r < rows.end {
-            let rr = if r + rt <= rows.end { rt } else { 1 };
-            let w = Rows::new(&self.w[r * self.wrow..], self.wrow);
-            let mut c = 0;
-            while c < self.m {
-                let cc = ct.min(self.m - c);
-                let x = Rows::new(&self.act[c * self.xrow..], self.xrow);
-                self.kernel.tile(rr, cc, w, x, self.nb, &mut tile);
-                for i in 0..rr {
-                    for j in 0..cc {
-                        store((c + j) * self.rows + r + i, tile[i * cc + j]);
-                    }
-                }
-                c += cc;
-            }
-            r += rr;
-        }
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(at), v.len()) }
     }
 }

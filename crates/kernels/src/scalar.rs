@@ -270,7 +270,9 @@ pub fn quantize_q8_k(x: &[f32], y: &mut [u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dot products over `nb` blocks (ggml's ggml_vec_dot_*_generic).
+// Dot products over `nb` blocks: ggml's integer arithmetic per block, then the canonical float
+// order that every kernel follows (see the crate docs): `sumf = fma(sumi as f32, dw * dy, sumf)`
+// block after block, and for a second term (mins) a second FMA right after the first.
 
 /// The dot product of `nb` weight blocks of `ty` with `nb` activation blocks.
 pub fn vec_dot(ty: QType, w: &[u8], x: &[u8], nb: usize) -> f32 {
@@ -301,7 +303,7 @@ fn dot_q4_0(w: &[u8], x: &[u8], nb: usize) -> f32 {
             sumi += ((q & 0xF) as i32 - 8) * b[q8_0::QS + j] as i8 as i32;
             sumi += ((q >> 4) as i32 - 8) * b[q8_0::QS + j + 16] as i8 as i32;
         }
-        sumf += sumi as f32 * (f16_at(a, 0) * f16_at(b, 0));
+        sumf = (sumi as f32).mul_add(f16_at(a, 0) * f16_at(b, 0), sumf);
     }
     sumf
 }
@@ -319,8 +321,8 @@ fn dot_q4_1(w: &[u8], x: &[u8], nb: usize) -> f32 {
             sumi += (q & 0xF) as i32 * b[q8_1::QS + j] as i8 as i32;
             sumi += (q >> 4) as i32 * b[q8_1::QS + j + 16] as i8 as i32;
         }
-        sumf +=
-            sumi as f32 * (f16_at(a, 0) * f16_at(b, 0)) + f16_at(a, q4_1::M) * f16_at(b, q8_1::S);
+        sumf = (sumi as f32).mul_add(f16_at(a, 0) * f16_at(b, 0), sumf);
+        sumf = f16_at(a, q4_1::M).mul_add(f16_at(b, q8_1::S), sumf);
     }
     sumf
 }
@@ -340,7 +342,7 @@ fn dot_q5_0(w: &[u8], x: &[u8], nb: usize) -> f32 {
             let x1 = ((q >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as i32 - 16;
             sumi += x0 * b[q8_0::QS + j] as i8 as i32 + x1 * b[q8_0::QS + j + 16] as i8 as i32;
         }
-        sumf += sumi as f32 * (f16_at(a, 0) * f16_at(b, 0));
+        sumf = (sumi as f32).mul_add(f16_at(a, 0) * f16_at(b, 0), sumf);
     }
     sumf
 }
@@ -360,8 +362,8 @@ fn dot_q5_1(w: &[u8], x: &[u8], nb: usize) -> f32 {
             let x1 = ((q >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as i32;
             sumi += x0 * b[q8_1::QS + j] as i8 as i32 + x1 * b[q8_1::QS + j + 16] as i8 as i32;
         }
-        sumf +=
-            sumi as f32 * (f16_at(a, 0) * f16_at(b, 0)) + f16_at(a, q5_1::M) * f16_at(b, q8_1::S);
+        sumf = (sumi as f32).mul_add(f16_at(a, 0) * f16_at(b, 0), sumf);
+        sumf = f16_at(a, q5_1::M).mul_add(f16_at(b, q8_1::S), sumf);
     }
     sumf
 }
@@ -376,7 +378,7 @@ fn dot_q8_0(w: &[u8], x: &[u8], nb: usize) -> f32 {
         let sumi: i32 = (0..32)
             .map(|j| a[q8_0::QS + j] as i8 as i32 * b[q8_0::QS + j] as i8 as i32)
             .sum();
-        sumf += sumi as f32 * (f16_at(a, 0) * f16_at(b, 0));
+        sumf = (sumi as f32).mul_add(f16_at(a, 0) * f16_at(b, 0), sumf);
     }
     sumf
 }
@@ -400,8 +402,6 @@ fn dot_q2_k(w: &[u8], x: &[u8], nb: usize) -> f32 {
     {
         let sc = &a[q2_k::SCALES..q2_k::SCALES + 16];
         let summs: i32 = (0..16).map(|j| bsum(b, j) * (sc[j] >> 4) as i32).sum();
-        let dall = f32_at(b, 0) * f16_at(a, q2_k::D);
-        let dmin = f32_at(b, 0) * f16_at(a, q2_k::DMIN);
         let mut isum_all = 0i32;
         let mut is = 0;
         for n in 0..2 {
@@ -418,7 +418,8 @@ fn dot_q2_k(w: &[u8], x: &[u8], nb: usize) -> f32 {
                 }
             }
         }
-        sumf += dall * isum_all as f32 - dmin * summs as f32;
+        sumf = (isum_all as f32).mul_add(f16_at(a, q2_k::D) * f32_at(b, 0), sumf);
+        sumf = (summs as f32).mul_add(-(f16_at(a, q2_k::DMIN) * f32_at(b, 0)), sumf);
     }
     sumf
 }
@@ -451,7 +452,7 @@ fn dot_q3_k(w: &[u8], x: &[u8], nb: usize) -> f32 {
                 }
             }
         }
-        sumf += f16_at(a, q3_k::D) * f32_at(b, 0) * isum_all as f32;
+        sumf = (isum_all as f32).mul_add(f16_at(a, q3_k::D) * f32_at(b, 0), sumf);
     }
     sumf
 }
@@ -476,7 +477,8 @@ fn dot_q4_k(w: &[u8], x: &[u8], nb: usize) -> f32 {
             summ += m2 as i32 * (bsum(b, 4 * j + 2) + bsum(b, 4 * j + 3));
         }
         let dy = f32_at(b, 0);
-        sumf += dy * f16_at(a, 0) * isum_all as f32 - dy * f16_at(a, q4_k::DMIN) * summ as f32;
+        sumf = (isum_all as f32).mul_add(f16_at(a, 0) * dy, sumf);
+        sumf = (summ as f32).mul_add(-(f16_at(a, q4_k::DMIN) * dy), sumf);
     }
     sumf
 }
@@ -511,7 +513,8 @@ fn dot_q5_k(w: &[u8], x: &[u8], nb: usize) -> f32 {
             summ += m2 as i32 * (bsum(b, 4 * j + 2) + bsum(b, 4 * j + 3));
         }
         let dy = f32_at(b, 0);
-        sumf += dy * f16_at(a, 0) * isum_all as f32 - dy * f16_at(a, q5_k::DMIN) * summ as f32;
+        sumf = (isum_all as f32).mul_add(f16_at(a, 0) * dy, sumf);
+        sumf = (summ as f32).mul_add(-(f16_at(a, q5_k::DMIN) * dy), sumf);
     }
     sumf
 }
@@ -543,7 +546,7 @@ fn dot_q6_k(w: &[u8], x: &[u8], nb: usize) -> f32 {
                 )
             })
             .sum();
-        sumf += f16_at(a, q6_k::D) * f32_at(b, 0) * isum_all as f32;
+        sumf = (isum_all as f32).mul_add(f16_at(a, q6_k::D) * f32_at(b, 0), sumf);
     }
     sumf
 }

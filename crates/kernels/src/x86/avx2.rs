@@ -1,41 +1,50 @@
-//! AVX2 + FMA + F16C kernels: ggml-cpu's AVX2 arithmetic, rearranged into R x C tiles.
+//! AVX2 + FMA + F16C kernels: ggml-cpu's AVX2 integer arithmetic on 8 weight rows at a time.
+//!
+//! Each row's integer partial sums of a block are reduced across lanes by a transpose tree
+//! ([`tree8`]) into one vector with a row per lane, so the float work (convert, scale, FMA)
+//! runs once per 8 rows and in the canonical order (see the crate docs).
 //!
 //! 32-element types keep their weights unsigned (`q + offset`, 0..31) so that one `vpmaddubsw`
 //! multiplies them with the signed activations; the offset is taken back out per activation
-//! block (`vpmaddubsw(offset, y)`), once per tile column rather than once per pair. Q8_0 has
+//! block (`vpmaddubsw(offset, y)`), once per activation block rather than once per row. Q8_0 has
 //! no unsigned form and uses ggml's sign trick.
 
-use super::tile_entry;
-use crate::dispatch::TileFn;
+use super::{group_ptrs, range_entry};
+use crate::dispatch::{Job, RangeFn, Sink};
 use crate::layout::{q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 use crate::QType;
 use core::arch::x86_64::*;
+use core::ops::Range;
 use core::ptr;
 
-/// The AVX2 tile kernel for `ty` and its tile shape, or `None` where the scalar code is used.
-pub fn tile_fn(ty: QType) -> Option<(TileFn, usize, usize)> {
-    let f: TileFn = match ty {
-        QType::Q4_0 => tile_q4_0,
-        QType::Q4_1 => tile_q4_1,
-        QType::Q5_0 => tile_q5_0,
-        QType::Q5_1 => tile_q5_1,
-        QType::Q8_0 => tile_q8_0,
-        QType::Q4K => tile_q4_k,
-        QType::Q5K => tile_q5_k,
-        QType::Q6K => tile_q6_k,
+/// The AVX2 kernel for `ty`: (function, rows per group, `m` from which it uses
+/// [`crate::dispatch::Job::act_info`]), or `None` where the scalar code is used.
+pub fn kernel(ty: QType) -> Option<(RangeFn, usize, usize)> {
+    let f: RangeFn = match ty {
+        QType::Q4_0 => range_q4_0,
+        QType::Q4_1 => range_q4_1,
+        QType::Q5_0 => range_q5_0,
+        QType::Q5_1 => range_q5_1,
+        QType::Q8_0 => range_q8_0,
+        QType::Q4K => range_q4_k,
+        QType::Q5K => range_q5_k,
+        QType::Q6K => range_q6_k,
         QType::Q2K | QType::Q3K => return None,
     };
-    Some((f, 4, 4))
+    Some((f, G, usize::MAX))
 }
 
-tile_entry!("avx2,fma,f16c", tile_q4_0, tile_q32, Q4_0);
-tile_entry!("avx2,fma,f16c", tile_q4_1, tile_q32, Q4_1);
-tile_entry!("avx2,fma,f16c", tile_q5_0, tile_q32, Q5_0);
-tile_entry!("avx2,fma,f16c", tile_q5_1, tile_q32, Q5_1);
-tile_entry!("avx2,fma,f16c", tile_q8_0, tile_q32, Q8_0);
-tile_entry!("avx2,fma,f16c", tile_q4_k, tile_k, Q4K);
-tile_entry!("avx2,fma,f16c", tile_q5_k, tile_k, Q5K);
-tile_entry!("avx2,fma,f16c", tile_q6_k, tile_k, Q6K);
+/// Weight rows per group: one per f32 lane.
+const G: usize = 8;
+
+range_entry!("avx2,fma,f16c", range_q4_0, range_q32, Q4_0);
+range_entry!("avx2,fma,f16c", range_q4_1, range_q32, Q4_1);
+range_entry!("avx2,fma,f16c", range_q5_0, range_q32, Q5_0);
+range_entry!("avx2,fma,f16c", range_q5_1, range_q32, Q5_1);
+range_entry!("avx2,fma,f16c", range_q8_0, range_q32, Q8_0);
+range_entry!("avx2,fma,f16c", range_q4_k, range_k, Q4K);
+range_entry!("avx2,fma,f16c", range_q5_k, range_k, Q5K);
+range_entry!("avx2,fma,f16c", range_q6_k, range_k, Q6K);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers. SAFETY (all of them): called from the entry points above, which enable the
@@ -67,18 +76,6 @@ pub(super) unsafe fn load256(p: *const u8) -> __m256i {
 pub(super) unsafe fn load128(p: *const u8) -> __m128i {
     // SAFETY: see the section comment.
     unsafe { _mm_loadu_si128(p as *const __m128i) }
-}
-
-/// Sum of the 8 lanes, in a fixed order.
-#[inline(always)]
-pub(super) unsafe fn hsum(v: __m256) -> f32 {
-    // SAFETY: see the section comment.
-    unsafe {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
 }
 
 /// 16 bytes at `p` to 32 nibbles: the low nibbles (elements 0..16), then the high ones.
@@ -136,7 +133,7 @@ trait Q32 {
     const XQS: usize;
     /// Whether the block has a min `m` at byte 2 (then the activations carry `s` at byte 2).
     const HAS_MIN: bool;
-    /// Per-activation-block term that `dot` needs (shared by the tile's weight rows).
+    /// Per-activation-block term that `dot` needs (shared by the group's weight rows).
     unsafe fn col(y: __m256i) -> __m256i;
     /// The block's 32 quants as bytes, in element order.
     unsafe fn unpack(p: *const u8) -> __m256i;
@@ -272,52 +269,90 @@ impl Q32 for Q5_1 {
     }
 }
 
-/// `R x C` dot products of a 32-element type, one block at a time.
 #[inline(always)]
-unsafe fn tile_q32<K: Q32, const R: usize, const C: usize>(
-    w: *const u8,
-    ws: usize,
-    x: *const u8,
-    xs: usize,
-    nb: usize,
-    out: &mut [f32; 16],
-) {
-    // SAFETY: see the section comment; block `b < nb` of row `r < R` (`c < C`) is in bounds.
+unsafe fn l1(a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: see the section comment.
+    unsafe { _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b)) }
+}
+
+#[inline(always)]
+unsafe fn l2(a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: see the section comment.
+    unsafe { _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b)) }
+}
+
+/// Sums of the 8 lanes of each of 8 vectors: lane `r` of the result is `sum(v[r])`.
+#[inline(always)]
+pub(super) unsafe fn tree8(v: &[__m256i; 8]) -> __m256i {
+    // SAFETY: see the section comment.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut accm = [[0f32; C]; R];
+        // Per 128-bit lane: [sum of v[0], v[1], v[2], v[3] over that lane], then rows 4..8.
+        let w0 = l2(l1(v[0], v[1]), l1(v[2], v[3]));
+        let w1 = l2(l1(v[4], v[5]), l1(v[6], v[7]));
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256(w0, w1, 0x20),
+            _mm256_permute2x128_si256(w0, w1, 0x31),
+        )
+    }
+}
+
+/// The f16s of 8 rows, as f32.
+#[inline(always)]
+unsafe fn f16x8(h: &[u16; 8]) -> __m256 {
+    // SAFETY: see the section comment.
+    unsafe { _mm256_cvtph_ps(load128(h.as_ptr().cast())) }
+}
+
+/// The dot products of 8 weight rows (`rows`) with one activation row (`x`), lane `r` for
+/// row `r`, in the canonical order.
+#[inline(always)]
+unsafe fn group_q32<K: Q32>(rows: &[*const u8; G], x: *const u8, nb: usize) -> __m256 {
+    // SAFETY: see the section comment; `nb` blocks of each row are in bounds.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
-            let mut y = [_mm256_setzero_si256(); C];
-            let mut yc = [_mm256_setzero_si256(); C];
-            let mut dy = [_mm256_setzero_ps(); C];
-            let mut sy = [0f32; C];
-            for c in 0..C {
-                let p = x.add(c * xs + b * K::XB);
-                y[c] = load256(p.add(K::XQS));
-                yc[c] = K::col(y[c]);
-                dy[c] = _mm256_set1_ps(f16(p));
+            let px = x.add(b * K::XB);
+            let y = load256(px.add(K::XQS));
+            let col = K::col(y);
+            let mut v = [_mm256_setzero_si256(); G];
+            let mut dw = [0u16; G];
+            let mut mw = [0u16; G];
+            for r in 0..G {
+                let p = rows[r].add(b * K::WB);
+                v[r] = K::dot(K::unpack(p), y, col);
+                dw[r] = ptr::read_unaligned(p as *const u16);
                 if K::HAS_MIN {
-                    sy[c] = f16(p.add(2));
+                    mw[r] = ptr::read_unaligned(p.add(2) as *const u16);
                 }
             }
-            for r in 0..R {
-                let p = w.add(r * ws + b * K::WB);
-                let q = K::unpack(p);
-                let dw = _mm256_set1_ps(f16(p));
-                let mw = if K::HAS_MIN { f16(p.add(2)) } else { 0.0 };
-                for c in 0..C {
-                    let s = _mm256_cvtepi32_ps(K::dot(q, y[c], yc[c]));
-                    acc[r][c] = _mm256_fmadd_ps(s, _mm256_mul_ps(dw, dy[c]), acc[r][c]);
-                    if K::HAS_MIN {
-                        accm[r][c] += mw * sy[c];
-                    }
-                }
+            let s = _mm256_cvtepi32_ps(tree8(&v));
+            let d = _mm256_mul_ps(f16x8(&dw), _mm256_set1_ps(f16(px)));
+            acc = _mm256_fmadd_ps(s, d, acc);
+            if K::HAS_MIN {
+                acc = _mm256_fmadd_ps(f16x8(&mw), _mm256_set1_ps(f16(px.add(2))), acc);
             }
         }
-        for r in 0..R {
-            for c in 0..C {
-                out[r * C + c] = hsum(acc[r][c]) + accm[r][c];
+        acc
+    }
+}
+
+/// Rows `rows` of the job in groups of 8 (a short last group repeats its last row), one
+/// activation row at a time.
+#[inline(always)]
+unsafe fn range_q32<K: Q32>(job: &Job<'_>, rows: Range<usize>, _pack: &mut Vec<u8>, out: Sink<'_>) {
+    // SAFETY: see the section comment.
+    unsafe {
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = G.min(rows.end - r);
+            let ptrs = group_ptrs::<G>(job, r, n);
+            for c in 0..job.m {
+                let acc = group_q32::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb);
+                let mut v = [0f32; G];
+                _mm256_storeu_ps(v.as_mut_ptr(), acc);
+                out(c, r, &v[..n]);
             }
+            r += n;
         }
     }
 }
@@ -369,8 +404,10 @@ trait KQuant {
     /// The block's 256 quants as 8 chunks of 32 unsigned bytes, and per chunk the 16-bit
     /// scales for `vpmaddwd`; returns what `bsum_term` needs of the block (mins or scales).
     unsafe fn unpack(p: *const u8, q: &mut [__m256i; 8], sc: &mut [__m256i; 8]) -> __m256i;
-    /// `d`, and `dmin` (0 if none).
-    unsafe fn scales(p: *const u8) -> (f32, f32);
+    /// Offset of the f16 `d`.
+    const D: usize;
+    /// Offset of the f16 `dmin` (if `HAS_MIN`).
+    const DMIN: usize;
     /// The integer term that uses the activations' 16 `bsums` (`bs`): for Q4_K/Q5_K the
     /// mins' products `sum_j m_j * (bsums[2j] + bsums[2j+1])` (given the pair-summed `bs2`),
     /// for Q6_K the offset's `32 * sum_g sc_g * bsums[g]`.
@@ -418,11 +455,8 @@ impl KQuant for Q4K {
             _mm256_permute2x128_si256(sm16, sm16, 0x81)
         }
     }
-    #[inline(always)]
-    unsafe fn scales(p: *const u8) -> (f32, f32) {
-        // SAFETY: see the section comment.
-        unsafe { (f16(p), f16(p.add(q4_k::DMIN))) }
-    }
+    const D: usize = 0;
+    const DMIN: usize = q4_k::DMIN;
     #[inline(always)]
     unsafe fn bsum_term(aux: __m256i, _bs: __m256i, bs2: __m128i) -> __m256i {
         // SAFETY: see the section comment.
@@ -469,11 +503,8 @@ impl KQuant for Q5K {
             _mm256_permute2x128_si256(sm16, sm16, 0x81)
         }
     }
-    #[inline(always)]
-    unsafe fn scales(p: *const u8) -> (f32, f32) {
-        // SAFETY: see the section comment.
-        unsafe { (f16(p), f16(p.add(q5_k::DMIN))) }
-    }
+    const D: usize = 0;
+    const DMIN: usize = q5_k::DMIN;
     #[inline(always)]
     unsafe fn bsum_term(aux: __m256i, _bs: __m256i, bs2: __m128i) -> __m256i {
         // SAFETY: see the section comment.
@@ -512,11 +543,8 @@ impl KQuant for Q6K {
             _mm256_cvtepi8_epi16(scales)
         }
     }
-    #[inline(always)]
-    unsafe fn scales(p: *const u8) -> (f32, f32) {
-        // SAFETY: see the section comment.
-        unsafe { (f16(p.add(q6_k::D)), 0.0) }
-    }
+    const D: usize = q6_k::D;
+    const DMIN: usize = 0;
     #[inline(always)]
     unsafe fn bsum_term(aux: __m256i, bs: __m256i, _bs2: __m128i) -> __m256i {
         // SAFETY: see the section comment.
@@ -524,63 +552,77 @@ impl KQuant for Q6K {
     }
 }
 
-/// `R x C` dot products of a K-quant, one super-block at a time.
+/// The dot products of 8 weight rows with one activation row, lane `r` for row `r`, in the
+/// canonical order.
 #[inline(always)]
-unsafe fn tile_k<K: KQuant, const R: usize, const C: usize>(
-    w: *const u8,
-    ws: usize,
-    x: *const u8,
-    xs: usize,
-    nb: usize,
-    out: &mut [f32; 16],
-) {
-    // SAFETY: see the section comment; block `b < nb` of row `r < R` (`c < C`) is in bounds.
+unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> __m256 {
+    // SAFETY: see the section comment; `nb` blocks of each row are in bounds.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = _mm256_setzero_ps();
         let mut q = [_mm256_setzero_si256(); 8];
         let mut sc = [_mm256_setzero_si256(); 8];
         for b in 0..nb {
-            let mut dy = [0f32; C];
-            let mut bs = [_mm256_setzero_si256(); C];
-            let mut bs2 = [_mm_setzero_si128(); C];
-            for c in 0..C {
-                let p = x.add(c * xs + b * q8_k::BYTES);
-                dy[c] = f32_at(p);
-                bs[c] = load256(p.add(q8_k::BSUMS));
+            let px = x.add(b * q8_k::BYTES);
+            let dy = _mm256_set1_ps(f32_at(px));
+            let bs = load256(px.add(q8_k::BSUMS));
+            let bs2 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            let y = px.add(q8_k::QS);
+            let mut v = [_mm256_setzero_si256(); G];
+            let mut vm = [_mm256_setzero_si256(); G];
+            let mut d = [0u16; G];
+            let mut dmin = [0u16; G];
+            for r in 0..G {
+                let p = rows[r].add(b * K::WB);
+                let aux = K::unpack(p, &mut q, &mut sc);
+                let mut sumi = _mm256_setzero_si256();
+                for k in 0..8 {
+                    let p16 = _mm256_maddubs_epi16(q[k], load256(y.add(32 * k)));
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc[k], p16));
+                }
+                let t = K::bsum_term(aux, bs, bs2);
+                d[r] = ptr::read_unaligned(p.add(K::D) as *const u16);
                 if K::HAS_MIN {
-                    let lo = _mm256_castsi256_si128(bs[c]);
-                    bs2[c] = _mm_hadd_epi16(lo, _mm256_extracti128_si256(bs[c], 1));
+                    v[r] = sumi;
+                    vm[r] = t;
+                    dmin[r] = ptr::read_unaligned(p.add(K::DMIN) as *const u16);
+                } else {
+                    v[r] = _mm256_sub_epi32(sumi, t);
                 }
             }
-            for r in 0..R {
-                let p = w.add(r * ws + b * K::WB);
-                let aux = K::unpack(p, &mut q, &mut sc);
-                let (d, dmin) = K::scales(p);
-                for c in 0..C {
-                    let y = x.add(c * xs + b * q8_k::BYTES + q8_k::QS);
-                    let mut sumi = _mm256_setzero_si256();
-                    for k in 0..8 {
-                        let p16 = _mm256_maddubs_epi16(q[k], load256(y.add(32 * k)));
-                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc[k], p16));
-                    }
-                    let t = K::bsum_term(aux, bs[c], bs2[c]);
-                    if K::HAS_MIN {
-                        let vd = _mm256_set1_ps(d * dy[c]);
-                        acc[r][c] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(sumi), acc[r][c]);
-                        let vm = _mm256_set1_ps(-dmin * dy[c]);
-                        acc[r][c] = _mm256_fmadd_ps(vm, _mm256_cvtepi32_ps(t), acc[r][c]);
-                    } else {
-                        let vd = _mm256_set1_ps(d * dy[c]);
-                        let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, t));
-                        acc[r][c] = _mm256_fmadd_ps(vd, s, acc[r][c]);
-                    }
-                }
+            let s = _mm256_cvtepi32_ps(tree8(&v));
+            acc = _mm256_fmadd_ps(s, _mm256_mul_ps(f16x8(&d), dy), acc);
+            if K::HAS_MIN {
+                let sm = _mm256_cvtepi32_ps(tree8(&vm));
+                let dm = _mm256_mul_ps(f16x8(&dmin), dy);
+                let neg = _mm256_xor_ps(dm, _mm256_set1_ps(-0.0));
+                acc = _mm256_fmadd_ps(sm, neg, acc);
             }
         }
-        for r in 0..R {
-            for c in 0..C {
-                out[r * C + c] = hsum(acc[r][c]);
+        acc
+    }
+}
+
+/// Rows `rows` of the job in groups of 8, one activation row at a time.
+#[inline(always)]
+unsafe fn range_k<K: KQuant>(
+    job: &Job<'_>,
+    rows: Range<usize>,
+    _pack: &mut Vec<u8>,
+    out: Sink<'_>,
+) {
+    // SAFETY: see the section comment.
+    unsafe {
+        let mut r = rows.start;
+        while r < rows.end {
+            let n = G.min(rows.end - r);
+            let ptrs = group_ptrs::<G>(job, r, n);
+            for c in 0..job.m {
+                let acc = group_k::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb);
+                let mut v = [0f32; G];
+                _mm256_storeu_ps(v.as_mut_ptr(), acc);
+                out(c, r, &v[..n]);
             }
+            r += n;
         }
     }
 }
