@@ -88,7 +88,7 @@ pub struct Opened {
 pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
     let start = std::time::Instant::now();
     let path = arg.resolve()?;
-    let loaded = seek_models::load(&path, &seek_models::LoadOptions::default())?;
+    let loaded = seek_models::load(&path, &load_options())?;
     let tokenizer = tokenizer_for(&loaded.format)?;
     if tokenizer.vocab_size() > loaded.info.vocab_size {
         bail!(
@@ -103,6 +103,15 @@ pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
         tokenizer,
         load_s: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Load settings from the global flags (`--threads` arrives as `RAYON_NUM_THREADS`, which
+/// `main` sets before anything starts a pool).
+pub fn load_options() -> seek_models::LoadOptions {
+    seek_models::LoadOptions {
+        threads: std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse().ok()),
+        ..Default::default()
+    }
 }
 
 /// The tokenizer stored with a model.

@@ -15,11 +15,10 @@
 //! Shapes: B batch, T new positions, S cached + new positions, E hidden size, H query heads,
 //! Hkv key/value heads, D head dim, F intermediate size, V vocabulary.
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use crate::weights::{Embedding, Weights};
+use crate::weights::{Embedding, Matmul, Weights};
 use crate::{CausalLm, KvCache, ModelError, Result};
 
 /// `rope_scaling` / `rope_parameters` of a Hugging Face config (transformers v4 and v5 names).
@@ -264,6 +263,7 @@ impl DecoderConfig {
                 let t = Weights::Gguf {
                     file: file.clone(),
                     device: Device::Cpu,
+                    kernels: None,
                 };
                 Some(
                     t.tensor("rope_freqs.weight", &[head_dim / 2])?
@@ -349,7 +349,7 @@ impl RmsNorm {
 /// `x @ W^T + b` with a possibly quantized `W: (out, in)`.
 #[derive(Clone)]
 struct Linear {
-    weight: QMatMul,
+    weight: Matmul,
     bias: Option<Tensor>,
 }
 
@@ -613,7 +613,7 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: Matmul,
     rope: Rope,
     device: Device,
     dtype: DType,

@@ -22,6 +22,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// Compute type for safetensors weights (GGUF keeps its encodings and computes in f32).
     pub dtype: DType,
+    /// Threads for the quantized kernels (default: every core).
+    pub threads: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -29,6 +31,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
+            threads: None,
         }
     }
 }
@@ -136,9 +139,15 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             // One clear message for a truncated download, before any tensor is touched.
             file.check_tensor_data()?;
             let (_, dec) = gguf_config(file)?;
+            let threads = opts
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let pool = seek_kernels::thread_pool(threads)
+                .map_err(|e| config_err(file.path(), e.to_string()))?;
             let w = Weights::Gguf {
                 file: file.clone(),
                 device: opts.device.clone(),
+                kernels: Some(Arc::new(pool)),
             };
             Box::new(Llama::from_decoder(dec, &w)?)
         }

@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use seek_gguf::{GgmlType, GgufFile};
+use seek_gguf::{GgmlType, GgufFile, TensorInfo};
+use seek_kernels::{QMatrix, QType, Scratch};
 
+use crate::llama::config_err;
 use crate::{ModelError, Result};
 
 /// A source of named weight tensors.
@@ -23,6 +26,8 @@ pub enum Weights {
         file: Arc<GgufFile>,
         /// Where tensors are placed.
         device: Device,
+        /// Threads for Seek's quantized kernels; `None` computes with candle's instead.
+        kernels: Option<Arc<rayon::ThreadPool>>,
     },
     /// Tensors of one or more safetensors files, converted to `dtype` on load.
     Safetensors {
@@ -64,6 +69,23 @@ pub fn gguf_name(hf: &str) -> String {
         }
     }
     hf.to_string()
+}
+
+/// The kernel type of a GGUF encoding, when Seek's kernels compute with it.
+fn kernel_type(t: GgmlType) -> Option<QType> {
+    Some(match t {
+        GgmlType::Q4_0 => QType::Q4_0,
+        GgmlType::Q4_1 => QType::Q4_1,
+        GgmlType::Q5_0 => QType::Q5_0,
+        GgmlType::Q5_1 => QType::Q5_1,
+        GgmlType::Q8_0 => QType::Q8_0,
+        GgmlType::Q2K => QType::Q2K,
+        GgmlType::Q3K => QType::Q3K,
+        GgmlType::Q4K => QType::Q4K,
+        GgmlType::Q5K => QType::Q5K,
+        GgmlType::Q6K => QType::Q6K,
+        _ => return None,
+    })
 }
 
 fn ggml_dtype(t: GgmlType) -> Result<GgmlDType> {
@@ -149,7 +171,7 @@ impl Weights {
     }
 
     fn qtensor(&self, hf_name: &str, shape: &[usize]) -> Result<QTensor> {
-        let Self::Gguf { file, device } = self else {
+        let Self::Gguf { file, device, .. } = self else {
             unreachable!("qtensor on a GGUF source only")
         };
         let name = gguf_name(hf_name);
@@ -182,14 +204,48 @@ impl Weights {
     }
 
     /// A weight matrix `(out, in)` for `x @ W^T`, kept quantized when the file is.
-    pub fn matmul(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
+    pub fn matmul(&self, hf_name: &str, out_dim: usize, in_dim: usize) -> Result<Matmul> {
         match self {
-            Self::Gguf { .. } => Ok(QMatMul::from_qtensor(
-                self.qtensor(hf_name, &[out_dim, in_dim])?,
-            )?),
-            Self::Safetensors { .. } => {
-                Ok(QMatMul::Tensor(self.tensor(hf_name, &[out_dim, in_dim])?))
+            Self::Gguf {
+                file,
+                device,
+                kernels: Some(pool),
+            } if device.is_cpu() => {
+                let name = gguf_name(hf_name);
+                let info = file.tensor_info(&name).map_err(|_| self.missing(&name))?;
+                if info.shape() != [out_dim, in_dim] {
+                    return Err(ModelError::Shape {
+                        name,
+                        expected: vec![out_dim, in_dim],
+                        found: info.shape(),
+                    });
+                }
+                match kernel_type(info.ggml_type) {
+                    Some(ty) => {
+                        // Checks block alignment and byte length once, at load.
+                        QMatrix::new(ty, file.tensor_data(info)?, out_dim, in_dim).map_err(
+                            |e| config_err(file.path(), format!("tensor {name:?}: {e}")),
+                        )?;
+                        Ok(Matmul::Quantized(QuantMatrix {
+                            file: file.clone(),
+                            info: info.clone(),
+                            ty,
+                            rows: out_dim,
+                            cols: in_dim,
+                            pool: pool.clone(),
+                        }))
+                    }
+                    None => Ok(Matmul::Candle(QMatMul::from_qtensor(
+                        self.qtensor(hf_name, &[out_dim, in_dim])?,
+                    )?)),
+                }
             }
+            Self::Gguf { .. } => Ok(Matmul::Candle(QMatMul::from_qtensor(
+                self.qtensor(hf_name, &[out_dim, in_dim])?,
+            )?)),
+            Self::Safetensors { .. } => Ok(Matmul::Candle(QMatMul::Tensor(
+                self.tensor(hf_name, &[out_dim, in_dim])?,
+            ))),
         }
     }
 
@@ -306,5 +362,62 @@ fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
             "token id {id} is outside the vocabulary (0..{vocab}); the ids come from another tokenizer"
         ))),
         None => Ok(()),
+    }
+}
+
+/// A weight matrix `(out, in)` that computes `x @ W^T`.
+#[derive(Clone)]
+pub enum Matmul {
+    /// Dense weights, or an encoding Seek's kernels do not cover: candle computes it.
+    Candle(QMatMul),
+    /// A quantized GGUF matrix computed in place from the memory map by `seek-kernels`.
+    Quantized(QuantMatrix),
+}
+
+impl Matmul {
+    /// `x: (..., in)` -> `(..., out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Candle(m) => Ok(m.forward(x)?),
+            Self::Quantized(q) => q.forward(x),
+        }
+    }
+}
+
+/// A quantized GGUF weight matrix, never copied out of the memory map.
+#[derive(Clone)]
+pub struct QuantMatrix {
+    file: Arc<GgufFile>,
+    info: TensorInfo,
+    ty: QType,
+    rows: usize,
+    cols: usize,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+thread_local! {
+    /// Quantized activations and repacked tiles, reused across calls so decode does not allocate.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::new());
+}
+
+impl QuantMatrix {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let m = x.elem_count() / self.cols;
+        // (..., in) -> (m, in), f32, contiguous
+        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let w = QMatrix::new(
+            self.ty,
+            self.file.tensor_data(&self.info)?,
+            self.rows,
+            self.cols,
+        )
+        .map_err(|e| ModelError::Input(format!("tensor {:?}: {e}", self.info.name)))?;
+        let mut out = vec![0f32; m * self.rows];
+        SCRATCH
+            .with(|s| seek_kernels::matmul(&w, &xs, m, &mut out, &mut s.borrow_mut(), &self.pool));
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("x has a last dimension") = self.rows;
+        Ok(Tensor::from_vec(out, out_dims, x.device())?)
     }
 }

@@ -248,6 +248,7 @@ fn every_quant_type_dequantizes_like_ggml() {
     let w = Weights::Gguf {
         file: file.clone(),
         device: Device::Cpu,
+        kernels: None,
     };
     for ty in g["types"].as_array().unwrap() {
         let ty = ty.as_str().unwrap();

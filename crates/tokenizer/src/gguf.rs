@@ -104,7 +104,9 @@ pub(crate) fn from_gguf(g: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         .filter(|(t, &ty)| !t.is_empty() && (ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED))
         .map(|(t, &ty)| AddedToken::from(t.to_string(), ty == TYPE_CONTROL).normalized(false))
         .collect();
-    inner.add_tokens(added);
+    inner
+        .add_tokens(added)
+        .map_err(|e| TokenizerError::hf(format!("{}: adding special tokens", path.display()), e))?;
 
     let id_key = |key: &str| -> Result<Option<TokenId>, TokenizerError> {
         if g.get(key).is_none() {
@@ -201,7 +203,9 @@ fn install_pipeline(
     if let Some(n) = &spec.normalizer {
         let n: NormalizerWrapper =
             serde_json::from_value(n.clone()).map_err(|e| TokenizerError::hf(context(), e))?;
-        inner.with_normalizer(Some(n));
+        inner
+            .with_normalizer(Some(n))
+            .map_err(|e| TokenizerError::hf(context(), e))?;
     }
     let p: PreTokenizerWrapper = serde_json::from_value(spec.pre_tokenizer.clone())
         .map_err(|e| TokenizerError::hf(context(), e))?;
