@@ -617,6 +617,9 @@ pub struct Llama {
     rope: Rope,
     device: Device,
     dtype: DType,
+    /// The kernels' thread pool: the whole forward runs inside it, so candle's own parallel
+    /// ops share its threads instead of a second pool competing for the same cores.
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 
 impl Llama {
@@ -650,6 +653,7 @@ impl Llama {
             rope,
             device: w.device().clone(),
             dtype: w.dtype(),
+            pool: w.kernel_pool(),
             cfg,
         })
     }
@@ -672,8 +676,8 @@ fn causal_mask(t: usize, offset: usize, device: &Device, dtype: DType) -> Result
     Ok(Tensor::from_vec(mask, (t, s), device)?.to_dtype(dtype)?)
 }
 
-impl CausalLm for Llama {
-    fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+impl Llama {
+    fn forward_inner(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (_b, t) = input_ids.dims2()?;
         let offset = cache.seq_len();
         if cache.n_layers() != self.layers.len() {
@@ -707,6 +711,15 @@ impl CausalLm for Llama {
         let x = self.norm.forward(&x)?;
         // (B, T, E) -> (B, T, V), in f32 whatever the compute type
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+}
+
+impl CausalLm for Llama {
+    fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        match &self.pool {
+            Some(pool) => pool.install(|| self.forward_inner(input_ids, cache)),
+            None => self.forward_inner(input_ids, cache),
+        }
     }
 
     fn new_cache(&self) -> KvCache {

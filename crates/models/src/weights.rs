@@ -155,6 +155,14 @@ impl Weights {
         }
     }
 
+    /// The thread pool of Seek's quantized kernels, when they are in use.
+    pub fn kernel_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+        match self {
+            Self::Gguf { kernels, .. } => kernels.clone(),
+            Self::Safetensors { .. } => None,
+        }
+    }
+
     /// Whether a tensor exists.
     pub fn contains(&self, hf_name: &str) -> bool {
         match self {
