@@ -32,9 +32,9 @@ pub fn kernel(ty: QType) -> Option<(RangeFn, usize, usize)> {
         QType::Q5_0 => (range_q5_0, PACK_FROM_M),
         QType::Q5_1 => (range_q5_1, PACK_FROM_M),
         QType::Q8_0 => (range_q8_0, PACK_FROM_M),
-        QType::Q4K => (range_q4_k, usize::MAX),
-        QType::Q5K => (range_q5_k, usize::MAX),
-        QType::Q6K => (range_q6_k, usize::MAX),
+        QType::Q4K => (range_q4_k, PACK_FROM_M),
+        QType::Q5K => (range_q5_k, PACK_FROM_M),
+        QType::Q6K => (range_q6_k, PACK_FROM_M),
         QType::Q2K | QType::Q3K => return None,
     };
     Some((f, G, info))
@@ -259,6 +259,29 @@ unsafe fn f16x16(h: &[u16; 16]) -> __m512 {
     unsafe { _mm512_cvtph_ps(load256(h.as_ptr().cast())) }
 }
 
+/// The f16 at `rows[r] + at` in lane `r`, as f32: one gather of the dwords at `base + at +
+/// offs[r]` (`base = rows[0]`), whose low halves are the f16s.
+#[inline(always)]
+unsafe fn f16_lanes(base: *const u8, offs: __m512i, at: usize) -> __m512 {
+    // SAFETY: see the section comment; 4 bytes are readable at every row's `at` (a scale is
+    // followed by at least 2 more bytes of its block).
+    unsafe {
+        let v = _mm512_i32gather_epi32::<1>(offs, base.add(at).cast());
+        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+    }
+}
+
+/// The byte offsets of `rows[r]` from `rows[0]` (rows of one matrix, so they fit in i32).
+#[inline(always)]
+unsafe fn row_offsets(rows: &[*const u8; G]) -> __m512i {
+    let mut o = [0i32; G];
+    for r in 0..G {
+        o[r] = (rows[r] as isize - rows[0] as isize) as i32;
+    }
+    // SAFETY: see the section comment.
+    unsafe { _mm512_loadu_si512(o.as_ptr().cast()) }
+}
+
 /// The dot products of 16 weight rows with one activation row, lane `r` for row `r`, in the
 /// canonical order; two blocks at a time, unpacked in place.
 #[inline(always)]
@@ -267,6 +290,7 @@ unsafe fn group_q32<K: Q32>(rows: &[*const u8; G], x: *const u8, nb: usize) -> _
     // what is read of a stand-in block.
     unsafe {
         let mut acc = _mm512_setzero_ps();
+        let offs = row_offsets(rows);
         let mut b = 0;
         while b < nb {
             let two = b + 1 < nb;
@@ -282,28 +306,22 @@ unsafe fn group_q32<K: Q32>(rows: &[*const u8; G], x: *const u8, nb: usize) -> _
                 _mm512_setzero_si512()
             };
             let mut v = [_mm512_setzero_si512(); G];
-            let mut dw = [[0u16; G]; 2];
-            let mut mw = [[0u16; G]; 2];
             for r in 0..G {
                 let p0 = rows[r].add(b * K::WB);
                 let p1 = if two { p0.add(K::WB) } else { ZERO.as_ptr() };
                 v[r] = _mm512_dpbusd_epi32(y0, K::unpack(p0, p1), y);
-                dw[0][r] = u16_at(p0);
-                dw[1][r] = u16_at(p1);
-                if K::HAS_MIN {
-                    mw[0][r] = u16_at(p0.add(2));
-                    mw[1][r] = u16_at(p1.add(2));
-                }
             }
             let (t0, t1) = tree16(&v);
             for (h, (t, px)) in [(t0, px0), (t1, px1)].into_iter().enumerate() {
                 if h == 1 && !two {
                     break;
                 }
-                let d = _mm512_mul_ps(f16x16(&dw[h]), _mm512_set1_ps(f16(px)));
+                let at = (b + h) * K::WB;
+                let d = _mm512_mul_ps(f16_lanes(rows[0], offs, at), _mm512_set1_ps(f16(px)));
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), d, acc);
                 if K::HAS_MIN {
-                    acc = _mm512_fmadd_ps(f16x16(&mw[h]), _mm512_set1_ps(f16(px.add(2))), acc);
+                    let m = f16_lanes(rows[0], offs, at + 2);
+                    acc = _mm512_fmadd_ps(m, _mm512_set1_ps(f16(px.add(2))), acc);
                 }
             }
             b += 2;
@@ -560,6 +578,34 @@ trait KQuant {
     const D: usize;
     /// Offset of the f16 `dmin` (if `HAS_MIN`).
     const DMIN: usize;
+    /// Scale groups per super-block (8 of 32 quants, or 16 of 16).
+    const NSC: usize;
+    /// 16-bit pairs of the term that uses the activations' `bsums`: the mins of Q4_K/Q5_K
+    /// (4 pairs, against pair-summed bsums) or the scales of Q6_K (8 pairs).
+    const NAUX: usize;
+    /// The block's scales as i32 (`sc[..NSC]`) and the `NAUX` pairs, read plainly.
+    unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]);
+}
+
+/// `[lo as u16, hi as u16]` as one dword.
+fn pair16(lo: i32, hi: i32) -> u32 {
+    (lo as u16 as u32) | (hi as u16 as u32) << 16
+}
+
+/// Q4_K/Q5_K scales and mins (the 12 bytes at `p`) for [`KQuant::row_scales`].
+#[inline(always)]
+unsafe fn k4_row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+    // SAFETY: see the section comment.
+    let s: [u8; 12] = unsafe { ptr::read_unaligned(p.cast()) };
+    let mut m = [0i32; 8];
+    for j in 0..8 {
+        let (a, b) = crate::layout::scale_min_k4(j, &s);
+        sc[j] = a as i32;
+        m[j] = b as i32;
+    }
+    for k in 0..4 {
+        aux[k] = pair16(m[2 * k], m[2 * k + 1]);
+    }
 }
 
 /// The sub-blocks of 32 in the low and high halves of Q4_K/Q5_K register `k`.
@@ -652,6 +698,13 @@ impl KQuant for Q4K {
     }
     const D: usize = 0;
     const DMIN: usize = q4_k::DMIN;
+    const NSC: usize = 8;
+    const NAUX: usize = 4;
+    #[inline(always)]
+    unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+        // SAFETY: see the section comment.
+        unsafe { k4_row_scales(p.add(q4_k::SCALES), sc, aux) }
+    }
 }
 
 struct Q5K;
@@ -689,6 +742,13 @@ impl KQuant for Q5K {
     }
     const D: usize = 0;
     const DMIN: usize = q5_k::DMIN;
+    const NSC: usize = 8;
+    const NAUX: usize = 4;
+    #[inline(always)]
+    unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+        // SAFETY: see the section comment.
+        unsafe { k4_row_scales(p.add(q5_k::SCALES), sc, aux) }
+    }
 }
 
 struct Q6K;
@@ -723,6 +783,19 @@ impl KQuant for Q6K {
     }
     const D: usize = q6_k::D;
     const DMIN: usize = 0;
+    const NSC: usize = 16;
+    const NAUX: usize = 8;
+    #[inline(always)]
+    unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+        // SAFETY: see the section comment.
+        let s: [i8; 16] = unsafe { ptr::read_unaligned(p.add(q6_k::SCALES).cast()) };
+        for g in 0..16 {
+            sc[g] = s[g] as i32;
+        }
+        for k in 0..8 {
+            aux[k] = pair16(sc[2 * k], sc[2 * k + 1]);
+        }
+    }
 }
 
 /// The dot products of 16 weight rows with one activation row, lane `r` for row `r`, in the
@@ -734,6 +807,7 @@ unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> 
         let mut acc = _mm512_setzero_ps();
         let mut q = [_mm512_setzero_si512(); 4];
         let mut sc = [_mm512_setzero_si512(); 4];
+        let offs = row_offsets(rows);
         for b in 0..nb {
             let px = x.add(b * q8_k::BYTES);
             let dy = _mm512_set1_ps(f32_at(px));
@@ -751,8 +825,6 @@ unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> 
             }
             let mut v = [_mm512_setzero_si512(); G];
             let mut vm = [_mm512_setzero_si512(); G];
-            let mut d = [0u16; G];
-            let mut dmin = [0u16; G];
             for r in 0..G {
                 let p = rows[r].add(b * K::WB);
                 let aux = K::unpack(p, &mut q, &mut sc);
@@ -761,13 +833,11 @@ unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> 
                     let p16 = _mm512_maddubs_epi16(q[k], y[k]);
                     sumi = _mm512_dpwssd_epi32(sumi, p16, sc[k]);
                 }
-                d[r] = u16_at(p.add(K::D));
                 if K::HAS_MIN {
                     v[r] = sumi;
                     // sum_j m_j * (bsums[2j] + bsums[2j+1]) in 4 lanes.
                     let t = _mm_madd_epi16(_mm256_castsi256_si128(aux), bs2);
                     vm[r] = _mm512_zextsi128_si512(t);
-                    dmin[r] = u16_at(p.add(K::DMIN));
                 } else {
                     // The -32 offset: 32 * sum_g sc_g * bsums[g], in 8 lanes.
                     let t = _mm256_slli_epi32(_mm256_madd_epi16(aux, bs), 5);
@@ -776,11 +846,13 @@ unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> 
             }
             let (t0, t1) = tree16(&v);
             let s = _mm512_cvtepi32_ps(_mm512_add_epi32(t0, t1));
-            acc = _mm512_fmadd_ps(s, _mm512_mul_ps(f16x16(&d), dy), acc);
+            let at = b * K::WB;
+            let d = f16_lanes(rows[0], offs, at + K::D);
+            acc = _mm512_fmadd_ps(s, _mm512_mul_ps(d, dy), acc);
             if K::HAS_MIN {
                 let (m0, m1) = tree16(&vm);
                 let sm = _mm512_cvtepi32_ps(_mm512_add_epi32(m0, m1));
-                let dm = _mm512_mul_ps(f16x16(&dmin), dy);
+                let dm = _mm512_mul_ps(f16_lanes(rows[0], offs, at + K::DMIN), dy);
                 let neg = _mm512_xor_ps(dm, _mm512_set1_ps(-0.0));
                 acc = _mm512_fmadd_ps(sm, neg, acc);
             }
@@ -789,23 +861,207 @@ unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> 
     }
 }
 
-/// Rows `rows` of the job in groups of 16, one activation row at a time.
+/// Byte offsets inside one repacked super-block of 16 rows: 64 registers of quants (4 of each
+/// row per register, in element order), the scale groups as i32, the `bsums` pairs, `d` and
+/// `dmin` as f32.
+struct KPacked {
+    sc: usize,
+    aux: usize,
+    d: usize,
+    dmin: usize,
+    bytes: usize,
+}
+
+const fn k_packed(nsc: usize, naux: usize) -> KPacked {
+    let sc = 64 * 64;
+    let aux = sc + 64 * nsc;
+    let d = aux + 64 * naux;
+    KPacked {
+        sc,
+        aux,
+        d,
+        dmin: d + 64,
+        bytes: d + 128,
+    }
+}
+
+/// Where sub-block `j` (32 quants) of a Q4_K/Q5_K block sits after `unpack`: (register, half).
+const K4_LOCATION: [(usize, usize); 8] = [
+    (0, 0),
+    (1, 0),
+    (0, 1),
+    (1, 1),
+    (2, 0),
+    (3, 0),
+    (2, 1),
+    (3, 1),
+];
+
+/// Repacks `nb` super-blocks of 16 rows into `buf` (64-byte aligned).
 #[inline(always)]
-unsafe fn range_k<K: KQuant>(
+unsafe fn pack_k<K: KQuant>(rows: &[*const u8; G], nb: usize, buf: *mut u8) {
+    // SAFETY: see the section comment; `buf` holds `nb * k_packed(..).bytes` bytes.
+    unsafe {
+        let lay = k_packed(K::NSC, K::NAUX);
+        let mut qs = [[_mm512_setzero_si512(); 4]; G];
+        let mut unused = [_mm512_setzero_si512(); 4];
+        for b in 0..nb {
+            let dst = buf.add(b * lay.bytes);
+            for r in 0..G {
+                let p = rows[r].add(b * K::WB);
+                K::unpack(p, &mut qs[r], &mut unused);
+                let mut sc = [0i32; 16];
+                let mut aux = [0u32; 8];
+                K::row_scales(p, &mut sc, &mut aux);
+                for j in 0..K::NSC {
+                    ptr::write(dst.add(lay.sc + 64 * j + 4 * r).cast::<i32>(), sc[j]);
+                }
+                for k in 0..K::NAUX {
+                    ptr::write(dst.add(lay.aux + 64 * k + 4 * r).cast::<u32>(), aux[k]);
+                }
+                ptr::write(dst.add(lay.d + 4 * r).cast::<f32>(), f16(p.add(K::D)));
+                if K::HAS_MIN {
+                    ptr::write(dst.add(lay.dmin + 4 * r).cast::<f32>(), f16(p.add(K::DMIN)));
+                }
+            }
+            for j in 0..8 {
+                let (k, h) = if K::CONTIGUOUS {
+                    (j / 2, j % 2)
+                } else {
+                    K4_LOCATION[j]
+                };
+                let mut z = [_mm512_setzero_si512(); 8];
+                for (i, z) in z.iter_mut().enumerate() {
+                    let (a, b) = (qs[2 * i][k], qs[2 * i + 1][k]);
+                    *z = if h == 0 {
+                        _mm512_shuffle_i64x2::<0x44>(a, b)
+                    } else {
+                        _mm512_shuffle_i64x2::<0xEE>(a, b)
+                    };
+                }
+                for (g, w) in transpose16x8(&z).iter().enumerate() {
+                    _mm512_store_si512(dst.add(64 * (8 * j + g)).cast(), *w);
+                }
+            }
+        }
+    }
+}
+
+/// The dot products of a repacked group with activation rows `c0..c0 + C`.
+#[inline(always)]
+unsafe fn packed_dot_k<K: KQuant, const C: usize>(
+    buf: *const u8,
     job: &Job<'_>,
-    rows: Range<usize>,
-    _pack: &mut Vec<u8>,
-    out: Sink<'_>,
-) {
+    c0: usize,
+) -> [__m512; C] {
     // SAFETY: see the section comment.
     unsafe {
+        let lay = k_packed(K::NSC, K::NAUX);
+        let kg = 64 / K::NSC;
+        let mut acc = [_mm512_setzero_ps(); C];
+        for b in 0..job.nb {
+            let sp = buf.add(b * lay.bytes);
+            let mut ys = [ptr::null(); C];
+            for (c, y) in ys.iter_mut().enumerate() {
+                *y = job.act.as_ptr().add((c0 + c) * job.xrow + b * q8_k::BYTES);
+            }
+            let yb = |c: usize, t: usize| -> __m512i {
+                _mm512_set1_epi32(ptr::read_unaligned(ys[c].add(q8_k::QS + 4 * t).cast()))
+            };
+            let mut isum = [_mm512_setzero_si512(); C];
+            for j in 0..K::NSC {
+                let mut s = [[_mm512_setzero_si512(); 2]; C];
+                for g in 0..kg {
+                    let t = j * kg + g;
+                    let w = _mm512_load_si512(sp.add(64 * t).cast());
+                    for c in 0..C {
+                        s[c][g % 2] = _mm512_dpbusd_epi32(s[c][g % 2], w, yb(c, t));
+                    }
+                }
+                let scj = _mm512_load_si512(sp.add(lay.sc + 64 * j).cast());
+                for c in 0..C {
+                    let sj = _mm512_add_epi32(s[c][0], s[c][1]);
+                    isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(sj, scj));
+                }
+            }
+            let d = _mm512_load_ps(sp.add(lay.d).cast());
+            for c in 0..C {
+                let dy = _mm512_set1_ps(f32_at(ys[c]));
+                let bsums = ys[c].add(q8_k::BSUMS);
+                let mut t = _mm512_setzero_si512();
+                if K::HAS_MIN {
+                    // Pairs of pair-summed bsums against the mins' pairs.
+                    let bs = load256(bsums);
+                    let lo = _mm256_castsi256_si128(bs);
+                    let bs2 = _mm_hadd_epi16(lo, _mm256_extracti128_si256(bs, 1));
+                    let mut pairs = [0i32; 4];
+                    _mm_storeu_si128(pairs.as_mut_ptr().cast(), bs2);
+                    for (k, &pair) in pairs.iter().enumerate() {
+                        let aux = _mm512_load_si512(sp.add(lay.aux + 64 * k).cast());
+                        t = _mm512_dpwssd_epi32(t, aux, _mm512_set1_epi32(pair));
+                    }
+                } else {
+                    for k in 0..K::NAUX {
+                        let aux = _mm512_load_si512(sp.add(lay.aux + 64 * k).cast());
+                        let pair = ptr::read_unaligned(bsums.add(4 * k).cast::<i32>());
+                        t = _mm512_dpwssd_epi32(t, aux, _mm512_set1_epi32(pair));
+                    }
+                    isum[c] = _mm512_sub_epi32(isum[c], _mm512_slli_epi32(t, 5));
+                }
+                let s = _mm512_cvtepi32_ps(isum[c]);
+                acc[c] = _mm512_fmadd_ps(s, _mm512_mul_ps(d, dy), acc[c]);
+                if K::HAS_MIN {
+                    let dmin = _mm512_load_ps(sp.add(lay.dmin).cast());
+                    let neg = _mm512_xor_ps(_mm512_mul_ps(dmin, dy), _mm512_set1_ps(-0.0));
+                    acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), neg, acc[c]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Rows `rows` of the job in groups of 16: repacked for `m >= PACK_FROM_M`, else one
+/// activation row at a time.
+#[inline(always)]
+unsafe fn range_k<K: KQuant>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u8>, out: Sink<'_>) {
+    // SAFETY: see the section comment.
+    unsafe {
+        let packed = job.m >= PACK_FROM_M;
+        let buf = if packed {
+            let len = job.nb * k_packed(K::NSC, K::NAUX).bytes + 64;
+            if pack.len() < len {
+                pack.resize(len, 0);
+            }
+            let p = pack.as_mut_ptr();
+            p.add(p.align_offset(64))
+        } else {
+            ptr::null_mut()
+        };
         let mut r = rows.start;
         while r < rows.end {
             let n = G.min(rows.end - r);
             let ptrs = group_ptrs::<G>(job, r, n);
-            for c in 0..job.m {
-                let acc = group_k::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb);
-                emit(acc, c, r, n, out);
+            if packed {
+                pack_k::<K>(&ptrs, job.nb, buf);
+                let mut c = 0;
+                while c + 4 <= job.m {
+                    let acc = packed_dot_k::<K, 4>(buf, job, c);
+                    for (i, acc) in acc.into_iter().enumerate() {
+                        emit(acc, c + i, r, n, out);
+                    }
+                    c += 4;
+                }
+                while c < job.m {
+                    let [acc] = packed_dot_k::<K, 1>(buf, job, c);
+                    emit(acc, c, r, n, out);
+                    c += 1;
+                }
+            } else {
+                for c in 0..job.m {
+                    let acc = group_k::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb);
+                    emit(acc, c, r, n, out);
+                }
             }
             r += n;
         }
