@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod generation;
 mod inspect;
 mod npy;
@@ -48,6 +49,8 @@ enum Command {
     Tokenize(tokens::TokenizeArgs),
     /// Write the logits of every position of a token sequence to a .npy file.
     Logits(tokens::LogitsArgs),
+    /// Time prefill, decode and time to first token; measure peak memory and the bandwidth bound.
+    Bench(bench::BenchArgs),
 }
 
 /// The model argument shared by every command.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Tokenize(a) => tokens::tokenize(a),
         Command::Logits(a) => tokens::logits(a),
+        Command::Bench(a) => bench::bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
