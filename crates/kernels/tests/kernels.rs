@@ -215,3 +215,57 @@ fn block_sizes_are_ggmls() {
     assert_eq!(QType::Q6K.vec_dot_type(), VecDotType::Q8K);
     assert_eq!(VecDotType::Q8K.block_bytes(), 292);
 }
+
+#[test]
+fn matmul_is_the_same_at_every_level_and_batch_size() {
+    // The canonical order: a product's bits depend on neither the SIMD level nor on how many
+    // activation rows share the call (prefill equals token-by-token decode).
+    let mut rng = rng(5);
+    let pool = thread_pool(2).unwrap();
+    let rows = 37;
+    for ty in QType::ALL {
+        let nb = if ty.block_elems() == 32 { 9 } else { 2 };
+        let cols = nb * ty.block_elems();
+        let w = random_blocks(ty, rows * nb, &mut rng);
+        let w = QMatrix::new(ty, &w, rows, cols).unwrap();
+        let m = 9;
+        let x = random_acts(m * cols, &mut rng);
+        let mut want = vec![0f32; m * rows];
+        matmul(
+            &w,
+            &x,
+            m,
+            &mut want,
+            &mut Scratch::with_simd(Simd::Scalar).unwrap(),
+            &pool,
+        );
+        for simd in Simd::available() {
+            let mut scratch = Scratch::with_simd(simd).unwrap();
+            let mut batched = vec![0f32; m * rows];
+            matmul(&w, &x, m, &mut batched, &mut scratch, &pool);
+            let mut one_by_one = vec![0f32; m * rows];
+            for c in 0..m {
+                let xc = &x[c * cols..(c + 1) * cols];
+                matmul(
+                    &w,
+                    xc,
+                    1,
+                    &mut one_by_one[c * rows..(c + 1) * rows],
+                    &mut scratch,
+                    &pool,
+                );
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&batched),
+                bits(&want),
+                "{ty} {simd:?}: batched vs scalar"
+            );
+            assert_eq!(
+                bits(&one_by_one),
+                bits(&want),
+                "{ty} {simd:?}: one by one vs scalar"
+            );
+        }
+    }
+}

@@ -296,48 +296,108 @@ pub(super) unsafe fn tree8(v: &[__m256i; 8]) -> __m256i {
     }
 }
 
-/// The f16s of 8 rows, as f32.
+/// The f16 at `base + offs[r] + at` in lane `r`, as f32: one gather of dwords whose low
+/// halves are the f16s (a stack array and a reload would stall on store forwarding).
 #[inline(always)]
-unsafe fn f16x8(h: &[u16; 8]) -> __m256 {
-    // SAFETY: see the section comment.
-    unsafe { _mm256_cvtph_ps(load128(h.as_ptr().cast())) }
+unsafe fn f16_lanes(base: *const u8, offs: __m256i, at: usize) -> __m256 {
+    // SAFETY: see the section comment; 4 bytes are readable at every row's `at` (a scale is
+    // followed by at least 2 more bytes of its block).
+    unsafe {
+        let v = _mm256_i32gather_epi32::<1>(base.add(at).cast(), offs);
+        // The low 16 bits of each dword, packed into 8 words.
+        let lo = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
+        let w = _mm256_packus_epi32(lo, lo);
+        let w = _mm256_permute4x64_epi64::<0b10_00_10_00>(w);
+        _mm256_cvtph_ps(_mm256_castsi256_si128(w))
+    }
 }
 
-/// The dot products of 8 weight rows (`rows`) with one activation row (`x`), lane `r` for
-/// row `r`, in the canonical order.
+/// The byte offsets of `rows[r]` from `rows[0]` (rows of one matrix, so they fit in i32).
 #[inline(always)]
-unsafe fn group_q32<K: Q32>(rows: &[*const u8; G], x: *const u8, nb: usize) -> __m256 {
+unsafe fn row_offsets(rows: &[*const u8; G]) -> __m256i {
+    let mut o = [0i32; G];
+    for r in 0..G {
+        o[r] = (rows[r] as isize - rows[0] as isize) as i32;
+    }
+    // SAFETY: see the section comment.
+    unsafe { _mm256_loadu_si256(o.as_ptr().cast()) }
+}
+
+/// Activation rows per pass: each weight block is unpacked once for up to this many.
+const C: usize = 4;
+
+/// The dot products of 8 weight rows (`rows`) with `NC` activation rows (`x[c]`), lane `r`
+/// for row `r`, in the canonical order.
+#[inline(always)]
+unsafe fn group_q32<K: Q32, const NC: usize>(
+    rows: &[*const u8; G],
+    x: &[*const u8; NC],
+    nb: usize,
+) -> [__m256; NC] {
     // SAFETY: see the section comment; `nb` blocks of each row are in bounds.
     unsafe {
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); NC];
+        let offs = row_offsets(rows);
         for b in 0..nb {
-            let px = x.add(b * K::XB);
-            let y = load256(px.add(K::XQS));
-            let col = K::col(y);
-            let mut v = [_mm256_setzero_si256(); G];
-            let mut dw = [0u16; G];
-            let mut mw = [0u16; G];
+            let mut y = [_mm256_setzero_si256(); NC];
+            let mut col = [_mm256_setzero_si256(); NC];
+            for c in 0..NC {
+                y[c] = load256(x[c].add(b * K::XB + K::XQS));
+                col[c] = K::col(y[c]);
+            }
+            let mut v = [[_mm256_setzero_si256(); G]; NC];
             for r in 0..G {
-                let p = rows[r].add(b * K::WB);
-                v[r] = K::dot(K::unpack(p), y, col);
-                dw[r] = ptr::read_unaligned(p as *const u16);
-                if K::HAS_MIN {
-                    mw[r] = ptr::read_unaligned(p.add(2) as *const u16);
+                let q = K::unpack(rows[r].add(b * K::WB));
+                for c in 0..NC {
+                    v[c][r] = K::dot(q, y[c], col[c]);
                 }
             }
-            let s = _mm256_cvtepi32_ps(tree8(&v));
-            let d = _mm256_mul_ps(f16x8(&dw), _mm256_set1_ps(f16(px)));
-            acc = _mm256_fmadd_ps(s, d, acc);
-            if K::HAS_MIN {
-                acc = _mm256_fmadd_ps(f16x8(&mw), _mm256_set1_ps(f16(px.add(2))), acc);
+            let dw = f16_lanes(rows[0], offs, b * K::WB);
+            let mw = if K::HAS_MIN {
+                f16_lanes(rows[0], offs, b * K::WB + 2)
+            } else {
+                _mm256_setzero_ps()
+            };
+            for c in 0..NC {
+                let px = x[c].add(b * K::XB);
+                let s = _mm256_cvtepi32_ps(tree8(&v[c]));
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(f16(px)));
+                acc[c] = _mm256_fmadd_ps(s, d, acc[c]);
+                if K::HAS_MIN {
+                    acc[c] = _mm256_fmadd_ps(mw, _mm256_set1_ps(f16(px.add(2))), acc[c]);
+                }
             }
         }
         acc
     }
 }
 
-/// Rows `rows` of the job in groups of 8 (a short last group repeats its last row), one
-/// activation row at a time.
+/// Hands lanes `..n` of `acc` to `out` as the results of rows `r..` with activation row `c`.
+#[inline(always)]
+unsafe fn emit(
+    acc: __m256,
+    c: usize,
+    r: usize,
+    n: usize,
+    out: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    // SAFETY: see the section comment.
+    unsafe {
+        let mut v = [0f32; G];
+        _mm256_storeu_ps(v.as_mut_ptr(), acc);
+        out(c, r, &v[..n]);
+    }
+}
+
+/// The activation rows `c0..c0 + NC`.
+#[inline(always)]
+unsafe fn act_rows<const NC: usize>(job: &Job<'_>, c0: usize) -> [*const u8; NC] {
+    // SAFETY: see the section comment.
+    unsafe { core::array::from_fn(|c| job.act.as_ptr().add((c0 + c) * job.xrow)) }
+}
+
+/// Rows `rows` of the job in groups of 8 (a short last group repeats its last row), against
+/// up to 4 activation rows at a time.
 #[inline(always)]
 unsafe fn range_q32<K: Q32>(job: &Job<'_>, rows: Range<usize>, _pack: &mut Vec<u8>, out: Sink<'_>) {
     // SAFETY: see the section comment.
@@ -346,11 +406,18 @@ unsafe fn range_q32<K: Q32>(job: &Job<'_>, rows: Range<usize>, _pack: &mut Vec<u
         while r < rows.end {
             let n = G.min(rows.end - r);
             let ptrs = group_ptrs::<G>(job, r, n);
-            for c in 0..job.m {
-                let acc = group_q32::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb);
-                let mut v = [0f32; G];
-                _mm256_storeu_ps(v.as_mut_ptr(), acc);
-                out(c, r, &v[..n]);
+            let mut c = 0;
+            while c + C <= job.m {
+                let acc = group_q32::<K, C>(&ptrs, &act_rows(job, c), job.nb);
+                for (i, acc) in acc.into_iter().enumerate() {
+                    emit(acc, c + i, r, n, out);
+                }
+                c += C;
+            }
+            while c < job.m {
+                let [acc] = group_q32::<K, 1>(&ptrs, &act_rows(job, c), job.nb);
+                emit(acc, c, r, n, out);
+                c += 1;
             }
             r += n;
         }
@@ -552,57 +619,72 @@ impl KQuant for Q6K {
     }
 }
 
-/// The dot products of 8 weight rows with one activation row, lane `r` for row `r`, in the
-/// canonical order.
+/// The dot products of 8 weight rows with `NC` activation rows, lane `r` for row `r`, in
+/// the canonical order.
 #[inline(always)]
-unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> __m256 {
+unsafe fn group_k<K: KQuant, const NC: usize>(
+    rows: &[*const u8; G],
+    x: &[*const u8; NC],
+    nb: usize,
+) -> [__m256; NC] {
     // SAFETY: see the section comment; `nb` blocks of each row are in bounds.
     unsafe {
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); NC];
         let mut q = [_mm256_setzero_si256(); 8];
         let mut sc = [_mm256_setzero_si256(); 8];
+        let offs = row_offsets(rows);
         for b in 0..nb {
-            let px = x.add(b * q8_k::BYTES);
-            let dy = _mm256_set1_ps(f32_at(px));
-            let bs = load256(px.add(q8_k::BSUMS));
-            let bs2 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-            let y = px.add(q8_k::QS);
-            let mut v = [_mm256_setzero_si256(); G];
-            let mut vm = [_mm256_setzero_si256(); G];
-            let mut d = [0u16; G];
-            let mut dmin = [0u16; G];
+            let mut bs = [_mm256_setzero_si256(); NC];
+            let mut bs2 = [_mm_setzero_si128(); NC];
+            for c in 0..NC {
+                let px = x[c].add(b * q8_k::BYTES);
+                bs[c] = load256(px.add(q8_k::BSUMS));
+                let lo = _mm256_castsi256_si128(bs[c]);
+                bs2[c] = _mm_hadd_epi16(lo, _mm256_extracti128_si256(bs[c], 1));
+            }
+            let mut v = [[_mm256_setzero_si256(); G]; NC];
+            let mut vm = [[_mm256_setzero_si256(); G]; NC];
             for r in 0..G {
                 let p = rows[r].add(b * K::WB);
                 let aux = K::unpack(p, &mut q, &mut sc);
-                let mut sumi = _mm256_setzero_si256();
-                for k in 0..8 {
-                    let p16 = _mm256_maddubs_epi16(q[k], load256(y.add(32 * k)));
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc[k], p16));
-                }
-                let t = K::bsum_term(aux, bs, bs2);
-                d[r] = ptr::read_unaligned(p.add(K::D) as *const u16);
-                if K::HAS_MIN {
-                    v[r] = sumi;
-                    vm[r] = t;
-                    dmin[r] = ptr::read_unaligned(p.add(K::DMIN) as *const u16);
-                } else {
-                    v[r] = _mm256_sub_epi32(sumi, t);
+                for c in 0..NC {
+                    let y = x[c].add(b * q8_k::BYTES + q8_k::QS);
+                    let mut sumi = _mm256_setzero_si256();
+                    for k in 0..8 {
+                        let p16 = _mm256_maddubs_epi16(q[k], load256(y.add(32 * k)));
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc[k], p16));
+                    }
+                    let t = K::bsum_term(aux, bs[c], bs2[c]);
+                    if K::HAS_MIN {
+                        v[c][r] = sumi;
+                        vm[c][r] = t;
+                    } else {
+                        v[c][r] = _mm256_sub_epi32(sumi, t);
+                    }
                 }
             }
-            let s = _mm256_cvtepi32_ps(tree8(&v));
-            acc = _mm256_fmadd_ps(s, _mm256_mul_ps(f16x8(&d), dy), acc);
-            if K::HAS_MIN {
-                let sm = _mm256_cvtepi32_ps(tree8(&vm));
-                let dm = _mm256_mul_ps(f16x8(&dmin), dy);
-                let neg = _mm256_xor_ps(dm, _mm256_set1_ps(-0.0));
-                acc = _mm256_fmadd_ps(sm, neg, acc);
+            let d = f16_lanes(rows[0], offs, b * K::WB + K::D);
+            let dmin = if K::HAS_MIN {
+                f16_lanes(rows[0], offs, b * K::WB + K::DMIN)
+            } else {
+                _mm256_setzero_ps()
+            };
+            for c in 0..NC {
+                let dy = _mm256_set1_ps(f32_at(x[c].add(b * q8_k::BYTES)));
+                let s = _mm256_cvtepi32_ps(tree8(&v[c]));
+                acc[c] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, dy), acc[c]);
+                if K::HAS_MIN {
+                    let sm = _mm256_cvtepi32_ps(tree8(&vm[c]));
+                    let neg = _mm256_xor_ps(_mm256_mul_ps(dmin, dy), _mm256_set1_ps(-0.0));
+                    acc[c] = _mm256_fmadd_ps(sm, neg, acc[c]);
+                }
             }
         }
         acc
     }
 }
 
-/// Rows `rows` of the job in groups of 8, one activation row at a time.
+/// Rows `rows` of the job in groups of 8, against up to 4 activation rows at a time.
 #[inline(always)]
 unsafe fn range_k<K: KQuant>(
     job: &Job<'_>,
@@ -616,11 +698,18 @@ unsafe fn range_k<K: KQuant>(
         while r < rows.end {
             let n = G.min(rows.end - r);
             let ptrs = group_ptrs::<G>(job, r, n);
-            for c in 0..job.m {
-                let acc = group_k::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb);
-                let mut v = [0f32; G];
-                _mm256_storeu_ps(v.as_mut_ptr(), acc);
-                out(c, r, &v[..n]);
+            let mut c = 0;
+            while c + C <= job.m {
+                let acc = group_k::<K, C>(&ptrs, &act_rows(job, c), job.nb);
+                for (i, acc) in acc.into_iter().enumerate() {
+                    emit(acc, c + i, r, n, out);
+                }
+                c += C;
+            }
+            while c < job.m {
+                let [acc] = group_k::<K, 1>(&ptrs, &act_rows(job, c), job.nb);
+                emit(acc, c, r, n, out);
+                c += 1;
             }
             r += n;
         }
