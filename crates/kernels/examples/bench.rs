@@ -12,7 +12,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use seek_kernels::{matmul, thread_pool, QMatrix, QType, Scratch};
+use seek_kernels::{matmul, quantize_row, thread_pool, QMatrix, QType, Scratch, VecDotType};
 use std::time::{Duration, Instant};
 
 /// Column heads of one implementation's timings.
@@ -163,6 +163,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (896, 4864, 128),
     ];
     let mut rng = StdRng::seed_from_u64(0);
+    // Activation quantization, the part of a product that does not scale with the weights.
+    let x: Vec<f32> = (0..128 * 4864)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let mut q = Vec::new();
+    for vt in [VecDotType::Q8_0, VecDotType::Q8K] {
+        let (wall, _) = time(args.min_time, || {
+            for row in x.chunks(4864) {
+                quantize_row(row, vt, &mut q);
+            }
+        });
+        let gb = (x.len() * 4) as f64 / 1e9;
+        println!(
+            "quantize_row to {vt:?}: 128 x 4864 f32 in {:.3} ms, {:.2} GB/s of f32",
+            wall * 1e3,
+            gb / wall
+        );
+    }
+    // The fixed cost of a call: a product too small to split (k_proj, 128 x 896).
+    let data = random_weights(QType::Q5_0, 128, 896, &mut rng);
+    let w = QMatrix::new(QType::Q5_0, &data, 128, 896).expect("shape");
+    let mut out = vec![0f32; 128];
+    let (wall, _) = time(args.min_time, || {
+        matmul(&w, &x[..896], 1, &mut out, &mut scratch, &pool)
+    });
+    println!("Q5_0 128 x 896, m = 1: {:.1} us per call", wall * 1e6);
     for &ty in &args.types {
         for &(rows, cols, m) in &cases {
             if cols % ty.block_elems() != 0 {

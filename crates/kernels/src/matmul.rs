@@ -123,7 +123,7 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, KernelError> {
 
 /// Below this many weight bytes times activation rows a product runs on the calling thread:
 /// waking the pool costs more than it saves.
-const MIN_PARALLEL_WORK: usize = 64 * 1024;
+const MIN_PARALLEL_WORK: usize = 256 * 1024;
 
 /// `out = x · wᵀ`: `x` is `(m, cols)` row-major f32, `out` is `(m, rows)` row-major.
 ///

@@ -481,22 +481,22 @@ trait KQuant {
     unsafe fn bsum_term(aux: __m256i, bs: __m256i, bs2: __m128i) -> __m256i;
 }
 
-/// Q4_K/Q5_K 6-bit scales and mins (12 bytes) to `[scales[0..8], mins[0..8]]` as u8.
+/// Q4_K/Q5_K 6-bit scales and mins (the 12 bytes at `p`; 16 are read) to the bytes
+/// `[scales[0..8], mins[0..8]]`, in vector registers (ggml's `utmp` shuffle, lane-parallel).
 #[inline(always)]
-unsafe fn k4_scales_mins(p: *const u8) -> __m128i {
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-    // SAFETY: see the section comment.
+pub(super) unsafe fn k4_scales_mins(p: *const u8) -> __m128i {
+    // SAFETY: see the section comment; the scales are followed by the block's quants.
     unsafe {
-        let u0 = ptr::read_unaligned(p as *const u32);
-        let u1 = ptr::read_unaligned(p.add(4) as *const u32);
-        let u2 = ptr::read_unaligned(p.add(8) as *const u32);
-        let m1 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
-        let m0 = u1 & KMASK1;
-        let s1 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
-        let s0 = u0 & KMASK1;
-        _mm_set_epi32(m1 as i32, m0 as i32, s1 as i32, s0 as i32)
+        // Dwords u0, u1, u2 of the scales. Lanes 0..4 of the result: scales 0-3, scales 4-7,
+        // mins 0-3, mins 4-7:
+        //   u0 & 0x3f, (u2 & 0x0f) | ((u0 >> 6) & 3) << 4, u1 & 0x3f, ((u2 >> 4) & 0x0f) | ((u1 >> 6) & 3) << 4.
+        let u = load128(p);
+        let a = _mm_shuffle_epi32::<0b10_01_10_00>(u); // [u0, u2, u1, u2]
+        let b = _mm_shuffle_epi32::<0b01_01_00_00>(u); // [u0, u0, u1, u1]
+        let a = _mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4));
+        let a = _mm_and_si128(a, _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+        let b = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+        _mm_or_si128(a, b)
     }
 }
 

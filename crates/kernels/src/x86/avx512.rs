@@ -14,7 +14,7 @@
 //! Both paths do the same integer sums and the same float operations per lane, so they agree
 //! bit for bit.
 
-use super::avx2::{f16, f32_at, load128, load256};
+use super::avx2::{f16, f32_at, k4_scales_mins, load128, load256};
 use super::{group_ptrs, range_entry};
 use crate::dispatch::{Job, RangeFn, Sink};
 use crate::layout::{q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
@@ -645,34 +645,36 @@ unsafe fn spread4(k: i16) -> __m512i {
     }
 }
 
-/// Q4_K/Q5_K 6-bit scales and mins (12 bytes) to `[scales[0..8], mins[0..8]]` as i16.
-#[inline(always)]
-unsafe fn k4_scales_mins(p: *const u8) -> __m256i {
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-    // SAFETY: see the section comment.
-    unsafe {
-        let u0 = ptr::read_unaligned(p as *const u32);
-        let u1 = ptr::read_unaligned(p.add(4) as *const u32);
-        let u2 = ptr::read_unaligned(p.add(8) as *const u32);
-        let m1 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
-        let m0 = u1 & KMASK1;
-        let s1 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
-        let s0 = u0 & KMASK1;
-        _mm256_cvtepu8_epi16(_mm_set_epi32(m1 as i32, m0 as i32, s1 as i32, s0 as i32))
-    }
-}
-
-/// The scales of registers 0..4 of a Q4_K/Q5_K block, from `[scales, mins]` as i16.
-#[inline(always)]
-unsafe fn k4_scale_regs(sm: __m256i, sc: &mut [__m512i; 4]) {
-    // SAFETY: see the section comment.
-    unsafe {
-        let sm = _mm512_castsi256_si512(sm);
-        for (k, &(a, b)) in K4_SUBBLOCKS.iter().enumerate() {
-            sc[k] = _mm512_permutexvar_epi16(halves(a as i16, b as i16), sm);
+/// `vpshufb` masks that spread bytes `a` and `b` (of each 128-bit lane) as 16-bit words over
+/// the low and high 256-bit halves of a register, for [`K4_SUBBLOCKS`].
+static K4_SPREAD: [[u8; 64]; 4] = {
+    let mut m = [[0u8; 64]; 4];
+    let mut k = 0;
+    while k < 4 {
+        let (a, b) = K4_SUBBLOCKS[k];
+        let mut i = 0;
+        while i < 32 {
+            // Word i: its low byte is scale a (or b), its high byte zero (0x80 clears).
+            m[k][2 * i] = if i < 16 { a as u8 } else { b as u8 };
+            m[k][2 * i + 1] = 0x80;
+            i += 1;
         }
+        k += 1;
+    }
+    m
+};
+
+/// The scales of registers 0..4 of a Q4_K/Q5_K block, and its 8 mins as i16 (in a 256-bit
+/// register's low half, for [`mins_term`]).
+#[inline(always)]
+unsafe fn k4_scale_regs(sm: __m128i, sc: &mut [__m512i; 4]) -> __m256i {
+    // SAFETY: see the section comment.
+    unsafe {
+        let all = _mm512_broadcast_i32x4(sm);
+        for (k, sc) in sc.iter_mut().enumerate() {
+            *sc = _mm512_shuffle_epi8(all, _mm512_loadu_si512(K4_SPREAD[k].as_ptr().cast()));
+        }
+        _mm256_zextsi128_si256(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm)))
     }
 }
 
@@ -691,9 +693,7 @@ impl KQuant for Q4K {
                 q[2 * h] = _mm512_and_si512(bits, m4);
                 q[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(bits, 4), m4);
             }
-            let sm = k4_scales_mins(p.add(q4_k::SCALES));
-            k4_scale_regs(sm, sc);
-            _mm256_permute2x128_si256(sm, sm, 0x81)
+            k4_scale_regs(k4_scales_mins(p.add(q4_k::SCALES)), sc)
         }
     }
     const D: usize = 0;
@@ -735,9 +735,7 @@ impl KQuant for Q5K {
                 q[2 * half] = _mm512_or_si512(lo, _mm512_and_si512(h[2 * half], m16));
                 q[2 * half + 1] = _mm512_or_si512(hi, _mm512_and_si512(h[2 * half + 1], m16));
             }
-            let sm = k4_scales_mins(p.add(q5_k::SCALES));
-            k4_scale_regs(sm, sc);
-            _mm256_permute2x128_si256(sm, sm, 0x81)
+            k4_scale_regs(k4_scales_mins(p.add(q5_k::SCALES)), sc)
         }
     }
     const D: usize = 0;
