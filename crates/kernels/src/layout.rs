@@ -6,86 +6,31 @@
 /// Super-block size of the K-quants.
 pub const QK_K: usize = 256;
 
-/// Q4_0: `d: f16, qs: [u8; 16]`.
-pub mod q4_0 {
-    pub const BYTES: usize = 18;
-    pub const QS: usize = 2;
+// Offsets and sizes come from the `#[repr(C)]` structs in `crate::block`, which state ggml's
+// layouts; the kernels never cast bytes to them (the fields are not aligned in a file).
+macro_rules! offsets {
+    ($(#[$doc:meta])* $m:ident, $block:ident { $($name:ident = $field:ident),* }) => {
+        $(#[$doc])*
+        pub mod $m {
+            use crate::block::$block;
+            pub const BYTES: usize = core::mem::size_of::<$block>();
+            $(pub const $name: usize = core::mem::offset_of!($block, $field);)*
+        }
+    };
 }
-/// Q4_1: `d: f16, m: f16, qs: [u8; 16]`.
-pub mod q4_1 {
-    pub const BYTES: usize = 20;
-    pub const M: usize = 2;
-    pub const QS: usize = 4;
-}
-/// Q5_0: `d: f16, qh: [u8; 4], qs: [u8; 16]`.
-pub mod q5_0 {
-    pub const BYTES: usize = 22;
-    pub const QH: usize = 2;
-    pub const QS: usize = 6;
-}
-/// Q5_1: `d: f16, m: f16, qh: [u8; 4], qs: [u8; 16]`.
-pub mod q5_1 {
-    pub const BYTES: usize = 24;
-    pub const M: usize = 2;
-    pub const QH: usize = 4;
-    pub const QS: usize = 8;
-}
-/// Q8_0: `d: f16, qs: [i8; 32]`.
-pub mod q8_0 {
-    pub const BYTES: usize = 34;
-    pub const QS: usize = 2;
-}
-/// Q8_1: `d: f16, s: f16, qs: [i8; 32]`.
-pub mod q8_1 {
-    pub const BYTES: usize = 36;
-    pub const S: usize = 2;
-    pub const QS: usize = 4;
-}
-/// Q2_K: `scales: [u8; 16], qs: [u8; 64], d: f16, dmin: f16`.
-pub mod q2_k {
-    pub const BYTES: usize = 84;
-    pub const SCALES: usize = 0;
-    pub const QS: usize = 16;
-    pub const D: usize = 80;
-    pub const DMIN: usize = 82;
-}
-/// Q3_K: `hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16`.
-pub mod q3_k {
-    pub const BYTES: usize = 110;
-    pub const HMASK: usize = 0;
-    pub const QS: usize = 32;
-    pub const SCALES: usize = 96;
-    pub const D: usize = 108;
-}
-/// Q4_K: `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`.
-pub mod q4_k {
-    pub const BYTES: usize = 144;
-    pub const DMIN: usize = 2;
-    pub const SCALES: usize = 4;
-    pub const QS: usize = 16;
-}
-/// Q5_K: `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`.
-pub mod q5_k {
-    pub const BYTES: usize = 176;
-    pub const DMIN: usize = 2;
-    pub const SCALES: usize = 4;
-    pub const QH: usize = 16;
-    pub const QS: usize = 48;
-}
-/// Q6_K: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`.
-pub mod q6_k {
-    pub const BYTES: usize = 210;
-    pub const QL: usize = 0;
-    pub const QH: usize = 128;
-    pub const SCALES: usize = 192;
-    pub const D: usize = 208;
-}
-/// Q8_K: `d: f32, qs: [i8; 256], bsums: [i16; 16]` (sums of 16 consecutive `qs`).
-pub mod q8_k {
-    pub const BYTES: usize = 292;
-    pub const QS: usize = 4;
-    pub const BSUMS: usize = 260;
-}
+
+offsets!(q4_0, BlockQ4_0 { QS = qs });
+offsets!(q4_1, BlockQ4_1 { M = m, QS = qs });
+offsets!(q5_0, BlockQ5_0 { QH = qh, QS = qs });
+offsets!(q5_1, BlockQ5_1 { M = m, QH = qh, QS = qs });
+offsets!(q8_0, BlockQ8_0 { QS = qs });
+offsets!(q8_1, BlockQ8_1 { S = s, QS = qs });
+offsets!(q2_k, BlockQ2K { SCALES = scales, QS = qs, D = d, DMIN = dmin });
+offsets!(q3_k, BlockQ3K { HMASK = hmask, QS = qs, SCALES = scales, D = d });
+offsets!(q4_k, BlockQ4K { DMIN = dmin, SCALES = scales, QS = qs });
+offsets!(q5_k, BlockQ5K { DMIN = dmin, SCALES = scales, QH = qh, QS = qs });
+offsets!(q6_k, BlockQ6K { QL = ql, QH = qh, SCALES = scales, D = d });
+offsets!(q8_k, BlockQ8K { QS = qs, BSUMS = bsums });
 
 /// The f16 at `b[at..at + 2]`, widened (exactly) to f32.
 #[inline(always)]

@@ -20,6 +20,7 @@
 //! because a GGUF file only aligns the start of a tensor.
 #![deny(missing_docs)]
 
+pub mod block;
 mod dispatch;
 mod layout;
 mod matmul;

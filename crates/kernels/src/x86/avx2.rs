@@ -7,7 +7,9 @@
 //! 32-element types keep their weights unsigned (`q + offset`, 0..31) so that one `vpmaddubsw`
 //! multiplies them with the signed activations; the offset is taken back out per activation
 //! block (`vpmaddubsw(offset, y)`), once per activation block rather than once per row. Q8_0 has
-//! no unsigned form and uses ggml's sign trick.
+//! no unsigned form (`q + 128` times 127 overflows `vpmaddubsw`'s 16-bit pairs) and uses ggml's
+//! sign trick, `|q| * (y * sign(q))`, exact for every `q` including -128 because the activations
+//! stay within -127..=127.
 
 use super::{group_ptrs, range_entry};
 use crate::dispatch::{Job, RangeFn, Sink};
@@ -494,8 +496,14 @@ pub(super) unsafe fn k4_scales_mins(p: *const u8) -> __m128i {
         let a = _mm_shuffle_epi32::<0b10_01_10_00>(u); // [u0, u2, u1, u2]
         let b = _mm_shuffle_epi32::<0b01_01_00_00>(u); // [u0, u0, u1, u1]
         let a = _mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4));
-        let a = _mm_and_si128(a, _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
-        let b = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+        let a = _mm_and_si128(
+            a,
+            _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f),
+        );
+        let b = _mm_and_si128(
+            _mm_srli_epi32(b, 2),
+            _mm_setr_epi32(0, 0x30303030, 0, 0x30303030),
+        );
         _mm_or_si128(a, b)
     }
 }

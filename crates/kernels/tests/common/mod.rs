@@ -20,8 +20,8 @@ fn f16_fields(ty: QType) -> &'static [usize] {
     }
 }
 
-/// `n_blocks` blocks of `ty`: random quants and scales, finite f16 fields. Q8_0 quants avoid
-/// -128, which ggml's quantizer never writes (and its AVX2 sign trick cannot take).
+/// `n_blocks` blocks of `ty`: random quants (Q8_0's -128 included, which ggml's quantizer never
+/// writes but a file may hold) and random finite f16 scales.
 pub fn random_blocks(ty: QType, n_blocks: usize, rng: &mut StdRng) -> Vec<u8> {
     let bb = ty.block_bytes();
     let mut data = vec![0u8; n_blocks * bb];
@@ -30,13 +30,6 @@ pub fn random_blocks(ty: QType, n_blocks: usize, rng: &mut StdRng) -> Vec<u8> {
         for &at in f16_fields(ty) {
             let v: f32 = rng.random_range(-0.02..0.02);
             block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-        }
-        if ty == QType::Q8_0 {
-            for q in &mut block[2..] {
-                if *q == 0x80 {
-                    *q = 0x81;
-                }
-            }
         }
     }
     data
