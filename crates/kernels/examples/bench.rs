@@ -12,7 +12,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use seek_kernels::{matmul, quantize_row, thread_pool, QMatrix, QType, Scratch, VecDotType};
+use seek_kernels::{matmul, quantize_row, QMatrix, QType, Scratch, ThreadPool, VecDotType};
 use std::time::{Duration, Instant};
 
 /// Column heads of one implementation's timings.
@@ -135,7 +135,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args();
     // candle sizes its pool from this variable when it first multiplies.
     std::env::set_var("CANDLE_NUM_THREADS", args.threads.to_string());
-    let pool = thread_pool(args.threads).expect("thread pool");
+    let pool = ThreadPool::new(args.threads).expect("thread pool");
     let mut scratch = Scratch::new();
     println!(
         "seek-kernels at {:?}, {} thread(s); candle-core 0.11.1 with CANDLE_NUM_THREADS={}",

@@ -24,11 +24,13 @@ pub mod block;
 mod dispatch;
 mod layout;
 mod matmul;
+mod pool;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use matmul::{matmul, thread_pool, QMatrix, Scratch};
+pub use matmul::{matmul, QMatrix, Scratch};
+pub use pool::ThreadPool;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -291,8 +293,8 @@ pub enum KernelError {
     ThreadPool {
         /// Threads asked for.
         threads: usize,
-        /// Why rayon refused.
-        source: rayon::ThreadPoolBuildError,
+        /// Why the system refused.
+        source: std::io::Error,
     },
 }
 

@@ -3,8 +3,9 @@
 //! the kernel (8 or 16 rows), each thread computing its rows against every activation row.
 
 use crate::dispatch::{quantize_into, ActInfoBuf, Job, Kernel};
+use crate::pool::{Chunks, ThreadPool};
 use crate::{KernelError, QType, Simd};
-use rayon::prelude::*;
+use std::marker::PhantomData;
 
 /// A row-major matrix of quantized weights: `rows` rows of `cols` elements, each row a run of
 /// blocks (a GGUF tensor of ggml shape `[cols, rows]`).
@@ -112,15 +113,6 @@ impl Scratch {
     }
 }
 
-/// A pool of `threads` worker threads for [`matmul`], built once by the caller.
-pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, KernelError> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("seek-kernel-{i}"))
-        .build()
-        .map_err(|source| KernelError::ThreadPool { threads, source })
-}
-
 /// Below this many weight bytes times activation rows a product runs on the calling thread:
 /// waking the pool costs more than it saves.
 const MIN_PARALLEL_WORK: usize = 256 * 1024;
@@ -128,7 +120,8 @@ const MIN_PARALLEL_WORK: usize = 256 * 1024;
 /// `out = x · wᵀ`: `x` is `(m, cols)` row-major f32, `out` is `(m, rows)` row-major.
 ///
 /// The activations are quantized once into `scratch` (in parallel when `m > 1`); the weight
-/// rows are then split evenly across the threads of `pool`. Every element of `out` equals
+/// rows are then shared out across the threads of `pool` (the caller's among them) in whole
+/// groups of the kernel's rows. Every element of `out` equals
 /// [`Simd::vec_dot`] of its weight row and quantized activation row, bit for bit.
 pub fn matmul(
     w: &QMatrix<'_>,
@@ -136,7 +129,7 @@ pub fn matmul(
     m: usize,
     out: &mut [f32],
     scratch: &mut Scratch,
-    pool: &rayon::ThreadPool,
+    pool: &ThreadPool,
 ) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(
@@ -158,11 +151,16 @@ pub fn matmul(
     let act = &mut scratch.act;
     act.resize(m * xrow, 0);
     let act = &mut act[..m * xrow];
-    if m > 1 && pool.current_num_threads() > 1 {
-        pool.install(|| {
-            act.par_chunks_mut(xrow)
-                .zip(x.par_chunks(cols))
-                .for_each(|(a, x)| quantize_into(simd, x, vt, a));
+    let threads = pool.threads();
+    if m > 1 && threads > 1 {
+        let act = Disjoint::new(act);
+        let rows_q = Chunks::new(m);
+        pool.run(&|_| {
+            while let Some(c) = rows_q.next() {
+                // SAFETY: activation row c is handed out once, so only this thread writes it.
+                let a = unsafe { act.slice(c * xrow..(c + 1) * xrow) };
+                quantize_into(simd, &x[c * cols..(c + 1) * cols], vt, a);
+            }
         });
     } else {
         for (a, x) in act.chunks_mut(xrow).zip(x.chunks(cols)) {
@@ -186,70 +184,70 @@ pub fn matmul(
         act_info: scratch.info.info(),
     };
     let groups = rows.div_ceil(kernel.group);
-    let threads = if w.data.len() * m < MIN_PARALLEL_WORK {
-        1
-    } else {
-        pool.current_num_threads().min(groups)
-    };
     let packs = &mut scratch.packs;
     if packs.len() < threads {
         packs.resize_with(threads, Vec::new);
     }
-    if threads <= 1 {
+    if threads == 1 || w.data.len() * m < MIN_PARALLEL_WORK {
         kernel.run(&job, 0..rows, &mut packs[0], &mut |c, r0, v| {
             out[c * rows + r0..c * rows + r0 + v.len()].copy_from_slice(v)
         });
         return;
     }
-    let shared = SharedOut {
-        ptr: out.as_mut_ptr(),
-        len: out.len(),
-    };
-    let range = |t: usize| {
-        let g0 = groups * t / threads;
-        let g1 = groups * (t + 1) / threads;
-        g0 * kernel.group..(g1 * kernel.group).min(rows)
-    };
-    let work = |t: usize, pack: &mut Vec<u8>| {
-        let rows_t = range(t);
-        // SAFETY: thread `t` writes only the elements of its weight rows `rows_t`, and the
-        // threads' ranges are disjoint; `out` is not otherwise touched until `install` returns.
-        kernel.run(&job, rows_t, pack, &mut |c, r0, v| unsafe {
-            shared.write(c * rows + r0, v)
-        });
-    };
-    pool.install(|| split(&mut packs[..threads], 0, &work));
+    // Whole groups of rows in more chunks than threads, taken by whoever is free: a thread
+    // that starts late (or not at all, on a busy machine) leaves its share to the others.
+    let n_chunks = groups.min(CHUNKS_PER_THREAD * threads);
+    let chunks = Chunks::new(n_chunks);
+    let out = Disjoint::new(out);
+    let packs = Disjoint::new(&mut packs[..threads]);
+    pool.run(&|t| {
+        // SAFETY: pack t belongs to thread t, the only one running `f(t)`.
+        let pack = unsafe { &mut packs.slice(t..t + 1)[0] };
+        while let Some(i) = chunks.next() {
+            let g0 = groups * i / n_chunks;
+            let g1 = groups * (i + 1) / n_chunks;
+            let rows_i = g0 * kernel.group..(g1 * kernel.group).min(rows);
+            kernel.run(&job, rows_i, pack, &mut |c, r0, v| {
+                // SAFETY: chunk i is handed out once, and its results are the elements of its
+                // weight rows `rows_i` (for every activation row), which no other chunk holds.
+                unsafe { out.slice(c * rows + r0..c * rows + r0 + v.len()) }.copy_from_slice(v)
+            });
+        }
+    });
 }
 
-/// Runs `f(t, pack t)` for `t` in `lo..lo + packs.len()`, spread over the current pool by
-/// `rayon::join`, which (unlike `broadcast`) needs no allocation.
-fn split(packs: &mut [Vec<u8>], lo: usize, f: &(dyn Fn(usize, &mut Vec<u8>) + Sync)) {
-    if packs.len() == 1 {
-        f(lo, &mut packs[0])
-    } else {
-        let mid = packs.len() / 2;
-        let (a, b) = packs.split_at_mut(mid);
-        rayon::join(|| split(a, lo, f), || split(b, lo + mid, f));
-    }
-}
+/// Chunks of weight rows per thread of the pool: enough to even out a late start.
+const CHUNKS_PER_THREAD: usize = 4;
 
-/// `out` of one [`matmul`], shared by threads that write disjoint elements.
-struct SharedOut {
-    ptr: *mut f32,
+/// A slice that threads of one `pool.run` write in disjoint parts.
+struct Disjoint<'a, T> {
+    ptr: *mut T,
     len: usize,
+    _slice: PhantomData<&'a mut [T]>,
 }
 
-// SAFETY: the pointer is only written through `write`, whose callers write disjoint elements.
-unsafe impl Sync for SharedOut {}
+// SAFETY: parts are handed out only through `slice`, whose callers keep them disjoint; `T` is
+// sent between threads that way.
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
 
-impl SharedOut {
-    /// Writes `v` at `out[at..]`.
+impl<'a, T> Disjoint<'a, T> {
+    fn new(s: &'a mut [T]) -> Self {
+        Self {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            _slice: PhantomData,
+        }
+    }
+
+    /// The elements `r`.
     ///
     /// # Safety
-    /// No other thread reads or writes these elements while the matmul runs.
-    unsafe fn write(&self, at: usize, v: &[f32]) {
-        assert!(at + v.len() <= self.len);
-        // SAFETY: in bounds (just checked); exclusive by the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(at), v.len()) }
+    /// No other thread uses any of these elements while the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, r: std::ops::Range<usize>) -> &'a mut [T] {
+        assert!(r.start <= r.end && r.end <= self.len);
+        // SAFETY: in bounds (just checked); exclusive by the caller's contract; the slice
+        // lives as long as the borrow `new` took.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.end - r.start) }
     }
 }

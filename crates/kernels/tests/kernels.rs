@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use seek_kernels::{matmul, quantize_row, thread_pool, QMatrix, QType, Scratch, Simd, VecDotType};
+use seek_kernels::{matmul, quantize_row, QMatrix, QType, Scratch, Simd, ThreadPool, VecDotType};
 
 const BLOCK_COUNTS: [usize; 4] = [1, 3, 7, 33];
 
@@ -104,7 +104,7 @@ fn quantize_row_follows_ggml_rounding() {
 #[test]
 fn matmul_equals_per_row_vec_dot_exactly() {
     let mut rng = rng(3);
-    let pools: Vec<_> = (1..=3).map(|t| thread_pool(t).unwrap()).collect();
+    let pools: Vec<_> = (1..=3).map(|t| ThreadPool::new(t).unwrap()).collect();
     // 131 rows: not a multiple of the 4-row tile, and enough bytes that 2 and 3 threads split
     // the rows (small products stay on one thread).
     let rows = 131;
@@ -133,7 +133,7 @@ fn matmul_equals_per_row_vec_dot_exactly() {
                             g.to_bits(),
                             e.to_bits(),
                             "{ty} {simd:?} m={m} threads={} at (c={}, r={}): {g} vs {e}",
-                            pool.current_num_threads(),
+                            pool.threads(),
                             i / rows,
                             i % rows
                         );
@@ -147,7 +147,7 @@ fn matmul_equals_per_row_vec_dot_exactly() {
 #[test]
 fn matmul_handles_odd_shapes() {
     let mut rng = rng(4);
-    let pool = thread_pool(3).unwrap();
+    let pool = ThreadPool::new(3).unwrap();
     let mut scratch = Scratch::new();
     for ty in [QType::Q5_0, QType::Q4K] {
         for rows in [1, 3, 5, 7, 9] {
@@ -221,7 +221,7 @@ fn matmul_is_the_same_at_every_level_and_batch_size() {
     // The canonical order: a product's bits depend on neither the SIMD level nor on how many
     // activation rows share the call (prefill equals token-by-token decode).
     let mut rng = rng(5);
-    let pool = thread_pool(2).unwrap();
+    let pool = ThreadPool::new(2).unwrap();
     let rows = 37;
     for ty in QType::ALL {
         let nb = if ty.block_elems() == 32 { 9 } else { 2 };
