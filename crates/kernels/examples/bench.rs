@@ -6,13 +6,13 @@
 //!
 //! Decode rows (m = 1) report GB/s of weight bytes read; prefill rows (m = 128) also report
 //! integer GOP/s (2 * rows * cols * m). candle runs in the same process with the same thread
-//! count (`CANDLE_NUM_THREADS`), on the same bytes. `SEEK_SIMD=avx2|scalar` caps our level.
+//! count (`CANDLE_NUM_THREADS`), on the same bytes. `--simd avx2|scalar` forces our level.
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use seek_kernels::{matmul, quantize_row, QMatrix, QType, Scratch, ThreadPool, VecDotType};
+use seek_kernels::{matmul, quantize_row, QMatrix, QType, Scratch, Simd, ThreadPool, VecDotType};
 use std::time::{Duration, Instant};
 
 /// Column heads of one implementation's timings.
@@ -23,6 +23,7 @@ struct Args {
     types: Vec<QType>,
     candle: bool,
     min_time: Duration,
+    simd: Option<Simd>,
 }
 
 fn parse_args() -> Args {
@@ -40,6 +41,7 @@ fn parse_args() -> Args {
         ],
         candle: true,
         min_time: Duration::from_millis(400),
+        simd: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -60,6 +62,11 @@ fn parse_args() -> Args {
                     .collect();
             }
             "--no-candle" => args.candle = false,
+            "--simd" => {
+                let name = it.next().expect("--simd scalar|avx2|avx512");
+                args.simd =
+                    Some(Simd::from_name(&name).unwrap_or_else(|| panic!("unknown level {name}")));
+            }
             "--quick" => args.min_time = Duration::from_millis(100),
             other => panic!("unknown argument {other}; see the header of examples/bench.rs"),
         }
@@ -136,7 +143,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // candle sizes its pool from this variable when it first multiplies.
     std::env::set_var("CANDLE_NUM_THREADS", args.threads.to_string());
     let pool = ThreadPool::new(args.threads).expect("thread pool");
-    let mut scratch = Scratch::new();
+    let mut scratch = match args.simd {
+        Some(simd) => Scratch::with_simd(simd)?,
+        None => Scratch::new(),
+    };
     println!(
         "seek-kernels at {:?}, {} thread(s); candle-core 0.11.1 with CANDLE_NUM_THREADS={}",
         scratch.simd(),

@@ -16,6 +16,23 @@
 //! per-row [`vec_dot`] bit for bit, and a prompt's prefill equals its token-by-token decode.
 //! The SIMD level is chosen at run time ([`Simd::best`]).
 //!
+//! A decode loop keeps one [`Scratch`] and one [`ThreadPool`] and multiplies straight from the
+//! model file's bytes:
+//!
+//! ```
+//! use seek_kernels::{matmul, QMatrix, QType, Scratch, ThreadPool};
+//!
+//! let (rows, cols) = (64, 256);
+//! let bytes = vec![0u8; rows * QType::Q8_0.row_bytes(cols)]; // a GGUF tensor's data
+//! let w = QMatrix::new(QType::Q8_0, &bytes, rows, cols)?;
+//! let pool = ThreadPool::new(2)?; // --threads
+//! let mut scratch = Scratch::new();
+//! let x = vec![0.5f32; cols]; // one activation row (m = 1)
+//! let mut y = vec![0f32; rows];
+//! matmul(&w, &x, 1, &mut y, &mut scratch, &pool);
+//! # Ok::<(), seek_kernels::KernelError>(())
+//! ```
+//!
 //! Layouts are ggml's exactly (little-endian, f16 scales); blocks are read with unaligned loads
 //! because a GGUF file only aligns the start of a tensor.
 #![deny(missing_docs)]
@@ -88,6 +105,12 @@ impl QType {
             QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => 32,
             _ => 256,
         }
+    }
+
+    /// The type with ggml's name `name` (`"Q4_K"`, as GGUF readers print it), if the kernels
+    /// compute with it.
+    pub fn from_name(name: &str) -> Option<QType> {
+        QType::ALL.into_iter().find(|t| t.name() == name)
     }
 
     /// Bytes per block.
@@ -202,22 +225,26 @@ impl Simd {
         }
     }
 
-    /// The fastest level this CPU can run, detected once. Setting the environment variable
-    /// `SEEK_SIMD` to `scalar` or `avx2` caps it (for comparisons and bug reports).
+    /// The fastest level this CPU can run, detected once.
     pub fn best() -> Simd {
         static BEST: OnceLock<Simd> = OnceLock::new();
         *BEST.get_or_init(|| {
-            let cap = match std::env::var("SEEK_SIMD").ok().as_deref() {
-                Some("scalar") => Simd::Scalar,
-                Some("avx2") => Simd::Avx2,
-                _ => Simd::Avx512,
-            };
             Simd::ALL
                 .into_iter()
-                .filter(|s| *s <= cap && s.is_available())
+                .filter(|s| s.is_available())
                 .max()
                 .unwrap_or(Simd::Scalar)
         })
+    }
+
+    /// The level named `scalar`, `avx2` or `avx512` (as a `--simd` flag would give it).
+    pub fn from_name(name: &str) -> Option<Simd> {
+        match name {
+            "scalar" => Some(Simd::Scalar),
+            "avx2" => Some(Simd::Avx2),
+            "avx512" => Some(Simd::Avx512),
+            _ => None,
+        }
     }
 
     /// The levels this CPU can run, slowest first.

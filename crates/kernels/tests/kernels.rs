@@ -214,6 +214,9 @@ fn block_sizes_are_ggmls() {
     assert_eq!(QType::Q5_1.vec_dot_type(), VecDotType::Q8_1);
     assert_eq!(QType::Q6K.vec_dot_type(), VecDotType::Q8K);
     assert_eq!(VecDotType::Q8K.block_bytes(), 292);
+    assert_eq!(QType::from_name("Q4_K"), Some(QType::Q4K));
+    assert_eq!(QType::from_name("F16"), None);
+    assert_eq!(Simd::from_name("avx2"), Some(Simd::Avx2));
 }
 
 #[test]
