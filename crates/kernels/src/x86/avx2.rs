@@ -298,16 +298,23 @@ pub(super) unsafe fn tree8(v: &[__m256i; 8]) -> __m256i {
     }
 }
 
-/// The f16 at `base + offs[r] + at` in lane `r`, as f32: one gather of dwords whose low
-/// halves are the f16s (a stack array and a reload would stall on store forwarding).
+/// The f16 at `base + offs[r] + at` in lane `r`, as f32: one gather of the dwords that hold
+/// them (a stack array and a reload would stall on store forwarding), starting at the f16 if
+/// it opens its block (`field == 0`) and ending at it otherwise, so that no read leaves the
+/// block.
 #[inline(always)]
-unsafe fn f16_lanes(base: *const u8, offs: __m256i, at: usize) -> __m256 {
-    // SAFETY: see the section comment; 4 bytes are readable at every row's `at` (a scale is
-    // followed by at least 2 more bytes of its block).
+unsafe fn f16_lanes(base: *const u8, offs: __m256i, at: usize, field: usize) -> __m256 {
+    // SAFETY: see the section comment; a block has at least 4 bytes, and a field at
+    // `field >= 2` has 2 bytes of its block before it.
     unsafe {
-        let v = _mm256_i32gather_epi32::<1>(base.add(at).cast(), offs);
+        let lo = if field == 0 {
+            let v = _mm256_i32gather_epi32::<1>(base.add(at).cast(), offs);
+            _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF))
+        } else {
+            let v = _mm256_i32gather_epi32::<1>(base.add(at - 2).cast(), offs);
+            _mm256_srli_epi32(v, 16)
+        };
         // The low 16 bits of each dword, packed into 8 words.
-        let lo = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
         let w = _mm256_packus_epi32(lo, lo);
         let w = _mm256_permute4x64_epi64::<0b10_00_10_00>(w);
         _mm256_cvtph_ps(_mm256_castsi256_si128(w))
@@ -354,9 +361,9 @@ unsafe fn group_q32<K: Q32, const NC: usize>(
                     v[c][r] = K::dot(q, y[c], col[c]);
                 }
             }
-            let dw = f16_lanes(rows[0], offs, b * K::WB);
+            let dw = f16_lanes(rows[0], offs, b * K::WB, 0);
             let mw = if K::HAS_MIN {
-                f16_lanes(rows[0], offs, b * K::WB + 2)
+                f16_lanes(rows[0], offs, b * K::WB + 2, 2)
             } else {
                 _mm256_setzero_ps()
             };
@@ -671,9 +678,9 @@ unsafe fn group_k<K: KQuant, const NC: usize>(
                     }
                 }
             }
-            let d = f16_lanes(rows[0], offs, b * K::WB + K::D);
+            let d = f16_lanes(rows[0], offs, b * K::WB + K::D, K::D);
             let dmin = if K::HAS_MIN {
-                f16_lanes(rows[0], offs, b * K::WB + K::DMIN)
+                f16_lanes(rows[0], offs, b * K::WB + K::DMIN, K::DMIN)
             } else {
                 _mm256_setzero_ps()
             };

@@ -259,14 +259,20 @@ unsafe fn f16x16(h: &[u16; 16]) -> __m512 {
     unsafe { _mm512_cvtph_ps(load256(h.as_ptr().cast())) }
 }
 
-/// The f16 at `rows[r] + at` in lane `r`, as f32: one gather of the dwords at `base + at +
-/// offs[r]` (`base = rows[0]`), whose low halves are the f16s.
+/// The f16 at `base + offs[r] + at` in lane `r`, as f32: one gather of the dwords that hold
+/// them, starting at the f16 if it opens its block (`field == 0`) and ending at it otherwise,
+/// so that no read leaves the block.
 #[inline(always)]
-unsafe fn f16_lanes(base: *const u8, offs: __m512i, at: usize) -> __m512 {
-    // SAFETY: see the section comment; 4 bytes are readable at every row's `at` (a scale is
-    // followed by at least 2 more bytes of its block).
+unsafe fn f16_lanes(base: *const u8, offs: __m512i, at: usize, field: usize) -> __m512 {
+    // SAFETY: see the section comment; a block has at least 4 bytes, and a field at
+    // `field >= 2` has 2 bytes of its block before it.
     unsafe {
-        let v = _mm512_i32gather_epi32::<1>(offs, base.add(at).cast());
+        let v = if field == 0 {
+            _mm512_i32gather_epi32::<1>(offs, base.add(at).cast())
+        } else {
+            let v = _mm512_i32gather_epi32::<1>(offs, base.add(at - 2).cast());
+            _mm512_srli_epi32(v, 16)
+        };
         _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
     }
 }
@@ -317,10 +323,10 @@ unsafe fn group_q32<K: Q32>(rows: &[*const u8; G], x: *const u8, nb: usize) -> _
                     break;
                 }
                 let at = (b + h) * K::WB;
-                let d = _mm512_mul_ps(f16_lanes(rows[0], offs, at), _mm512_set1_ps(f16(px)));
+                let d = _mm512_mul_ps(f16_lanes(rows[0], offs, at, 0), _mm512_set1_ps(f16(px)));
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), d, acc);
                 if K::HAS_MIN {
-                    let m = f16_lanes(rows[0], offs, at + 2);
+                    let m = f16_lanes(rows[0], offs, at + 2, 2);
                     acc = _mm512_fmadd_ps(m, _mm512_set1_ps(f16(px.add(2))), acc);
                 }
             }
@@ -845,12 +851,12 @@ unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> 
             let (t0, t1) = tree16(&v);
             let s = _mm512_cvtepi32_ps(_mm512_add_epi32(t0, t1));
             let at = b * K::WB;
-            let d = f16_lanes(rows[0], offs, at + K::D);
+            let d = f16_lanes(rows[0], offs, at + K::D, K::D);
             acc = _mm512_fmadd_ps(s, _mm512_mul_ps(d, dy), acc);
             if K::HAS_MIN {
                 let (m0, m1) = tree16(&vm);
                 let sm = _mm512_cvtepi32_ps(_mm512_add_epi32(m0, m1));
-                let dm = _mm512_mul_ps(f16_lanes(rows[0], offs, at + K::DMIN), dy);
+                let dm = _mm512_mul_ps(f16_lanes(rows[0], offs, at + K::DMIN, K::DMIN), dy);
                 let neg = _mm512_xor_ps(dm, _mm512_set1_ps(-0.0));
                 acc = _mm512_fmadd_ps(sm, neg, acc);
             }
