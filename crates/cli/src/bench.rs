@@ -436,7 +436,7 @@ fn time_prefill(model: &dyn CausalLm, ids: &[TokenId]) -> anyhow::Result<(f64, f
     let mut cache = model.new_cache();
     // (1, T)
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
-    let logits = model.forward(&input, &mut cache)?;
+    let logits = model.forward_last(&input, &mut cache)?;
     let forward_s = start.elapsed().as_secs_f64();
     std::hint::black_box(last_argmax(&logits)?);
     let first_s = start.elapsed().as_secs_f64();
@@ -460,7 +460,7 @@ fn time_decode(
         progress.say(format_args!("decode {c}: filling the KV cache"));
         // (1, C)
         let input = Tensor::new(&ids[..c], model.device())?.unsqueeze(0)?;
-        last_argmax(&model.forward(&input, &mut cache)?)?
+        last_argmax(&model.forward_last(&input, &mut cache)?)?
     };
     let mut secs = Vec::new();
     for run in 0..plan.warmup + plan.repeats {
@@ -486,16 +486,15 @@ fn decode_run(
     for _ in 0..n {
         // (1, 1)
         let input = Tensor::new(&[token], model.device())?.unsqueeze(0)?;
-        token = last_argmax(&model.forward(&input, cache)?)?;
+        token = last_argmax(&model.forward_last(&input, cache)?)?;
     }
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// The greedy choice from logits `(1, T, V)`: argmax over the last position.
+/// The greedy choice from the last position's logits `(1, V)`.
 fn last_argmax(logits: &Tensor) -> anyhow::Result<TokenId> {
-    let t = logits.dim(1)?;
-    // (1, T, V) -> (V,)
-    let last: Vec<f32> = logits.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1()?;
+    // (1, V) -> (V,)
+    let last: Vec<f32> = logits.flatten_all()?.to_vec1()?;
     let (best, _) = last
         .iter()
         .enumerate()

@@ -109,7 +109,9 @@ pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
 /// `main` sets before anything starts a pool).
 pub fn load_options() -> seek_models::LoadOptions {
     seek_models::LoadOptions {
-        threads: std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse().ok()),
+        threads: std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok()),
         ..Default::default()
     }
 }

@@ -262,12 +262,9 @@ fn last_logits(
     cache: &mut KvCache,
 ) -> Result<Vec<f32>, EngineError> {
     let input = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
-    // (1, T, V) -> (V,)
-    let logits = model.forward(&input, cache)?;
-    let t = logits.dim(1)?;
-    Ok(logits
-        .narrow(1, t - 1, 1)?
-        .squeeze(0)?
+    // (1, V) -> (V,)
+    Ok(model
+        .forward_last(&input, cache)?
         .squeeze(0)?
         .to_vec1::<f32>()?)
 }

@@ -25,6 +25,9 @@ pub trait CausalLm: Send + Sync {
     /// Runs `input_ids: (B, T)` after the `cache.seq_len()` positions already cached, appends
     /// their keys and values to `cache`, and returns logits `(B, T, V)` in f32.
     fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+    /// Like [`CausalLm::forward`] but returns only the last position's logits `(B, V)`: what
+    /// generation needs, without projecting every prompt position onto the vocabulary.
+    fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
     /// An empty cache shaped for this model.
     fn new_cache(&self) -> KvCache;
     /// V.

@@ -617,9 +617,6 @@ pub struct Llama {
     rope: Rope,
     device: Device,
     dtype: DType,
-    /// The kernels' thread pool: the whole forward runs inside it, so candle's own parallel
-    /// ops share its threads instead of a second pool competing for the same cores.
-    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 
 impl Llama {
@@ -653,7 +650,6 @@ impl Llama {
             rope,
             device: w.device().clone(),
             dtype: w.dtype(),
-            pool: w.kernel_pool(),
             cfg,
         })
     }
@@ -677,7 +673,13 @@ fn causal_mask(t: usize, offset: usize, device: &Device, dtype: DType) -> Result
 }
 
 impl Llama {
-    fn forward_inner(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    /// Logits `(B, T, V)`, or `(B, 1, V)` for the last position only when `last_only`.
+    fn forward_inner(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let (_b, t) = input_ids.dims2()?;
         let offset = cache.seq_len();
         if cache.n_layers() != self.layers.len() {
@@ -708,6 +710,8 @@ impl Llama {
             x = layer.forward(&x, &step, cache, i)?;
         }
         cache.advance(t);
+        // (B, T, E) -> (B, 1, E)
+        let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
         let x = self.norm.forward(&x)?;
         // (B, T, E) -> (B, T, V), in f32 whatever the compute type
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
@@ -716,10 +720,12 @@ impl Llama {
 
 impl CausalLm for Llama {
     fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        match &self.pool {
-            Some(pool) => pool.install(|| self.forward_inner(input_ids, cache)),
-            None => self.forward_inner(input_ids, cache),
-        }
+        self.forward_inner(input_ids, cache, false)
+    }
+
+    fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        // (B, 1, V) -> (B, V)
+        Ok(self.forward_inner(input_ids, cache, true)?.squeeze(1)?)
     }
 
     fn new_cache(&self) -> KvCache {

@@ -142,7 +142,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             let threads = opts
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let pool = seek_kernels::thread_pool(threads)
+            let pool = seek_kernels::ThreadPool::new(threads)
                 .map_err(|e| config_err(file.path(), e.to_string()))?;
             let w = Weights::Gguf {
                 file: file.clone(),

@@ -27,7 +27,7 @@ pub enum Weights {
         /// Where tensors are placed.
         device: Device,
         /// Threads for Seek's quantized kernels; `None` computes with candle's instead.
-        kernels: Option<Arc<rayon::ThreadPool>>,
+        kernels: Option<Arc<seek_kernels::ThreadPool>>,
     },
     /// Tensors of one or more safetensors files, converted to `dtype` on load.
     Safetensors {
@@ -152,14 +152,6 @@ impl Weights {
         match self {
             Self::Gguf { .. } => DType::F32,
             Self::Safetensors { vb, .. } => vb.dtype(),
-        }
-    }
-
-    /// The thread pool of Seek's quantized kernels, when they are in use.
-    pub fn kernel_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
-        match self {
-            Self::Gguf { kernels, .. } => kernels.clone(),
-            Self::Safetensors { .. } => None,
         }
     }
 
@@ -400,7 +392,7 @@ pub struct QuantMatrix {
     ty: QType,
     rows: usize,
     cols: usize,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<seek_kernels::ThreadPool>,
 }
 
 thread_local! {

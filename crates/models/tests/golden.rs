@@ -102,6 +102,26 @@ fn check(model_path: &Path, g: &Golden, tol: f32, exact_greedy: bool) {
         &g.logits[..8]
     );
 
+    // Generation's path: only the last position is projected onto the vocabulary.
+    let mut cache = model.new_cache();
+    let input_t = Tensor::new(input.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let last: Vec<f32> = model
+        .forward_last(&input_t, &mut cache)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(last.len(), g.v);
+    let diff = max_abs_diff(&last, &ours[(g.t - 1) * g.v..]);
+    assert!(
+        diff <= 1e-5,
+        "{name}: forward_last differs from the last row of forward by {diff}"
+    );
+
     // The same rows, fed in chunks through the KV cache.
     let mut cache = model.new_cache();
     let mut chunked = Vec::new();
