@@ -33,8 +33,12 @@ pub fn kernel(ty: QType) -> Option<(RangeFn, usize, usize)> {
         QType::Q6K => range_q6_k,
         QType::Q2K | QType::Q3K => return None,
     };
-    Some((f, G, usize::MAX))
+    Some((f, G, PACK_FROM_M))
 }
+
+/// Activation rows from which weights are repacked (below, each block is unpacked once per
+/// 4 activation rows, which costs less than the repacking).
+const PACK_FROM_M: usize = 4;
 
 /// Weight rows per group: one per f32 lane.
 const G: usize = 8;
@@ -135,6 +139,10 @@ trait Q32 {
     const XQS: usize;
     /// Whether the block has a min `m` at byte 2 (then the activations carry `s` at byte 2).
     const HAS_MIN: bool;
+    /// What `unpack` adds to the signed quant (0 for the types with a min, and for Q8_0).
+    const OFFSET: u8;
+    /// Whether `unpack` gives signed quants (Q8_0).
+    const SIGNED: bool;
     /// Per-activation-block term that `dot` needs (shared by the group's weight rows).
     unsafe fn col(y: __m256i) -> __m256i;
     /// The block's 32 quants as bytes, in element order.
@@ -161,6 +169,8 @@ unsafe fn dot_unsigned(q: __m256i, y: __m256i) -> __m256i {
 
 struct Q4_0;
 impl Q32 for Q4_0 {
+    const OFFSET: u8 = 8;
+    const SIGNED: bool = false;
     const WB: usize = q4_0::BYTES;
     const XB: usize = q8_0::BYTES;
     const XQS: usize = q8_0::QS;
@@ -184,6 +194,8 @@ impl Q32 for Q4_0 {
 
 struct Q5_0;
 impl Q32 for Q5_0 {
+    const OFFSET: u8 = 16;
+    const SIGNED: bool = false;
     const WB: usize = q5_0::BYTES;
     const XB: usize = q8_0::BYTES;
     const XQS: usize = q8_0::QS;
@@ -207,6 +219,8 @@ impl Q32 for Q5_0 {
 
 struct Q8_0;
 impl Q32 for Q8_0 {
+    const OFFSET: u8 = 0;
+    const SIGNED: bool = true;
     const WB: usize = q8_0::BYTES;
     const XB: usize = q8_0::BYTES;
     const XQS: usize = q8_0::QS;
@@ -229,6 +243,8 @@ impl Q32 for Q8_0 {
 
 struct Q4_1;
 impl Q32 for Q4_1 {
+    const OFFSET: u8 = 0;
+    const SIGNED: bool = false;
     const WB: usize = q4_1::BYTES;
     const XB: usize = q8_1::BYTES;
     const XQS: usize = q8_1::QS;
@@ -251,6 +267,8 @@ impl Q32 for Q4_1 {
 
 struct Q5_1;
 impl Q32 for Q5_1 {
+    const OFFSET: u8 = 0;
+    const SIGNED: bool = false;
     const WB: usize = q5_1::BYTES;
     const XB: usize = q8_1::BYTES;
     const XQS: usize = q8_1::QS;
@@ -408,9 +426,33 @@ unsafe fn act_rows<const NC: usize>(job: &Job<'_>, c0: usize) -> [*const u8; NC]
 /// Rows `rows` of the job in groups of 8 (a short last group repeats its last row), against
 /// up to 4 activation rows at a time.
 #[inline(always)]
-unsafe fn range_q32<K: Q32>(job: &Job<'_>, rows: Range<usize>, _pack: &mut Vec<u8>, out: Sink<'_>) {
+unsafe fn range_q32<K: Q32>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u8>, out: Sink<'_>) {
     // SAFETY: see the section comment.
     unsafe {
+        if job.m >= PACK_FROM_M {
+            let buf = pack_buf(pack, job.nb * packed_bytes_q32(K::SIGNED, K::HAS_MIN));
+            let mut r = rows.start;
+            while r < rows.end {
+                let n = G.min(rows.end - r);
+                pack_q32::<K>(&group_ptrs::<G>(job, r, n), job.nb, buf);
+                let mut c = 0;
+                while c < job.m {
+                    if c + C <= job.m {
+                        let acc = packed_dot_q32::<K, C>(buf, job, c);
+                        for (i, acc) in acc.into_iter().enumerate() {
+                            emit(acc, c + i, r, n, out);
+                        }
+                        c += C;
+                    } else {
+                        let [acc] = packed_dot_q32::<K, 1>(buf, job, c);
+                        emit(acc, c, r, n, out);
+                        c += 1;
+                    }
+                }
+                r += n;
+            }
+            return;
+        }
         let mut r = rows.start;
         while r < rows.end {
             let n = G.min(rows.end - r);
@@ -488,6 +530,51 @@ trait KQuant {
     /// mins' products `sum_j m_j * (bsums[2j] + bsums[2j+1])` (given the pair-summed `bs2`),
     /// for Q6_K the offset's `32 * sum_g sc_g * bsums[g]`.
     unsafe fn bsum_term(aux: __m256i, bs: __m256i, bs2: __m128i) -> __m256i;
+    /// Scale groups per super-block (8 of 32 quants, or 16 of 16).
+    const NSC: usize;
+    /// 16-bit pairs of the term that uses the activations' `bsums`: the mins of Q4_K/Q5_K
+    /// (4 pairs, against pair-summed bsums) or the scales of Q6_K (8 pairs).
+    const NAUX: usize;
+    /// k-groups (of 4 quants) whose `vpmaddubsw` products can be summed in 16 bits before
+    /// they are scaled: the largest quant times 127 times 2 per product pair must stay below
+    /// 2^15 for the whole run.
+    const RUN: usize;
+    /// The block's scales as i32 (`sc[..NSC]`) and the `NAUX` pairs, read plainly.
+    unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]);
+}
+
+/// `[lo as u16, hi as u16]` as one dword.
+pub(super) fn pair16(lo: i32, hi: i32) -> u32 {
+    (lo as u16 as u32) | (hi as u16 as u32) << 16
+}
+
+/// Q4_K/Q5_K scales and mins (the 12 bytes at `p`) for `row_scales`.
+#[inline(always)]
+pub(super) unsafe fn k4_row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+    // SAFETY: see the section comment.
+    let s: [u8; 12] = unsafe { ptr::read_unaligned(p.cast()) };
+    let mut m = [0i32; 8];
+    for j in 0..8 {
+        let (a, b) = crate::layout::scale_min_k4(j, &s);
+        sc[j] = a as i32;
+        m[j] = b as i32;
+    }
+    for k in 0..4 {
+        aux[k] = pair16(m[2 * k], m[2 * k + 1]);
+    }
+}
+
+/// Q6_K scales (the 16 signed bytes at `p`) for `row_scales`.
+#[inline(always)]
+pub(super) unsafe fn q6k_row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+    // SAFETY: see the section comment.
+    let s: [i8; 16] = unsafe { ptr::read_unaligned(p.cast()) };
+    for g in 0..16 {
+        sc[g] = s[g] as i32;
+    }
+    for k in 0..8 {
+        aux[k] = pair16(sc[2 * k], sc[2 * k + 1]);
+    }
 }
 
 /// Q4_K/Q5_K 6-bit scales and mins (the 12 bytes at `p`; 16 are read) to the bytes
@@ -539,6 +626,14 @@ impl KQuant for Q4K {
     }
     const D: usize = 0;
     const DMIN: usize = q4_k::DMIN;
+    const NSC: usize = 8;
+    const NAUX: usize = 4;
+    const RUN: usize = 8;
+    #[inline(always)]
+    unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+        // SAFETY: see the section comment.
+        unsafe { k4_row_scales(p.add(q4_k::SCALES), sc, aux) }
+    }
     #[inline(always)]
     unsafe fn bsum_term(aux: __m256i, _bs: __m256i, bs2: __m128i) -> __m256i {
         // SAFETY: see the section comment.
@@ -587,6 +682,14 @@ impl KQuant for Q5K {
     }
     const D: usize = 0;
     const DMIN: usize = q5_k::DMIN;
+    const NSC: usize = 8;
+    const NAUX: usize = 4;
+    const RUN: usize = 4;
+    #[inline(always)]
+    unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+        // SAFETY: see the section comment.
+        unsafe { k4_row_scales(p.add(q5_k::SCALES), sc, aux) }
+    }
     #[inline(always)]
     unsafe fn bsum_term(aux: __m256i, _bs: __m256i, bs2: __m128i) -> __m256i {
         // SAFETY: see the section comment.
@@ -627,6 +730,14 @@ impl KQuant for Q6K {
     }
     const D: usize = q6_k::D;
     const DMIN: usize = 0;
+    const NSC: usize = 16;
+    const NAUX: usize = 8;
+    const RUN: usize = 2;
+    #[inline(always)]
+    unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
+        // SAFETY: see the section comment.
+        unsafe { q6k_row_scales(p.add(q6_k::SCALES), sc, aux) }
+    }
     #[inline(always)]
     unsafe fn bsum_term(aux: __m256i, bs: __m256i, _bs2: __m128i) -> __m256i {
         // SAFETY: see the section comment.
@@ -704,11 +815,35 @@ unsafe fn group_k<K: KQuant, const NC: usize>(
 unsafe fn range_k<K: KQuant>(
     job: &Job<'_>,
     rows: Range<usize>,
-    _pack: &mut Vec<u8>,
+    pack: &mut Vec<u8>,
     out: Sink<'_>,
 ) {
     // SAFETY: see the section comment.
     unsafe {
+        if job.m >= PACK_FROM_M {
+            let buf = pack_buf(pack, job.nb * k_packed(K::NSC, K::NAUX).bytes);
+            let mut r = rows.start;
+            while r < rows.end {
+                let n = G.min(rows.end - r);
+                pack_k::<K>(&group_ptrs::<G>(job, r, n), job.nb, buf);
+                let mut c = 0;
+                while c < job.m {
+                    if c + C <= job.m {
+                        let acc = packed_dot_k::<K, C>(buf, job, c);
+                        for (i, acc) in acc.into_iter().enumerate() {
+                            emit(acc, c + i, r, n, out);
+                        }
+                        c += C;
+                    } else {
+                        let [acc] = packed_dot_k::<K, 1>(buf, job, c);
+                        emit(acc, c, r, n, out);
+                        c += 1;
+                    }
+                }
+                r += n;
+            }
+            return;
+        }
         let mut r = rows.start;
         while r < rows.end {
             let n = G.min(rows.end - r);
@@ -728,5 +863,295 @@ unsafe fn range_k<K: KQuant>(
             }
             r += n;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill: 8 rows repacked so that a register holds 4 quants of each row (lane `r` for row
+// `r`); one `vpmaddubsw` with 4 broadcast activation bytes then advances all 8 dot products.
+// The products of a run of k-groups are summed in 16 bits (`KQuant::RUN`, `RUN_Q32`) before
+// one `vpmaddwd` widens (and for K-quants scales) them.
+
+/// k-groups of a 32-element type summed in 16 bits: 4 x 2 products of at most 31 * 127.
+const RUN_Q32: usize = 4;
+
+/// Transposes 8 rows of 8 dwords (`a[r]`) into `w[g]` = dword `g` of rows 0..8.
+#[inline(always)]
+unsafe fn transpose8x8(a: &[__m256i; 8]) -> [__m256i; 8] {
+    // SAFETY: see the section comment.
+    unsafe {
+        let mut t = [_mm256_setzero_si256(); 8];
+        for i in 0..4 {
+            t[2 * i] = _mm256_unpacklo_epi32(a[2 * i], a[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
+        }
+        // u[4h + k], per 128-bit lane l: dword k + 4l of rows 4h..4h + 4.
+        let mut u = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            let (t0, t1, t2, t3) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
+            u[4 * h] = _mm256_unpacklo_epi64(t0, t2);
+            u[4 * h + 1] = _mm256_unpackhi_epi64(t0, t2);
+            u[4 * h + 2] = _mm256_unpacklo_epi64(t1, t3);
+            u[4 * h + 3] = _mm256_unpackhi_epi64(t1, t3);
+        }
+        let mut w = [_mm256_setzero_si256(); 8];
+        for k in 0..4 {
+            w[k] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x20);
+            w[4 + k] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x31);
+        }
+        w
+    }
+}
+
+/// The f16 at `row + at` of 8 rows as f32, for packing (off the hot loop).
+#[inline(always)]
+unsafe fn f16_rows(rows: &[*const u8; G], at: usize) -> [f32; G] {
+    // SAFETY: see the section comment.
+    unsafe { core::array::from_fn(|r| f16(rows[r].add(at))) }
+}
+
+/// Bytes of one repacked block of 8 rows: 8 registers of quants (and for Q8_0 8 more of
+/// their magnitudes), `d` (and `m`) as f32.
+const fn packed_bytes_q32(signed: bool, has_min: bool) -> usize {
+    let q = if signed { 16 * 32 } else { 8 * 32 };
+    q + 32 + if has_min { 32 } else { 0 }
+}
+
+/// Repacks `nb` blocks of 8 rows into `buf` (32-byte aligned).
+#[inline(always)]
+unsafe fn pack_q32<K: Q32>(rows: &[*const u8; G], nb: usize, buf: *mut u8) {
+    // SAFETY: see the section comment; `buf` holds `nb * packed_bytes_q32` bytes.
+    unsafe {
+        let pb = packed_bytes_q32(K::SIGNED, K::HAS_MIN);
+        let qb = if K::SIGNED { 16 * 32 } else { 8 * 32 };
+        for b in 0..nb {
+            let dst = buf.add(b * pb);
+            let mut a = [_mm256_setzero_si256(); G];
+            for r in 0..G {
+                a[r] = K::unpack(rows[r].add(b * K::WB));
+            }
+            for (g, w) in transpose8x8(&a).iter().enumerate() {
+                _mm256_store_si256(dst.add(32 * g).cast(), *w);
+                if K::SIGNED {
+                    _mm256_store_si256(dst.add(256 + 32 * g).cast(), _mm256_abs_epi8(*w));
+                }
+            }
+            let d = f16_rows(rows, b * K::WB);
+            _mm256_store_ps(dst.add(qb).cast(), _mm256_loadu_ps(d.as_ptr()));
+            if K::HAS_MIN {
+                let m = f16_rows(rows, b * K::WB + 2);
+                _mm256_store_ps(dst.add(qb + 32).cast(), _mm256_loadu_ps(m.as_ptr()));
+            }
+        }
+    }
+}
+
+/// The dot products of a repacked group with activation rows `c0..c0 + NC`.
+#[inline(always)]
+unsafe fn packed_dot_q32<K: Q32, const NC: usize>(
+    buf: *const u8,
+    job: &Job<'_>,
+    c0: usize,
+) -> [__m256; NC] {
+    // SAFETY: see the section comment; `act_info` has `m * nb` entries (checked by the
+    // dispatcher for `m >= PACK_FROM_M`).
+    unsafe {
+        let pb = packed_bytes_q32(K::SIGNED, K::HAS_MIN);
+        let qb = if K::SIGNED { 16 * 32 } else { 8 * 32 };
+        let info = &job.act_info;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); NC];
+        for b in 0..job.nb {
+            let wp = buf.add(b * pb);
+            let dw = _mm256_load_ps(wp.add(qb).cast());
+            let mut s = [_mm256_setzero_si256(); NC];
+            let mut s16 = [_mm256_setzero_si256(); NC];
+            for g in 0..8 {
+                let w = _mm256_load_si256(wp.add(32 * g).cast());
+                let aw = if K::SIGNED {
+                    _mm256_load_si256(wp.add(256 + 32 * g).cast())
+                } else {
+                    w
+                };
+                for c in 0..NC {
+                    let y = job
+                        .act
+                        .as_ptr()
+                        .add((c0 + c) * job.xrow + b * K::XB + K::XQS);
+                    let yb = _mm256_set1_epi32(ptr::read_unaligned(y.add(4 * g).cast()));
+                    if K::SIGNED {
+                        // |w| * (y * sign(w)): each pair fits 16 bits, two would not.
+                        let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(yb, w));
+                        s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(p, ones));
+                    } else {
+                        s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(w, yb));
+                        if g % RUN_Q32 == RUN_Q32 - 1 {
+                            s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(s16[c], ones));
+                            s16[c] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+            }
+            for c in 0..NC {
+                let i = (c0 + c) * job.nb + b;
+                let mut si = s[c];
+                if K::OFFSET != 0 {
+                    let off = -(K::OFFSET as i32) * *info.sum.get_unchecked(i);
+                    si = _mm256_add_epi32(si, _mm256_set1_epi32(off));
+                }
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(*info.d.get_unchecked(i)));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), d, acc[c]);
+                if K::HAS_MIN {
+                    let mw = _mm256_load_ps(wp.add(qb + 32).cast());
+                    let sy = _mm256_set1_ps(*info.s.get_unchecked(i));
+                    acc[c] = _mm256_fmadd_ps(mw, sy, acc[c]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// A pack buffer of `len` bytes, 32-byte aligned.
+#[inline(always)]
+unsafe fn pack_buf(pack: &mut Vec<u8>, len: usize) -> *mut u8 {
+    if pack.len() < len + 32 {
+        pack.resize(len + 32, 0);
+    }
+    let p = pack.as_mut_ptr();
+    // SAFETY: the offset is below 32, inside the buffer.
+    unsafe { p.add(p.align_offset(32)) }
+}
+
+/// Byte offsets inside one repacked super-block of 8 rows: 64 registers of quants, the scale
+/// groups as 16-bit pairs `(sc, sc)`, the `bsums` pairs, `d` and `dmin` as f32.
+struct KPacked {
+    sc: usize,
+    aux: usize,
+    d: usize,
+    dmin: usize,
+    bytes: usize,
+}
+
+const fn k_packed(nsc: usize, naux: usize) -> KPacked {
+    let sc = 64 * 32;
+    let aux = sc + 32 * nsc;
+    let d = aux + 32 * naux;
+    KPacked {
+        sc,
+        aux,
+        d,
+        dmin: d + 32,
+        bytes: d + 64,
+    }
+}
+
+/// Repacks `nb` super-blocks of 8 rows into `buf` (32-byte aligned).
+#[inline(always)]
+unsafe fn pack_k<K: KQuant>(rows: &[*const u8; G], nb: usize, buf: *mut u8) {
+    // SAFETY: see the section comment; `buf` holds `nb * k_packed(..).bytes` bytes.
+    unsafe {
+        let lay = k_packed(K::NSC, K::NAUX);
+        let mut qs = [[_mm256_setzero_si256(); 8]; G];
+        let mut unused = [_mm256_setzero_si256(); 8];
+        for b in 0..nb {
+            let dst = buf.add(b * lay.bytes);
+            for r in 0..G {
+                let p = rows[r].add(b * K::WB);
+                K::unpack(p, &mut qs[r], &mut unused);
+                let mut sc = [0i32; 16];
+                let mut aux = [0u32; 8];
+                K::row_scales(p, &mut sc, &mut aux);
+                for j in 0..K::NSC {
+                    let pair = pair16(sc[j], sc[j]);
+                    ptr::write(dst.add(lay.sc + 32 * j + 4 * r).cast::<u32>(), pair);
+                }
+                for k in 0..K::NAUX {
+                    ptr::write(dst.add(lay.aux + 32 * k + 4 * r).cast::<u32>(), aux[k]);
+                }
+                ptr::write(dst.add(lay.d + 4 * r).cast::<f32>(), f16(p.add(K::D)));
+                if K::HAS_MIN {
+                    ptr::write(dst.add(lay.dmin + 4 * r).cast::<f32>(), f16(p.add(K::DMIN)));
+                }
+            }
+            for k in 0..8 {
+                let a: [__m256i; G] = core::array::from_fn(|r| qs[r][k]);
+                for (g, w) in transpose8x8(&a).iter().enumerate() {
+                    _mm256_store_si256(dst.add(32 * (8 * k + g)).cast(), *w);
+                }
+            }
+        }
+    }
+}
+
+/// The dot products of a repacked K-quant group with activation rows `c0..c0 + NC`.
+#[inline(always)]
+unsafe fn packed_dot_k<K: KQuant, const NC: usize>(
+    buf: *const u8,
+    job: &Job<'_>,
+    c0: usize,
+) -> [__m256; NC] {
+    // SAFETY: see the section comment.
+    unsafe {
+        let lay = k_packed(K::NSC, K::NAUX);
+        let kg = 64 / K::NSC;
+        let mut acc = [_mm256_setzero_ps(); NC];
+        for b in 0..job.nb {
+            let sp = buf.add(b * lay.bytes);
+            let ys: [*const u8; NC] = core::array::from_fn(|c| {
+                job.act.as_ptr().add((c0 + c) * job.xrow + b * q8_k::BYTES)
+            });
+            let mut isum = [_mm256_setzero_si256(); NC];
+            for j in 0..K::NSC {
+                let scj = _mm256_load_si256(sp.add(lay.sc + 32 * j).cast());
+                let mut s16 = [_mm256_setzero_si256(); NC];
+                for g in 0..kg {
+                    let t = j * kg + g;
+                    let w = _mm256_load_si256(sp.add(32 * t).cast());
+                    for c in 0..NC {
+                        let y = ys[c].add(q8_k::QS + 4 * t);
+                        let yb = _mm256_set1_epi32(ptr::read_unaligned(y.cast()));
+                        s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(w, yb));
+                        if g % K::RUN == K::RUN - 1 {
+                            isum[c] = _mm256_add_epi32(isum[c], _mm256_madd_epi16(s16[c], scj));
+                            s16[c] = _mm256_setzero_si256();
+                        }
+                    }
+                }
+            }
+            let d = _mm256_load_ps(sp.add(lay.d).cast());
+            for c in 0..NC {
+                let dy = _mm256_set1_ps(f32_at(ys[c]));
+                let bsums = ys[c].add(q8_k::BSUMS);
+                let mut t = _mm256_setzero_si256();
+                if K::HAS_MIN {
+                    let bs = load256(bsums);
+                    let lo = _mm256_castsi256_si128(bs);
+                    let bs2 = _mm_hadd_epi16(lo, _mm256_extracti128_si256(bs, 1));
+                    let mut pairs = [0i32; 4];
+                    _mm_storeu_si128(pairs.as_mut_ptr().cast(), bs2);
+                    for (k, &pair) in pairs.iter().enumerate() {
+                        let aux = _mm256_load_si256(sp.add(lay.aux + 32 * k).cast());
+                        let p = _mm256_madd_epi16(aux, _mm256_set1_epi32(pair));
+                        t = _mm256_add_epi32(t, p);
+                    }
+                } else {
+                    for k in 0..K::NAUX {
+                        let aux = _mm256_load_si256(sp.add(lay.aux + 32 * k).cast());
+                        let pair = ptr::read_unaligned(bsums.add(4 * k).cast::<i32>());
+                        t = _mm256_add_epi32(t, _mm256_madd_epi16(aux, _mm256_set1_epi32(pair)));
+                    }
+                    isum[c] = _mm256_sub_epi32(isum[c], _mm256_slli_epi32(t, 5));
+                }
+                let s = _mm256_cvtepi32_ps(isum[c]);
+                acc[c] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, dy), acc[c]);
+                if K::HAS_MIN {
+                    let dmin = _mm256_load_ps(sp.add(lay.dmin).cast());
+                    let neg = _mm256_xor_ps(_mm256_mul_ps(dmin, dy), _mm256_set1_ps(-0.0));
+                    acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), neg, acc[c]);
+                }
+            }
+        }
+        acc
     }
 }

@@ -14,7 +14,7 @@
 //! Both paths do the same integer sums and the same float operations per lane, so they agree
 //! bit for bit.
 
-use super::avx2::{f16, f32_at, k4_scales_mins, load128, load256};
+use super::avx2::{f16, f32_at, k4_row_scales, k4_scales_mins, load128, load256, q6k_row_scales};
 use super::{group_ptrs, range_entry};
 use crate::dispatch::{Job, RangeFn, Sink};
 use crate::layout::{q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
@@ -593,27 +593,6 @@ trait KQuant {
     unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]);
 }
 
-/// `[lo as u16, hi as u16]` as one dword.
-fn pair16(lo: i32, hi: i32) -> u32 {
-    (lo as u16 as u32) | (hi as u16 as u32) << 16
-}
-
-/// Q4_K/Q5_K scales and mins (the 12 bytes at `p`) for [`KQuant::row_scales`].
-#[inline(always)]
-unsafe fn k4_row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
-    // SAFETY: see the section comment.
-    let s: [u8; 12] = unsafe { ptr::read_unaligned(p.cast()) };
-    let mut m = [0i32; 8];
-    for j in 0..8 {
-        let (a, b) = crate::layout::scale_min_k4(j, &s);
-        sc[j] = a as i32;
-        m[j] = b as i32;
-    }
-    for k in 0..4 {
-        aux[k] = pair16(m[2 * k], m[2 * k + 1]);
-    }
-}
-
 /// The sub-blocks of 32 in the low and high halves of Q4_K/Q5_K register `k`.
 const K4_SUBBLOCKS: [(usize, usize); 4] = [(0, 2), (1, 3), (4, 6), (5, 7)];
 
@@ -792,13 +771,7 @@ impl KQuant for Q6K {
     #[inline(always)]
     unsafe fn row_scales(p: *const u8, sc: &mut [i32; 16], aux: &mut [u32; 8]) {
         // SAFETY: see the section comment.
-        let s: [i8; 16] = unsafe { ptr::read_unaligned(p.add(q6_k::SCALES).cast()) };
-        for g in 0..16 {
-            sc[g] = s[g] as i32;
-        }
-        for k in 0..8 {
-            aux[k] = pair16(sc[2 * k], sc[2 * k + 1]);
-        }
+        unsafe { q6k_row_scales(p.add(q6_k::SCALES), sc, aux) }
     }
 }
 
