@@ -10,11 +10,13 @@
 //! `sum = 0` (a second FMA right after for a min term: `fma(m_w, s_x, sum)` for Q4_1/Q5_1,
 //! `fma(isum_min as f32, -(dmin_w * d_x), sum)` for Q2_K/Q4_K/Q5_K). The scalar code states it
 //! plainly; SIMD kernels keep the float accumulators with one weight row per lane, which is
-//! what makes them fast: decode reduces each row's integer lanes in a transpose tree and
-//! pays the float work once per 8 or 16 rows, prefill repacks 16 weight rows so that one
-//! `vpdpbusd` multiplies 4 quants of all 16 rows by a broadcast activation. So `matmul` equals
+//! what makes them fast: decode reduces each row's integer lanes in a transpose tree and pays
+//! the float work once per 8 (AVX2) or 16 (AVX-512) rows; prefill repacks 8 or 16 weight rows
+//! so that one `vpmaddubsw` or `vpdpbusd` multiplies 4 quants of every row by 4 broadcast
+//! activation bytes, and reuses the repacked rows for every activation row. So `matmul` equals
 //! per-row [`vec_dot`] bit for bit, and a prompt's prefill equals its token-by-token decode.
-//! The SIMD level is chosen at run time ([`Simd::best`]).
+//! The SIMD level is chosen at run time ([`Simd::best`]): AVX-512 (F/BW/VL/VNNI), AVX2 (with
+//! FMA and F16C), or the portable scalar code; Q2_K and Q3_K run the scalar code everywhere.
 //!
 //! A decode loop keeps one [`Scratch`] and one [`ThreadPool`] and multiplies straight from the
 //! model file's bytes:

@@ -105,11 +105,11 @@ fn quantize_row_follows_ggml_rounding() {
 fn matmul_equals_per_row_vec_dot_exactly() {
     let mut rng = rng(3);
     let pools: Vec<_> = (1..=3).map(|t| ThreadPool::new(t).unwrap()).collect();
-    // 131 rows: not a multiple of the 4-row tile, and enough bytes that 2 and 3 threads split
-    // the rows (small products stay on one thread).
-    let rows = 131;
+    // 531 rows: not a multiple of the 8- or 16-row groups, and enough bytes that 2 and 3
+    // threads share even a single activation row (small products stay on one thread).
+    let rows = 531;
     for ty in QType::ALL {
-        let nb = if ty.block_elems() == 32 { 33 } else { 3 };
+        let nb = if ty.block_elems() == 32 { 33 } else { 5 };
         let cols = nb * ty.block_elems();
         let w = random_blocks(ty, rows * nb, &mut rng);
         let w = QMatrix::new(ty, &w, rows, cols).unwrap();

@@ -812,12 +812,7 @@ unsafe fn group_k<K: KQuant, const NC: usize>(
 
 /// Rows `rows` of the job in groups of 8, against up to 4 activation rows at a time.
 #[inline(always)]
-unsafe fn range_k<K: KQuant>(
-    job: &Job<'_>,
-    rows: Range<usize>,
-    pack: &mut Vec<u8>,
-    out: Sink<'_>,
-) {
+unsafe fn range_k<K: KQuant>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u8>, out: Sink<'_>) {
     // SAFETY: see the section comment.
     unsafe {
         if job.m >= PACK_FROM_M {

@@ -7,6 +7,7 @@
 //! vector per block. K-quants multiply 64 quants by `vpmaddubsw` and fold in the 16-bit
 //! sub-block scales with `vpdpwssd`; Q4_K/Q5_K registers hold two sub-blocks 64 elements apart
 //! (the low and high nibbles of one 64-byte load), so the activations are gathered to match.
+//! The 16 rows' f16 scales of a block come in with one `vpgatherdd`.
 //!
 //! Prefill (`m >= PACK_FROM_M`): each group of 16 rows is unpacked once and transposed so that
 //! a register holds 4 quants of each of the 16 rows; one `vpdpbusd` with 4 broadcast activation
