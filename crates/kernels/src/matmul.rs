@@ -117,6 +117,9 @@ impl Scratch {
 /// waking the pool costs more than it saves.
 const MIN_PARALLEL_WORK: usize = 256 * 1024;
 
+/// Below this many activations (`m * cols`) they are quantized on the calling thread.
+const MIN_PARALLEL_QUANTIZE: usize = 32 * 1024;
+
 /// `out = x · wᵀ`: `x` is `(m, cols)` row-major f32, `out` is `(m, rows)` row-major.
 ///
 /// The activations are quantized once into `scratch` (in parallel when `m > 1`); the weight
@@ -152,7 +155,7 @@ pub fn matmul(
     act.resize(m * xrow, 0);
     let act = &mut act[..m * xrow];
     let threads = pool.threads();
-    if m > 1 && threads > 1 {
+    if m > 1 && threads > 1 && m * cols >= MIN_PARALLEL_QUANTIZE {
         let act = Disjoint::new(act);
         let rows_q = Chunks::new(m);
         pool.run(&|_| {
