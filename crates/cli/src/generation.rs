@@ -244,14 +244,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
-    let mut printer = Printer::new(args.gen.hide_reasoning);
-    let out = generate(loaded.model.as_ref(), &tokenizer, &req, |d| {
+    stream(
+        loaded.model.as_ref(),
+        &tokenizer,
+        &req,
+        args.gen.hide_reasoning,
+    )?;
+    Ok(())
+}
+
+/// Generates while printing, then prints the stats line to stderr.
+fn stream(
+    model: &dyn seek_models::CausalLm,
+    tokenizer: &seek_tokenizer::Tokenizer,
+    req: &GenerateRequest,
+    hide_reasoning: bool,
+) -> anyhow::Result<GenerateOutput> {
+    let mut printer = Printer::new(hide_reasoning);
+    let out = generate(model, tokenizer, req, |d| {
         printer.print(d);
         ControlFlow::Continue(())
     })?;
     printer.finish();
     eprintln!("{}", stats_line(&out));
-    Ok(())
+    Ok(out)
 }
 
 /// `seek chat MODEL`.
@@ -297,13 +313,12 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         history.push(ChatMessage::user(line));
         let prompt = render_chat(&tokenizer, &history)?;
         let req = args.gen.request(&prompt, sampling.clone());
-        let mut printer = Printer::new(args.gen.hide_reasoning);
-        let out = generate(loaded.model.as_ref(), &tokenizer, &req, |d| {
-            printer.print(d);
-            ControlFlow::Continue(())
-        })?;
-        printer.finish();
-        eprintln!("{}", stats_line(&out));
+        let out = stream(
+            loaded.model.as_ref(),
+            &tokenizer,
+            &req,
+            args.gen.hide_reasoning,
+        )?;
         let mut reply = ChatMessage::assistant(out.content.clone());
         reply.reasoning_content = out.reasoning_content.clone();
         history.push(reply);
