@@ -4,15 +4,42 @@ use candle_core::Tensor;
 
 use crate::Result;
 
+/// Positions reserved when a layer's buffer is first made; it then doubles as needed.
+const MIN_CAPACITY: usize = 256;
+
 /// The keys and values of every layer for one batch of sequences.
 ///
-/// Shapes: each layer holds `k, v: (B, Hkv, T, D)` where `T` is [`KvCache::seq_len`].
-/// The model never stores a cache: the engine owns one per sequence (or batch) and can
-/// truncate it, which is what prefix reuse and a reasoning budget need.
-#[derive(Debug, Clone)]
+/// Shapes: each layer holds buffers `k, v: (B, Hkv, capacity, D)` of which the first
+/// [`KvCache::seq_len`] positions are live. A step writes its keys and values in place
+/// (the capacity doubles when full), so decode copies one position per layer, not the
+/// whole cache. The model never stores a cache: the engine owns one per sequence (or batch)
+/// and can truncate it, which is what prefix reuse and a reasoning budget need.
+#[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     seq_len: usize,
+}
+
+impl Clone for KvCache {
+    /// A deep copy: writes to the clone never show in the original.
+    fn clone(&self) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref().map(|(k, v)| {
+                    (
+                        k.copy().expect("copy of a CPU tensor"),
+                        v.copy().expect("copy of a CPU tensor"),
+                    )
+                })
+            })
+            .collect();
+        Self {
+            layers,
+            seq_len: self.seq_len,
+        }
+    }
 }
 
 impl KvCache {
@@ -34,20 +61,40 @@ impl KvCache {
         self.layers.len()
     }
 
-    /// Appends this step's keys and values to layer `layer` and returns the full keys and values.
+    /// Writes this step's keys and values `(B, Hkv, T, D)` after the cached positions of layer
+    /// `layer` and returns views of all of them, `(B, Hkv, S, D)`.
     pub(crate) fn append(
         &mut self,
         layer: usize,
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        let (b, hkv, t, d) = k.dims4()?;
+        let start = self.seq_len;
+        let need = start + t;
         let slot = &mut self.layers[layer];
-        let (k, v) = match slot.take() {
-            None => (k.contiguous()?, v.contiguous()?),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?),
-        };
-        *slot = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        let capacity = slot.as_ref().map_or(0, |(kb, _)| kb.dim(2).unwrap_or(0));
+        if need > capacity {
+            let new_cap = need.max(capacity * 2).max(MIN_CAPACITY);
+            let grow = |old: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, hkv, new_cap, d), like.dtype(), like.device())?;
+                if let Some(old) = old {
+                    if start > 0 {
+                        buf.slice_set(&old.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            let (ok, ov) = match slot.as_ref() {
+                Some((kb, vb)) => (Some(kb), Some(vb)),
+                None => (None, None),
+            };
+            *slot = Some((grow(ok, k)?, grow(ov, v)?));
+        }
+        let (kb, vb) = slot.as_ref().expect("buffer exists");
+        kb.slice_set(&k.contiguous()?, 2, start)?;
+        vb.slice_set(&v.contiguous()?, 2, start)?;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
     }
 
     /// Marks `n` new positions as cached; called once per forward after every layer appended.
@@ -57,31 +104,26 @@ impl KvCache {
 
     /// Drops every position from `len` on, so that generation can resume from there.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len >= self.seq_len {
-            return Ok(());
-        }
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.narrow(2, 0, len)?.contiguous()?;
-            *v = v.narrow(2, 0, len)?.contiguous()?;
-        }
-        if len == 0 {
-            self.layers.iter_mut().for_each(|l| *l = None);
-        }
-        self.seq_len = len;
+        // Positions past `len` are simply overwritten by the next step.
+        self.seq_len = self.seq_len.min(len);
         Ok(())
     }
 
-    /// Bytes held by the cached keys and values.
+    /// Bytes held by the cached keys and values (live positions).
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
             .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .map(|(k, _)| {
+                let (b, hkv, _, d) = k.dims4().unwrap_or((0, 0, 0, 0));
+                2 * b * hkv * self.seq_len * d * k.dtype().size_in_bytes()
+            })
             .sum()
     }
 
-    /// Keys of layer 0, for tests: `(B, Hkv, T, D)`.
-    pub fn layer_keys(&self, layer: usize) -> Option<&Tensor> {
-        self.layers.get(layer)?.as_ref().map(|(k, _)| k)
+    /// Keys of a layer, for tests: `(B, Hkv, T, D)`.
+    pub fn layer_keys(&self, layer: usize) -> Option<Tensor> {
+        let (k, _) = self.layers.get(layer)?.as_ref()?;
+        k.narrow(2, 0, self.seq_len).ok()
     }
 }

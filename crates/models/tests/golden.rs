@@ -138,6 +138,18 @@ fn check(model_path: &Path, g: &Golden, tol: f32, exact_greedy: bool) {
         "{name}: chunked forward max abs diff {diff} > {tol}"
     );
 
+    // Truncating the cache and feeding the rest again gives the same rows (prefix reuse).
+    let mut cache = model.new_cache();
+    forward(model, &input, &mut cache);
+    cache.truncate(3).unwrap();
+    assert_eq!(cache.seq_len(), 3);
+    let again = forward(model, &input[3..], &mut cache);
+    let diff = max_abs_diff(&again, &g.logits[3 * g.v..]);
+    assert!(
+        diff <= tol,
+        "{name}: after truncate(3), max abs diff {diff} > {tol}"
+    );
+
     // Greedy decoding, one token at a time through the cache.
     let greedy = &g.json["greedy"];
     let prompt = ids(&greedy["prompt"]);
