@@ -504,6 +504,11 @@ impl Attention {
         let k = step.rope.apply(&k, &step.cos, &step.sin)?;
         // (B, Hkv, S, D)
         let (k, v) = cache.append(layer, &k, &v)?;
+        if t == 1 {
+            if let Some(y) = decode_attention(&q, &k, &v)? {
+                return self.o_proj.forward(&y);
+            }
+        }
         // GQA: each group of H/Hkv query heads shares one key/value head.
         let group = h / hkv;
         let s = k.dim(2)?;
@@ -528,6 +533,88 @@ impl Attention {
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
     }
+}
+
+/// `a · b` with eight independent partial sums, so the compiler can vectorize it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Decode attention: one new position attending to every cached one, read straight from the
+/// KV-cache buffers (a matmul would first copy the strided cache views to contiguous memory,
+/// a cost that grows with the context). `q: (B, H, 1, D)`, `k, v: (B, Hkv, S, D)` ->
+/// `(B, 1, H*D)`; `None` when the tensors are not f32 on the CPU with contiguous rows.
+fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::Storage;
+    use rayon::prelude::*;
+    if q.dtype() != DType::F32 || k.dtype() != DType::F32 || !q.device().is_cpu() {
+        return Ok(None);
+    }
+    let (b, h, _, d) = q.dims4()?;
+    let (_, hkv, s, _) = k.dims4()?;
+    let group = h / hkv;
+    // (B, H, 1, D) -> B*H rows of D
+    let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let (k_storage, kl) = k.storage_and_layout();
+    let (v_storage, vl) = v.storage_and_layout();
+    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*k_storage, &*v_storage) else {
+        return Ok(None);
+    };
+    let (kd, vd) = (kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
+    let (ks, vs) = (kl.stride(), vl.stride());
+    if ks[3] != 1 || vs[3] != 1 {
+        return Ok(None);
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; b * h * d];
+    let head = |row: usize, o: &mut [f32]| {
+        let (bi, hi) = (row / h, row % h);
+        let kv_head = hi / group;
+        let qrow = &qv[row * d..][..d];
+        let k_base = kl.start_offset() + bi * ks[0] + kv_head * ks[1];
+        let v_base = vl.start_offset() + bi * vs[0] + kv_head * vs[1];
+        let mut scores: Vec<f32> = (0..s)
+            .map(|si| dot(qrow, &kd[k_base + si * ks[2]..][..d]) * scale)
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut denom = 0f32;
+        for score in scores.iter_mut() {
+            *score = (*score - max).exp();
+            denom += *score;
+        }
+        for (si, &p) in scores.iter().enumerate() {
+            let w = p / denom;
+            for (oo, &vv) in o.iter_mut().zip(&vd[v_base + si * vs[2]..][..d]) {
+                *oo += w * vv;
+            }
+        }
+    };
+    // Heads are independent; spread them over threads once the cache is long enough to pay
+    // for waking the pool (short contexts stay on this thread).
+    if s * h * d >= 1 << 16 {
+        out.par_chunks_mut(d)
+            .enumerate()
+            .for_each(|(row, o)| head(row, o));
+    } else {
+        out.chunks_mut(d)
+            .enumerate()
+            .for_each(|(row, o)| head(row, o));
+    }
+    // (B, H, 1, D) laid out as (B, 1, H*D)
+    Ok(Some(Tensor::from_vec(out, (b, 1, h * d), q.device())?))
 }
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
@@ -768,6 +855,54 @@ mod tests {
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             attention_bias: false,
+        }
+    }
+
+    /// The cache-reading decode attention equals softmax(q kᵀ / √D) v computed with matmuls,
+    /// on short contexts (one thread) and long ones (heads spread over threads).
+    #[test]
+    fn decode_attention_matches_matmul_attention() {
+        let dev = Device::Cpu;
+        for s in [5usize, 1500] {
+            let (h, hkv, d) = (4, 2, 16);
+            let q = Tensor::randn(0f32, 1.0, (1, h, 1, d), &dev).unwrap();
+            // Views into a larger buffer, as the KV cache hands them out.
+            let kbuf = Tensor::randn(0f32, 1.0, (1, hkv, s + 7, d), &dev).unwrap();
+            let vbuf = Tensor::randn(0f32, 1.0, (1, hkv, s + 7, d), &dev).unwrap();
+            let (k, v) = (kbuf.narrow(2, 0, s).unwrap(), vbuf.narrow(2, 0, s).unwrap());
+            let ours: Vec<f32> = decode_attention(&q, &k, &v)
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            // Reference: repeat each KV head for its group of query heads.
+            let rep = |t: &Tensor| {
+                t.contiguous()
+                    .unwrap()
+                    .unsqueeze(2)
+                    .unwrap()
+                    .repeat((1, 1, h / hkv, 1, 1))
+                    .unwrap()
+                    .reshape((1, h, s, d))
+                    .unwrap()
+            };
+            let att = (q.matmul(&rep(&k).t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+            let att = candle_nn::ops::softmax_last_dim(&att).unwrap();
+            let reference: Vec<f32> = att
+                .matmul(&rep(&v))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let diff = ours
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "s = {s}: max abs diff {diff}");
         }
     }
 
