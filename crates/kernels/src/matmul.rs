@@ -202,21 +202,30 @@ pub fn matmul(
     let n_chunks = groups.min(CHUNKS_PER_THREAD * threads);
     let chunks = Chunks::new(n_chunks);
     let out = Disjoint::new(out);
-    let packs = Disjoint::new(&mut packs[..threads]);
-    pool.run(&|t| {
-        // SAFETY: pack t belongs to thread t, the only one running `f(t)`.
-        let pack = unsafe { &mut packs.slice(t..t + 1)[0] };
-        while let Some(i) = chunks.next() {
-            let g0 = groups * i / n_chunks;
-            let g1 = groups * (i + 1) / n_chunks;
-            let rows_i = g0 * kernel.group..(g1 * kernel.group).min(rows);
-            kernel.run(&job, rows_i, pack, &mut |c, r0, v| {
-                // SAFETY: chunk i is handed out once, and its results are the elements of its
-                // weight rows `rows_i` (for every activation row), which no other chunk holds.
-                unsafe { out.slice(c * rows + r0..c * rows + r0 + v.len()) }.copy_from_slice(v)
-            });
-        }
-    });
+    let packs_all = &mut packs[..threads];
+    {
+        let packs = Disjoint::new(&mut *packs_all);
+        pool.run(&|t| {
+            // SAFETY: pack t belongs to thread t, the only one running `f(t)`.
+            let pack = unsafe { &mut packs.slice(t..t + 1)[0] };
+            while let Some(i) = chunks.next() {
+                let g0 = groups * i / n_chunks;
+                let g1 = groups * (i + 1) / n_chunks;
+                let rows_i = g0 * kernel.group..(g1 * kernel.group).min(rows);
+                kernel.run(&job, rows_i, pack, &mut |c, r0, v| {
+                    // SAFETY: chunk i is handed out once, and its results are the elements of its
+                    // weight rows `rows_i` (for every activation row), which no other chunk holds.
+                    unsafe { out.slice(c * rows + r0..c * rows + r0 + v.len()) }.copy_from_slice(v)
+                });
+            }
+        });
+    }
+    // Which thread repacks which chunk depends on scheduling: give every thread's buffer the
+    // largest size any needed, so a thread that sat out the warm-up does not allocate later.
+    let need = packs_all.iter().map(Vec::len).max().unwrap_or(0);
+    for p in packs_all.iter_mut().filter(|p| p.len() < need) {
+        p.resize(need, 0);
+    }
 }
 
 /// Chunks of weight rows per thread of the pool: enough to even out a late start.
