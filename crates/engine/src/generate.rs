@@ -42,14 +42,8 @@ pub struct GenerateRequest {
     pub max_reasoning_tokens: Option<usize>,
 }
 
-/// A piece of streamed output.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delta {
-    /// New chain-of-thought text.
-    pub reasoning: String,
-    /// New answer text.
-    pub content: String,
-}
+/// A piece of streamed output: new reasoning text and new answer text.
+pub use seek_reasoning::Delta;
 
 /// Wall-clock figures of one generation.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -136,7 +130,7 @@ pub fn generate(
     let mut emit = |delta: Delta, out: &mut GenerateOutput, reasoning: &mut String| {
         reasoning.push_str(&delta.reasoning);
         out.content.push_str(&delta.content);
-        if delta == Delta::default() {
+        if delta.is_empty() {
             ControlFlow::Continue(())
         } else {
             on_delta(&delta)
@@ -175,14 +169,7 @@ pub fn generate(
             StopOutcome::Stopped { emit, .. } => (emit, true),
         };
         let d = splitter.push(&text);
-        let flow = emit(
-            Delta {
-                reasoning: d.reasoning,
-                content: d.content,
-            },
-            &mut out,
-            &mut reasoning,
-        );
+        let flow = emit(d, &mut out, &mut reasoning);
         if stopped {
             out.finish_reason = FinishReason::Stop;
             break;
@@ -214,24 +201,10 @@ pub fn generate(
             }
         };
         let d = splitter.push(&text);
-        let _ = emit(
-            Delta {
-                reasoning: d.reasoning,
-                content: d.content,
-            },
-            &mut out,
-            &mut reasoning,
-        );
+        let _ = emit(d, &mut out, &mut reasoning);
     }
     let d = splitter.finish();
-    let _ = emit(
-        Delta {
-            reasoning: d.reasoning,
-            content: d.content,
-        },
-        &mut out,
-        &mut reasoning,
-    );
+    let _ = emit(d, &mut out, &mut reasoning);
 
     let total = start.elapsed();
     let ttft = first_token_at.unwrap_or(total);
