@@ -96,27 +96,47 @@ pub struct LoadedModel {
 
 /// Reads what a model is without loading its weights (fast; works on truncated GGUF files).
 pub fn inspect(path: &Path) -> Result<(ModelInfo, ModelFormat)> {
+    let d = describe(path)?;
+    Ok((d.info, d.format))
+}
+
+/// What [`inspect`] learns, plus what [`load`] needs from the same reading.
+struct Described {
+    info: ModelInfo,
+    format: ModelFormat,
+    decoder: DecoderConfig,
+    /// The safetensors files of a Hugging Face folder (empty for GGUF).
+    files: Vec<PathBuf>,
+}
+
+fn describe(path: &Path) -> Result<Described> {
     if path.is_dir() {
         if let Some(gguf) = single_gguf_in(path)? {
-            return inspect(&gguf);
+            return describe(&gguf);
         }
-        let (arch, dec, _) = hf_config(path)?;
+        let (arch, decoder) = hf_config(path)?;
         let files = safetensors_files(path)?;
-        let (parameters, weight_bytes, weight_types) = safetensors_stats(path, &files)?;
+        let (parameters, weight_bytes, weight_types) = safetensors_stats(&files)?;
         let info = info_from(
             &arch,
             None,
             path,
             "safetensors",
-            &dec,
+            &decoder,
             parameters,
             weight_bytes,
             weight_types,
         );
-        Ok((info, ModelFormat::HfDir(path.to_path_buf())))
+        let format = ModelFormat::HfDir(path.to_path_buf());
+        Ok(Described {
+            info,
+            format,
+            decoder,
+            files,
+        })
     } else {
         let file = Arc::new(GgufFile::open(path)?);
-        let (arch, dec) = gguf_config(&file)?;
+        let (arch, decoder) = gguf_config(&file)?;
         let mut types = BTreeMap::new();
         let (mut params, mut bytes) = (0, 0);
         for t in &file.tensors {
@@ -125,42 +145,46 @@ pub fn inspect(path: &Path) -> Result<(ModelInfo, ModelFormat)> {
             bytes += t.n_bytes;
         }
         let name = file.get_str("general.name").ok().map(str::to_string);
-        let info = info_from(&arch, name, path, "gguf", &dec, params, bytes, types);
-        Ok((info, ModelFormat::Gguf(file)))
+        let info = info_from(&arch, name, path, "gguf", &decoder, params, bytes, types);
+        Ok(Described {
+            info,
+            format: ModelFormat::Gguf(file),
+            decoder,
+            files: Vec::new(),
+        })
     }
 }
 
 /// Loads a model from a GGUF file or a Hugging Face folder (a folder holding one `.gguf`
 /// file counts as that file).
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
-    let (info, format) = inspect(path)?;
-    let model: Box<dyn CausalLm> = match &format {
+    let Described {
+        info,
+        format,
+        decoder,
+        files,
+    } = describe(path)?;
+    // Both architectures are the Llama decoder; `decoder` already holds their differences.
+    let w = match &format {
         ModelFormat::Gguf(file) => {
             // One clear message for a truncated download, before any tensor is touched.
             file.check_tensor_data()?;
-            let (_, dec) = gguf_config(file)?;
             let threads = opts
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let pool = seek_kernels::ThreadPool::new(threads)
                 .map_err(|e| config_err(file.path(), e.to_string()))?;
-            let w = Weights::Gguf {
+            Weights::Gguf {
                 file: file.clone(),
                 device: opts.device.clone(),
                 kernels: Some(Arc::new(pool)),
-            };
-            Box::new(Llama::from_decoder(dec, &w)?)
-        }
-        ModelFormat::HfDir(dir) => {
-            let (_, _, raw) = hf_config(dir)?;
-            let files = safetensors_files(dir)?;
-            let w = Weights::from_safetensors(dir, &files, opts.dtype, &opts.device)?;
-            match raw {
-                HfConfig::Llama(c) => Box::new(Llama::new(&c, &w)?),
-                HfConfig::Qwen2(c) => Box::new(qwen2::new(&c, &w)?),
             }
         }
+        ModelFormat::HfDir(dir) => {
+            Weights::from_safetensors(dir, &files, opts.dtype, &opts.device)?
+        }
     };
+    let model: Box<dyn CausalLm> = Box::new(Llama::from_decoder(decoder, &w)?);
     Ok(LoadedModel {
         model,
         info,
@@ -216,11 +240,6 @@ fn gguf_config(file: &Arc<GgufFile>) -> Result<(String, DecoderConfig)> {
     Ok((arch, dec))
 }
 
-enum HfConfig {
-    Llama(llama::Config),
-    Qwen2(qwen2::Config),
-}
-
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
@@ -229,7 +248,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|e| config_err(path, format!("not valid JSON: {e}")))
 }
 
-fn hf_config(dir: &Path) -> Result<(String, DecoderConfig, HfConfig)> {
+fn hf_config(dir: &Path) -> Result<(String, DecoderConfig)> {
     let path = dir.join("config.json");
     if !path.is_file() {
         return Err(config_err(
@@ -244,20 +263,14 @@ fn hf_config(dir: &Path) -> Result<(String, DecoderConfig, HfConfig)> {
         .unwrap_or_default()
         .to_string();
     let parse = |what| config_err(&path, format!("{what}"));
-    let (dec, raw) = match model_type.as_str() {
+    let dec = match model_type.as_str() {
         "llama" => {
             let c: llama::Config = serde_json::from_value(json).map_err(parse)?;
-            (
-                c.decoder().map_err(|p| config_err(&path, p))?,
-                HfConfig::Llama(c),
-            )
+            c.decoder()
         }
         "qwen2" => {
             let c: qwen2::Config = serde_json::from_value(json).map_err(parse)?;
-            (
-                c.decoder().map_err(|p| config_err(&path, p))?,
-                HfConfig::Qwen2(c),
-            )
+            c.decoder()
         }
         _ => {
             return Err(ModelError::UnsupportedArchitecture {
@@ -270,8 +283,9 @@ fn hf_config(dir: &Path) -> Result<(String, DecoderConfig, HfConfig)> {
                 supported: SUPPORTED,
             })
         }
-    };
-    Ok((model_type, dec, raw))
+    }
+    .map_err(|p| config_err(&path, p))?;
+    Ok((model_type, dec))
 }
 
 fn single_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
@@ -354,7 +368,7 @@ pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn safetensors_stats(dir: &Path, files: &[PathBuf]) -> Result<(u64, u64, BTreeMap<String, u64>)> {
+fn safetensors_stats(files: &[PathBuf]) -> Result<(u64, u64, BTreeMap<String, u64>)> {
     let (mut params, mut bytes, mut types) = (0u64, 0u64, BTreeMap::new());
     for f in files {
         let header = read_safetensors_header(f)?;
@@ -386,7 +400,6 @@ fn safetensors_stats(dir: &Path, files: &[PathBuf]) -> Result<(u64, u64, BTreeMa
             *types.entry(dtype).or_insert(0) += n;
         }
     }
-    let _ = dir;
     Ok((params, bytes, types))
 }
 
