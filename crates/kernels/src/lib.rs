@@ -45,6 +45,7 @@ mod layout;
 mod matmul;
 mod pool;
 mod scalar;
+pub mod vector;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

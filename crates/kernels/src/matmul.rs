@@ -115,7 +115,7 @@ impl Scratch {
 
 /// Below this many weight bytes times activation rows a product runs on the calling thread:
 /// waking the pool costs more than it saves.
-const MIN_PARALLEL_WORK: usize = 256 * 1024;
+const MIN_PARALLEL_WORK: usize = 32 * 1024;
 
 /// Below this many activations (`m * cols`) they are quantized on the calling thread.
 const MIN_PARALLEL_QUANTIZE: usize = 32 * 1024;
@@ -232,7 +232,7 @@ pub fn matmul(
 const CHUNKS_PER_THREAD: usize = 4;
 
 /// A slice that threads of one `pool.run` write in disjoint parts.
-struct Disjoint<'a, T> {
+pub(crate) struct Disjoint<'a, T> {
     ptr: *mut T,
     len: usize,
     _slice: PhantomData<&'a mut [T]>,
@@ -243,7 +243,7 @@ struct Disjoint<'a, T> {
 unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
 
 impl<'a, T> Disjoint<'a, T> {
-    fn new(s: &'a mut [T]) -> Self {
+    pub(crate) fn new(s: &'a mut [T]) -> Self {
         Self {
             ptr: s.as_mut_ptr(),
             len: s.len(),
@@ -256,7 +256,7 @@ impl<'a, T> Disjoint<'a, T> {
     /// # Safety
     /// No other thread uses any of these elements while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, r: std::ops::Range<usize>) -> &'a mut [T] {
+    pub(crate) unsafe fn slice(&self, r: std::ops::Range<usize>) -> &'a mut [T] {
         assert!(r.start <= r.end && r.end <= self.len);
         // SAFETY: in bounds (just checked); exclusive by the caller's contract; the slice
         // lives as long as the borrow `new` took.

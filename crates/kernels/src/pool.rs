@@ -31,6 +31,10 @@ struct Slot {
     job: Option<JobRef>,
     /// Workers that took the job and have not returned from it.
     inside: usize,
+    /// Workers asleep on `start` (a job start wakes them; without any it makes no syscall).
+    sleepers: usize,
+    /// The caller sleeps on `done` (the last worker out wakes it; otherwise no syscall).
+    closer_waiting: bool,
 }
 
 struct Shared {
@@ -39,6 +43,8 @@ struct Shared {
     /// A worker's call panicked.
     panicked: AtomicBool,
     shutdown: AtomicBool,
+    /// `Slot::inside`, readable without the lock: the caller spins on it before sleeping.
+    busy: AtomicUsize,
     slot: Mutex<Slot>,
     /// Signalled when a job starts or the pool shuts down.
     start: Condvar,
@@ -77,9 +83,12 @@ impl ThreadPool {
             epoch: AtomicU64::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
             slot: Mutex::new(Slot {
                 job: None,
                 inside: 0,
+                sleepers: 0,
+                closer_waiting: false,
             }),
             start: Condvar::new(),
             done: Condvar::new(),
@@ -105,6 +114,29 @@ impl ThreadPool {
         self.workers.len() + 1
     }
 
+    /// Calls `f(i, part)` for each part `i` of `data` cut into runs of `chunk` elements (the
+    /// last may be shorter), spread over the pool's threads, the caller's among them: the
+    /// non-matmul work of a decode step (attention heads) on the same threads as its products,
+    /// so the two never compete for cores. Must not be called from inside another job.
+    pub fn par_chunks_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        assert!(chunk > 0, "par_chunks_mut: chunk must be positive");
+        let len = data.len();
+        let chunks = Chunks::new(len.div_ceil(chunk));
+        let parts = crate::matmul::Disjoint::new(data);
+        self.run(&|_| {
+            while let Some(i) = chunks.next() {
+                let r = i * chunk..((i + 1) * chunk).min(len);
+                // SAFETY: part i is handed out once, so only this call touches its elements.
+                f(i, unsafe { parts.slice(r) });
+            }
+        });
+    }
+
     /// Calls `f(0)` here and `f(t)` on each worker `t` that joins before `f(0)` returns, then
     /// waits for the workers that joined. `f` must share its work out through [`Chunks`] (or
     /// the like) so that `f(0)` alone completes it. Panics if a worker's call panicked.
@@ -127,7 +159,9 @@ impl ThreadPool {
             let mut slot = lock(&sh.slot);
             slot.job = Some(job);
             sh.epoch.fetch_add(1, Ordering::SeqCst);
-            sh.start.notify_all();
+            if slot.sleepers > 0 {
+                sh.start.notify_all();
+            }
         }
         let close = Close(sh);
         f(0);
@@ -144,11 +178,25 @@ struct Close<'a>(&'a Shared);
 
 impl Drop for Close<'_> {
     fn drop(&mut self) {
-        let mut slot = lock(&self.0.slot);
-        slot.job = None;
-        while slot.inside > 0 {
-            slot = self.0.done.wait(slot).unwrap_or_else(|e| e.into_inner());
+        let sh = self.0;
+        lock(&sh.slot).job = None;
+        // The workers inside usually finish within microseconds: spin for them first, as a
+        // sleep and a wake-up would cost more than the wait.
+        let t0 = Instant::now();
+        let mut spins = 0u32;
+        while sh.busy.load(Ordering::Acquire) > 0 {
+            spins += 1;
+            if spins.is_multiple_of(64) && t0.elapsed() > SPIN {
+                break;
+            }
+            std::hint::spin_loop();
         }
+        let mut slot = lock(&sh.slot);
+        while slot.inside > 0 {
+            slot.closer_waiting = true;
+            slot = sh.done.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+        slot.closer_waiting = false;
     }
 }
 
@@ -182,7 +230,9 @@ fn worker(sh: &Shared, t: usize) {
                 let mut slot = lock(&sh.slot);
                 while sh.epoch.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst)
                 {
+                    slot.sleepers += 1;
                     slot = sh.start.wait(slot).unwrap_or_else(|e| e.into_inner());
+                    slot.sleepers -= 1;
                 }
                 break;
             }
@@ -198,6 +248,7 @@ fn worker(sh: &Shared, t: usize) {
             let job = slot.job;
             if job.is_some() {
                 slot.inside += 1;
+                sh.busy.store(slot.inside, Ordering::Release);
             }
             job
         };
@@ -209,7 +260,8 @@ fn worker(sh: &Shared, t: usize) {
         }
         let mut slot = lock(&sh.slot);
         slot.inside -= 1;
-        if slot.inside == 0 && slot.job.is_none() {
+        sh.busy.store(slot.inside, Ordering::Release);
+        if slot.inside == 0 && slot.closer_waiting {
             sh.done.notify_all();
         }
     }
@@ -283,6 +335,23 @@ mod tests {
         }));
         assert!(r.is_err());
         assert!(count_chunks(&pool, 10).iter().all(|&h| h == 1));
+    }
+
+    #[test]
+    fn par_chunks_mut_visits_every_part_once() {
+        for threads in 1..=3 {
+            let pool = ThreadPool::new(threads).unwrap();
+            for (len, chunk) in [(0usize, 4usize), (10, 3), (64, 64), (100, 7)] {
+                let mut data = vec![0usize; len];
+                pool.par_chunks_mut(&mut data, chunk, &|i, part| {
+                    for x in part.iter_mut() {
+                        *x += i + 1;
+                    }
+                });
+                let want: Vec<usize> = (0..len).map(|j| j / chunk + 1).collect();
+                assert_eq!(data, want, "threads {threads} len {len} chunk {chunk}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Per-sequence key/value cache, owned by the caller and passed into every forward.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::Result;
 
@@ -18,6 +18,8 @@ const MIN_CAPACITY: usize = 256;
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     seq_len: usize,
+    /// The type values are stored in; `None` keeps the type the model computes in.
+    dtype: Option<DType>,
 }
 
 impl Clone for KvCache {
@@ -38,6 +40,7 @@ impl Clone for KvCache {
         Self {
             layers,
             seq_len: self.seq_len,
+            dtype: self.dtype,
         }
     }
 }
@@ -48,7 +51,22 @@ impl KvCache {
         Self {
             layers: vec![None; n_layers],
             seq_len: 0,
+            dtype: None,
         }
+    }
+
+    /// An empty cache that stores its values as `dtype` (f16 halves the bytes a long-context
+    /// decode step reads, as llama.cpp's default cache does); views come back in that type.
+    pub fn with_dtype(n_layers: usize, dtype: DType) -> Self {
+        Self {
+            dtype: Some(dtype),
+            ..Self::new(n_layers)
+        }
+    }
+
+    /// The type values are stored in, when it is not the model's.
+    pub fn dtype(&self) -> Option<DType> {
+        self.dtype
     }
 
     /// Number of positions already cached.
@@ -69,6 +87,11 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match self.dtype {
+            Some(dt) => (k.to_dtype(dt)?, v.to_dtype(dt)?),
+            None => (k.clone(), v.clone()),
+        };
+        let (k, v) = (&k, &v);
         let (b, hkv, t, d) = k.dims4()?;
         let start = self.seq_len;
         let need = start + t;

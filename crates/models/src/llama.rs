@@ -18,6 +18,8 @@
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
+use seek_kernels::vector;
+
 use crate::weights::{Embedding, Matmul, Weights};
 use crate::{CausalLm, KvCache, ModelError, Result};
 
@@ -313,9 +315,9 @@ impl DecoderConfig {
         Ok(cfg)
     }
 
-    /// Bytes of KV cache one token costs in f32.
-    pub fn kv_bytes_per_token(&self) -> u64 {
-        (2 * self.num_layers * self.num_kv_heads * self.head_dim * 4) as u64
+    /// Bytes of KV cache one token costs with `bytes_per_value` bytes per key or value.
+    pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> u64 {
+        (2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_value) as u64
     }
 }
 
@@ -330,19 +332,31 @@ pub(crate) fn config_err(path: &std::path::Path, problem: String) -> ModelError 
 #[derive(Clone)]
 struct RmsNorm {
     weight: Tensor,
+    /// The weight in f32, for the fused decode path.
+    weight_f32: Vec<f32>,
     eps: f32,
 }
 
 impl RmsNorm {
     fn new(w: &Weights, name: &str, size: usize, eps: f64) -> Result<Self> {
+        let weight = w.tensor(name, &[size])?;
         Ok(Self {
-            weight: w.tensor(name, &[size])?.to_dtype(w.dtype())?,
+            weight_f32: weight.to_dtype(DType::F32)?.to_vec1()?,
+            weight: weight.to_dtype(w.dtype())?,
             eps: eps as f32,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+
+    /// Normalizes each row of `x: (m, E)` into `out`.
+    fn forward_rows(&self, x: &[f32], out: &mut [f32]) {
+        let e = self.weight_f32.len();
+        for (x, o) in x.chunks_exact(e).zip(out.chunks_exact_mut(e)) {
+            vector::rms_norm(x, &self.weight_f32, self.eps, o);
+        }
     }
 }
 
@@ -351,6 +365,8 @@ impl RmsNorm {
 struct Linear {
     weight: Matmul,
     bias: Option<Tensor>,
+    /// The bias in f32, for the fused decode path.
+    bias_f32: Option<Vec<f32>>,
 }
 
 impl Linear {
@@ -361,7 +377,15 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        let bias_f32 = match &bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1()?),
+            None => None,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            bias_f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -370,6 +394,24 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+
+    /// `out = x W^T + b` on rows `x: (m, in)` -> `out: (m, out)`; only for weights that
+    /// Seek's kernels compute (see [`Llama::can_fuse`]).
+    fn forward_rows(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        let q = self
+            .weight
+            .quantized()
+            .expect("the fused path is only taken when every weight is quantized");
+        q.forward_slice(x, m, out)?;
+        if let Some(b) = &self.bias_f32 {
+            for row in out.chunks_exact_mut(b.len()) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += b;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -509,6 +551,8 @@ impl Attention {
                 return self.o_proj.forward(&y);
             }
         }
+        // A cache stored in another type (f16) is widened for the matmuls.
+        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
         // GQA: each group of H/Hkv query heads shares one key/value head.
         let group = h / hkv;
         let s = k.dim(2)?;
@@ -535,86 +579,146 @@ impl Attention {
     }
 }
 
-/// `a · b` with eight independent partial sums, so the compiler can vectorize it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Decode attention: one new position attending to every cached one, read straight from the
 /// KV-cache buffers (a matmul would first copy the strided cache views to contiguous memory,
 /// a cost that grows with the context). `q: (B, H, 1, D)`, `k, v: (B, Hkv, S, D)` ->
 /// `(B, 1, H*D)`; `None` when the tensors are not f32 on the CPU with contiguous rows.
 fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
-    use candle_core::Storage;
-    use rayon::prelude::*;
-    if q.dtype() != DType::F32 || k.dtype() != DType::F32 || !q.device().is_cpu() {
+    if q.dtype() != DType::F32 || !q.device().is_cpu() {
         return Ok(None);
     }
     let (b, h, _, d) = q.dims4()?;
-    let (_, hkv, s, _) = k.dims4()?;
-    let group = h / hkv;
     // (B, H, 1, D) -> B*H rows of D
     let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
-    let (k_storage, kl) = k.storage_and_layout();
-    let (v_storage, vl) = v.storage_and_layout();
-    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*k_storage, &*v_storage) else {
-        return Ok(None);
-    };
-    let (kd, vd) = (kc.as_slice::<f32>()?, vc.as_slice::<f32>()?);
-    let (ks, vs) = (kl.stride(), vl.stride());
-    if ks[3] != 1 || vs[3] != 1 {
-        return Ok(None);
-    }
-    let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; b * h * d];
-    let head = |row: usize, o: &mut [f32]| {
-        let (bi, hi) = (row / h, row % h);
-        let kv_head = hi / group;
-        let qrow = &qv[row * d..][..d];
-        let k_base = kl.start_offset() + bi * ks[0] + kv_head * ks[1];
-        let v_base = vl.start_offset() + bi * vs[0] + kv_head * vs[1];
-        let mut scores: Vec<f32> = (0..s)
-            .map(|si| dot(qrow, &kd[k_base + si * ks[2]..][..d]) * scale)
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut denom = 0f32;
-        for score in scores.iter_mut() {
-            *score = (*score - max).exp();
-            denom += *score;
-        }
-        for (si, &p) in scores.iter().enumerate() {
-            let w = p / denom;
-            for (oo, &vv) in o.iter_mut().zip(&vd[v_base + si * vs[2]..][..d]) {
-                *oo += w * vv;
-            }
-        }
-    };
-    // Heads are independent; spread them over threads once the cache is long enough to pay
-    // for waking the pool (short contexts stay on this thread).
-    if s * h * d >= 1 << 16 {
-        out.par_chunks_mut(d)
-            .enumerate()
-            .for_each(|(row, o)| head(row, o));
-    } else {
-        out.chunks_mut(d)
-            .enumerate()
-            .for_each(|(row, o)| head(row, o));
+    if !attend_cached(&qv, h, k, v, &mut out, None)? {
+        return Ok(None);
     }
     // (B, H, 1, D) laid out as (B, 1, H*D)
     Ok(Some(Tensor::from_vec(out, (b, 1, h * d), q.device())?))
+}
+
+thread_local! {
+    /// Attention scores of one head, reused so that decode does not allocate per head.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The core of [`decode_attention`] on plain rows: `q: (B, H*D)` (one position per sequence),
+/// `k, v: (B, Hkv, S, D)` views of the cache, `out: (B, H*D)`. Returns `false`, writing
+/// nothing, when the cache is not f32 on the CPU with contiguous rows. Long contexts spread
+/// the heads over `pool` (or rayon's threads without one).
+fn attend_cached(
+    q: &[f32],
+    h: usize,
+    k: &Tensor,
+    v: &Tensor,
+    out: &mut [f32],
+    pool: Option<&seek_kernels::ThreadPool>,
+) -> Result<bool> {
+    use candle_core::Storage;
+    if k.dtype() != v.dtype() {
+        return Ok(false);
+    }
+    let (k_storage, kl) = k.storage_and_layout();
+    let (v_storage, vl) = v.storage_and_layout();
+    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*k_storage, &*v_storage) else {
+        return Ok(false);
+    };
+    let (_, _, s, d) = k.dims4()?;
+    let heads = HeadViews { h, s, d, kl, vl };
+    match k.dtype() {
+        DType::F32 => heads.attend(q, kc.as_slice::<f32>()?, vc.as_slice::<f32>()?, out, pool),
+        DType::F16 => heads.attend(
+            q,
+            kc.as_slice::<half::f16>()?,
+            vc.as_slice::<half::f16>()?,
+            out,
+            pool,
+        ),
+        _ => Ok(false),
+    }
+}
+
+/// The cached keys and values of every head, as laid out in the cache buffers.
+struct HeadViews<'a> {
+    h: usize,
+    s: usize,
+    d: usize,
+    kl: &'a candle_core::Layout,
+    vl: &'a candle_core::Layout,
+}
+
+impl HeadViews<'_> {
+    fn attend<T: vector::Element>(
+        &self,
+        q: &[f32],
+        kd: &[T],
+        vd: &[T],
+        out: &mut [f32],
+        pool: Option<&seek_kernels::ThreadPool>,
+    ) -> Result<bool> {
+        use rayon::prelude::*;
+        let (h, s, d) = (self.h, self.s, self.d);
+        let (ks, vs) = (self.kl.stride(), self.vl.stride());
+        if ks[3] != 1 || vs[3] != 1 {
+            return Ok(false);
+        }
+        let hkv = self.kl.dims()[1];
+        let group = h / hkv;
+        let scale = 1.0 / (d as f32).sqrt();
+        let head = |row: usize, o: &mut [f32]| {
+            let (bi, hi) = (row / h, row % h);
+            let kv_head = hi / group;
+            let rows = |data, l: &candle_core::Layout, st: &[usize]| vector::Rows {
+                data,
+                offset: l.start_offset() + bi * st[0] + kv_head * st[1],
+                stride: st[2],
+            };
+            SCORES.with(|sc| {
+                vector::attention(
+                    &q[row * d..][..d],
+                    rows(kd, self.kl, ks),
+                    rows(vd, self.vl, vs),
+                    s,
+                    scale,
+                    &mut sc.borrow_mut(),
+                    o,
+                )
+            });
+        };
+        // Heads are independent; spread them over threads once the cache is long enough to
+        // pay for waking the pool (short contexts stay on this thread).
+        if s * h * d < 1 << 16 {
+            out.chunks_mut(d)
+                .enumerate()
+                .for_each(|(row, o)| head(row, o));
+        } else if let Some(pool) = pool {
+            pool.par_chunks_mut(out, d, &head);
+        } else {
+            out.par_chunks_mut(d)
+                .enumerate()
+                .for_each(|(row, o)| head(row, o));
+        }
+        Ok(true)
+    }
+}
+
+/// Rotates every head of the rows `x: (B, heads*D)` for position `pos`, with `cos, sin: (D/2,)`
+/// for that position (the fused decode path's RoPE: one position per sequence).
+fn rope_rows(x: &mut [f32], d: usize, cos: &[f32], sin: &[f32], interleaved: bool) {
+    let half = d / 2;
+    for head in x.chunks_exact_mut(d) {
+        for i in 0..half {
+            let (a, b) = if interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos[i] - x1 * sin[i];
+            head[b] = x0 * sin[i] + x1 * cos[i];
+        }
+    }
 }
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
@@ -704,6 +808,8 @@ pub struct Llama {
     rope: Rope,
     device: Device,
     dtype: DType,
+    /// See [`Llama::can_fuse`].
+    fused: bool,
 }
 
 impl Llama {
@@ -729,7 +835,7 @@ impl Llama {
             inv_freq: inv_freq(&cfg),
             interleaved: cfg.rope.interleaved,
         };
-        Ok(Self {
+        let mut model = Self {
             embed_tokens,
             layers,
             norm,
@@ -738,7 +844,10 @@ impl Llama {
             device: w.device().clone(),
             dtype: w.dtype(),
             cfg,
-        })
+            fused: false,
+        };
+        model.fused = model.can_fuse();
+        Ok(model)
     }
 }
 
@@ -779,6 +888,9 @@ impl Llama {
         if t == 0 {
             return Err(ModelError::Input("forward needs at least one token".into()));
         }
+        if t == 1 && self.fused {
+            return self.decode_fused(input_ids, cache);
+        }
         let (cos, sin) = self.rope.tables(offset, t, &self.device, self.dtype)?;
         let mask = if t > 1 {
             Some(causal_mask(t, offset, &self.device, self.dtype)?)
@@ -805,6 +917,107 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// Whether a decode step can run fused: every product on Seek's kernels, activations in
+    /// f32 on the CPU. The step then works on reusable f32 rows (RMSNorm, RoPE, SwiGLU and
+    /// attention over the cache in place), not one tensor allocation per operation.
+    fn can_fuse(&self) -> bool {
+        let quantized = |l: &Linear| l.weight.quantized().is_some();
+        self.device.is_cpu()
+            && self.dtype == DType::F32
+            && self.lm_head.quantized().is_some()
+            && self.layers.iter().all(|l| {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                [
+                    &a.q_proj,
+                    &a.k_proj,
+                    &a.v_proj,
+                    &a.o_proj,
+                    &m.gate_proj,
+                    &m.up_proj,
+                    &m.down_proj,
+                ]
+                .into_iter()
+                .all(quantized)
+            })
+    }
+
+    /// One decode step (T = 1) on the fused path: logits `(B, 1, V)`.
+    fn decode_fused(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let b = input_ids.dim(0)?;
+        let cfg = &self.cfg;
+        let (e, h, hkv, d, f) = (
+            cfg.hidden_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+        );
+        let pos = cache.seq_len();
+        let lm_head = self
+            .lm_head
+            .quantized()
+            .expect("can_fuse() checked the output projection");
+        let pool = lm_head.pool();
+        // (B, 1) -> (B, E)
+        let mut x: Vec<f32> = self
+            .embed_tokens
+            .forward(input_ids)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let angles: Vec<f32> = self.rope.inv_freq.iter().map(|f| pos as f32 * f).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let mut normed = vec![0f32; b * e];
+        let mut q = vec![0f32; b * h * d];
+        let mut k = vec![0f32; b * hkv * d];
+        let mut v = vec![0f32; b * hkv * d];
+        let mut att = vec![0f32; b * h * d];
+        let mut proj = vec![0f32; b * e];
+        let mut gate = vec![0f32; b * f];
+        let mut up = vec![0f32; b * f];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = &layer.self_attn;
+            layer.input_layernorm.forward_rows(&x, &mut normed);
+            // (B, E) -> (B, H*D), (B, Hkv*D), (B, Hkv*D)
+            a.q_proj.forward_rows(&normed, b, &mut q)?;
+            a.k_proj.forward_rows(&normed, b, &mut k)?;
+            a.v_proj.forward_rows(&normed, b, &mut v)?;
+            rope_rows(&mut q, d, &cos, &sin, self.rope.interleaved);
+            rope_rows(&mut k, d, &cos, &sin, self.rope.interleaved);
+            // (B, Hkv*D) is (B, Hkv, 1, D)
+            let kt = Tensor::from_slice(&k, (b, hkv, 1, d), &self.device)?;
+            let vt = Tensor::from_slice(&v, (b, hkv, 1, d), &self.device)?;
+            let (kc, vc) = cache.append(i, &kt, &vt)?;
+            if !attend_cached(&q, h, &kc, &vc, &mut att, Some(pool))? {
+                return Err(ModelError::Input(
+                    "the KV cache is not f32 or f16 on the CPU; make it with CausalLm::new_cache"
+                        .into(),
+                ));
+            }
+            a.o_proj.forward_rows(&att, b, &mut proj)?;
+            vector::axpy(1.0, &proj, &mut x);
+            layer.post_attention_layernorm.forward_rows(&x, &mut normed);
+            let m = &layer.mlp;
+            m.gate_proj.forward_rows(&normed, b, &mut gate)?;
+            m.up_proj.forward_rows(&normed, b, &mut up)?;
+            vector::silu_mul(&mut gate, &up);
+            m.down_proj.forward_rows(&gate, b, &mut proj)?;
+            vector::axpy(1.0, &proj, &mut x);
+        }
+        cache.advance(1);
+        self.norm.forward_rows(&x, &mut normed);
+        let mut logits = vec![0f32; b * cfg.vocab_size];
+        lm_head.forward_slice(&normed, b, &mut logits)?;
+        Ok(Tensor::from_vec(
+            logits,
+            (b, 1, cfg.vocab_size),
+            &self.device,
+        )?)
+    }
+}
+
 impl CausalLm for Llama {
     fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         self.forward_inner(input_ids, cache, false)
@@ -816,7 +1029,13 @@ impl CausalLm for Llama {
     }
 
     fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len())
+        if self.fused {
+            // Decode reads the whole cache every step: f16 halves those bytes (llama.cpp's
+            // default too), and the fused attention widens it to f32 exactly as it loads.
+            KvCache::with_dtype(self.layers.len(), DType::F16)
+        } else {
+            KvCache::new(self.layers.len())
+        }
     }
 
     fn vocab_size(&self) -> usize {

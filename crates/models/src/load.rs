@@ -80,7 +80,9 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// RoPE base.
     pub rope_theta: f64,
-    /// KV-cache bytes per token (f32 keys and values of every layer).
+    /// KV-cache bytes per token: keys and values of every layer, in f16 for GGUF files (the
+    /// cache type of the CPU kernels, as llama.cpp) and f32 for Hugging Face folders; [`load`]
+    /// sets it to the type the loaded model's cache really uses.
     pub kv_bytes_per_token: u64,
 }
 
@@ -159,7 +161,7 @@ fn describe(path: &Path) -> Result<Described> {
 /// file counts as that file).
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let Described {
-        info,
+        mut info,
         format,
         decoder,
         files,
@@ -184,7 +186,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             Weights::from_safetensors(dir, &files, opts.dtype, &opts.device)?
         }
     };
-    let model: Box<dyn CausalLm> = Box::new(Llama::from_decoder(decoder, &w)?);
+    let model: Box<dyn CausalLm> = Box::new(Llama::from_decoder(decoder.clone(), &w)?);
+    let cache_dtype = model.new_cache().dtype().unwrap_or(w.dtype());
+    info.kv_bytes_per_token = decoder.kv_bytes_per_token(cache_dtype.size_in_bytes());
     Ok(LoadedModel {
         model,
         info,
@@ -220,7 +224,7 @@ fn info_from(
         head_dim: dec.head_dim,
         context_length: dec.max_position_embeddings,
         rope_theta: dec.rope.theta,
-        kv_bytes_per_token: dec.kv_bytes_per_token(),
+        kv_bytes_per_token: dec.kv_bytes_per_token(if format == "gguf" { 2 } else { 4 }),
     }
 }
 

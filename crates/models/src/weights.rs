@@ -375,6 +375,14 @@ pub enum Matmul {
 }
 
 impl Matmul {
+    /// The matrix when Seek's kernels compute it from the memory map.
+    pub(crate) fn quantized(&self) -> Option<&QuantMatrix> {
+        match self {
+            Self::Quantized(q) => Some(q),
+            Self::Candle(_) => None,
+        }
+    }
+
     /// `x: (..., in)` -> `(..., out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -401,6 +409,25 @@ thread_local! {
 }
 
 impl QuantMatrix {
+    /// `out = x · Wᵀ` on plain rows: `x` is `(m, in)`, `out` is `(m, out)` (the fused CPU decode
+    /// path, which keeps its activations in reusable buffers instead of tensors).
+    pub(crate) fn forward_slice(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        let w = QMatrix::new(
+            self.ty,
+            self.file.tensor_data(&self.info)?,
+            self.rows,
+            self.cols,
+        )
+        .map_err(|e| ModelError::Input(format!("tensor {:?}: {e}", self.info.name)))?;
+        SCRATCH.with(|s| seek_kernels::matmul(&w, x, m, out, &mut s.borrow_mut(), &self.pool));
+        Ok(())
+    }
+
+    /// The threads its products run on.
+    pub(crate) fn pool(&self) -> &seek_kernels::ThreadPool {
+        &self.pool
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let m = x.elem_count() / self.cols;

@@ -1,0 +1,463 @@
+//! f32 vector operations for the parts of a decode step that are not weight products:
+//! attention over the KV cache, RMSNorm, SwiGLU, residual adds.
+//!
+//! Like the quantized kernels, each has one canonical arithmetic order, so every SIMD level
+//! returns the same bits: [`dot`] keeps 8 partial sums (element `i` into sum `i % 8`, each
+//! updated with a fused multiply-add), reduces them pairwise `(s0+s4, s1+s5, s2+s6, s3+s7)`,
+//! then `(t0+t2, t1+t3)`, then `u0+u1`, and adds the tail elements one by one. Rust compiled
+//! for baseline x86-64 has no FMA or AVX, so without these entry points the compiler emits
+//! 4-wide SSE code with separate multiplies and adds.
+
+use crate::Simd;
+use half::f16;
+
+/// An element type of a KV cache: f32, or f16 as llama.cpp keeps its cache by default
+/// (half the bytes, which is what long-context decode reads). Values are widened to f32
+/// exactly before any arithmetic, so the order of operations is the same for both.
+pub trait Element: Copy + Send + Sync + private::Sealed {
+    /// The value as f32.
+    fn to_f32(self) -> f32;
+    /// Loads 8 consecutive values as f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `p..p + 8` is readable.
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Element for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (16 readable bytes, F16C present).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+}
+
+/// `a · b` over the common length (see the module docs for the order of the sums).
+pub fn dot<T: Element>(a: &[f32], b: &[T]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if Simd::best() >= Simd::Avx2 {
+        // SAFETY: AVX2, FMA and F16C are present (checked by `Simd::best`).
+        return unsafe { x86::dot(a, b) };
+    }
+    dot_scalar(a, b)
+}
+
+/// `y += alpha * x` element by element (one fused multiply-add each).
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    #[cfg(target_arch = "x86_64")]
+    if Simd::best() >= Simd::Avx2 {
+        // SAFETY: AVX2 and FMA are present.
+        return unsafe { x86::axpy(alpha, &x[..n], &mut y[..n]) };
+    }
+    for (y, x) in y[..n].iter_mut().zip(&x[..n]) {
+        *y = x.mul_add(alpha, *y);
+    }
+}
+
+/// Where one attention head's keys or values lie: row `i` (of `d` elements) starts at
+/// `data[offset + i * stride]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a, T> {
+    /// The buffer that holds the rows.
+    pub data: &'a [T],
+    /// Start of row 0.
+    pub offset: usize,
+    /// Elements from one row to the next.
+    pub stride: usize,
+}
+
+impl<T> Rows<'_, T> {
+    fn row(&self, i: usize, d: usize) -> &[T] {
+        &self.data[self.offset + i * self.stride..][..d]
+    }
+}
+
+/// One attention head for one query: `out = softmax(q · kᵢ * scale) · v` over the `s` rows of
+/// `k` and `v` (each of `q.len()` elements). `scores` is a reusable buffer. The order is fixed:
+/// scores by [`dot`], softmax with the maximum subtracted and `exp` in f32, weights divided by
+/// their sum, then `out[j] = fma(vᵢ[j], wᵢ, out[j])` for `i = 0..s` from `out = 0`.
+pub fn attention<T: Element>(
+    q: &[f32],
+    k: Rows<'_, T>,
+    v: Rows<'_, T>,
+    s: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    assert_eq!(out.len(), d, "attention: out must have the query's length");
+    scores.clear();
+    scores.extend((0..s).map(|i| dot(q, k.row(i, d)) * scale));
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut denom = 0f32;
+    for x in scores.iter_mut() {
+        *x = (*x - max).exp();
+        denom += *x;
+    }
+    for x in scores.iter_mut() {
+        *x /= denom;
+    }
+    // Rows must lie inside the buffers before the SIMD code reads them unchecked.
+    if s > 0 {
+        let _ = (v.row(s - 1, d), v.row(0, d));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Simd::best() >= Simd::Avx2 {
+        // SAFETY: AVX2 and FMA are present; every row was bounds-checked just above
+        // (rows are evenly spaced, so the first and last bound them all).
+        return unsafe { x86::weighted_sum(scores, v, out) };
+    }
+    out.fill(0.0);
+    for (i, &w) in scores.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(v.row(i, d)) {
+            *o = x.to_f32().mul_add(w, *o);
+        }
+    }
+}
+
+/// `y *= alpha` element by element.
+pub fn scale(alpha: f32, y: &mut [f32]) {
+    for v in y {
+        *v *= alpha;
+    }
+}
+
+/// RMSNorm of one row: `out = x / sqrt(mean(x²) + eps) * weight`, as transformers computes it
+/// in f32 (`x * rsqrt(mean + eps)` then the weight).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    assert!(
+        x.len() == weight.len() && x.len() == out.len(),
+        "rms_norm: x, weight and out must have the same length"
+    );
+    let mean = dot(x, x) / x.len() as f32;
+    let r = 1.0 / (mean + eps).sqrt();
+    for ((o, &x), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = x * r * w;
+    }
+}
+
+/// SwiGLU's middle: `gate = silu(gate) * up`, in place.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "silu_mul: gate and up differ in length"
+    );
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `dot` without SIMD, in the canonical order.
+fn dot_scalar<T: Element>(a: &[f32], b: &[T]) -> f32 {
+    let mut s = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            s[i] = x[i].mul_add(y[i].to_f32(), s[i]);
+        }
+    }
+    let t = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+    let u = [t[0] + t[2], t[1] + t[3]];
+    let mut r = u[0] + u[1];
+    for (x, y) in ar.iter().zip(br) {
+        r = x.mul_add(y.to_f32(), r);
+    }
+    r
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Element, Rows};
+    use std::arch::x86_64::*;
+
+    /// `out = Σᵢ wᵢ vᵢ` (see [`super::attention`]), 64 outputs at a time in registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; rows `0..w.len()` of `v`, each `out.len()` long, are in bounds.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_sum<T: Element>(w: &[f32], v: Rows<'_, T>, out: &mut [f32]) {
+        // SAFETY: the caller's contract (features present, rows in bounds).
+        unsafe {
+            let d = out.len();
+            let base = v.data.as_ptr().add(v.offset);
+            let mut j = 0;
+            while j + 64 <= d {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (i, &wi) in w.iter().enumerate() {
+                    let wv = _mm256_set1_ps(wi);
+                    let row = base.add(i * v.stride + j);
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(T::load8(row.add(8 * l)), wv, *a);
+                    }
+                }
+                for (l, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(j + 8 * l), *a);
+                }
+                j += 64;
+            }
+            while j + 8 <= d {
+                let mut a = _mm256_setzero_ps();
+                for (i, &wi) in w.iter().enumerate() {
+                    let row = base.add(i * v.stride + j);
+                    a = _mm256_fmadd_ps(T::load8(row), _mm256_set1_ps(wi), a);
+                }
+                _mm256_storeu_ps(out.as_mut_ptr().add(j), a);
+                j += 8;
+            }
+            for (jj, o) in out.iter_mut().enumerate().skip(j) {
+                let mut a = 0f32;
+                for (i, &wi) in w.iter().enumerate() {
+                    a = (*base.add(i * v.stride + jj)).to_f32().mul_add(wi, a);
+                }
+                *o = a;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `a` and `b` have the same length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot<T: Element>(a: &[f32], b: &[T]) -> f32 {
+        let n = a.len();
+        let full = n / 8 * 8;
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 8 <= n for both slices.
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    T::load8(b.as_ptr().add(i)),
+                )
+            };
+            acc = _mm256_fmadd_ps(x, y, acc);
+            i += 8;
+        }
+        // (s0+s4, s1+s5, s2+s6, s3+s7)
+        let t = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        // (t0+t2, t1+t3)
+        let u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        // u0 + u1
+        let r = _mm_add_ss(u, _mm_shuffle_ps(u, u, 1));
+        let mut r = _mm_cvtss_f32(r);
+        for j in full..n {
+            r = a[j].mul_add(b[j].to_f32(), r);
+        }
+        r
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `x` and `y` have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len();
+        let full = n / 8 * 8;
+        let a = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 8 <= n for both slices.
+            unsafe {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+                let yp = y.as_mut_ptr().add(i);
+                _mm256_storeu_ps(yp, _mm256_fmadd_ps(xv, a, _mm256_loadu_ps(yp)));
+            }
+            i += 8;
+        }
+        for j in full..n {
+            y[j] = x[j].mul_add(alpha, y[j]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn dot_is_the_same_bits_at_every_level_and_close_to_f64() {
+        for n in [0usize, 1, 7, 8, 9, 64, 100, 129] {
+            let (a, b) = (data(n, 1), data(n, 7));
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let d = dot(&a, &b);
+            assert_eq!(d.to_bits(), dot_scalar(&a, &b).to_bits(), "n = {n}");
+            assert!(
+                (d as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()),
+                "n = {n}"
+            );
+        }
+    }
+
+    /// The head attention equals softmax(q kᵀ * scale) v computed in f64, and the SIMD and
+    /// scalar orders agree bit for bit (head sizes with and without a 64-wide block and tail).
+    #[test]
+    fn attention_matches_a_plain_softmax() {
+        for (d, s) in [(64usize, 1usize), (64, 37), (128, 5), (72, 9), (5, 3)] {
+            let stride = d + 3;
+            let q = data(d, 11);
+            let k = data(stride * s + 2, 13);
+            let v = data(stride * s + 2, 17);
+            let (kr, vr) = (
+                Rows {
+                    data: &k,
+                    offset: 2,
+                    stride,
+                },
+                Rows {
+                    data: &v,
+                    offset: 2,
+                    stride,
+                },
+            );
+            let scale = 0.125f32;
+            let mut out = vec![f32::NAN; d];
+            attention(&q, kr, vr, s, scale, &mut Vec::new(), &mut out);
+            let sc: Vec<f64> = (0..s)
+                .map(|i| {
+                    (0..d)
+                        .map(|j| q[j] as f64 * k[2 + i * stride + j] as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let den: f64 = sc.iter().map(|x| (x - max).exp()).sum();
+            for j in 0..d {
+                let want: f64 = (0..s)
+                    .map(|i| (sc[i] - max).exp() / den * v[2 + i * stride + j] as f64)
+                    .sum();
+                assert!((out[j] as f64 - want).abs() < 1e-4, "d {d} s {s} j {j}");
+            }
+            // Scalar order, written out.
+            let mut w: Vec<f32> = (0..s)
+                .map(|i| dot_scalar(&q, &k[2 + i * stride..][..d]) * scale)
+                .collect();
+            let m = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut den = 0f32;
+            for x in w.iter_mut() {
+                *x = (*x - m).exp();
+                den += *x;
+            }
+            let mut plain = vec![0f32; d];
+            for (i, x) in w.iter().enumerate() {
+                let wi = x / den;
+                for j in 0..d {
+                    plain[j] = v[2 + i * stride + j].mul_add(wi, plain[j]);
+                }
+            }
+            assert_eq!(out, plain, "d {d} s {s}");
+
+            // An f16 cache: the same as f32 rows holding the f16-rounded values.
+            let (k16, v16): (Vec<f16>, Vec<f16>) = (
+                k.iter().map(|&x| f16::from_f32(x)).collect(),
+                v.iter().map(|&x| f16::from_f32(x)).collect(),
+            );
+            let (kw, vw): (Vec<f32>, Vec<f32>) = (
+                k16.iter().map(|x| x.to_f32()).collect(),
+                v16.iter().map(|x| x.to_f32()).collect(),
+            );
+            let (mut a16, mut a32) = (vec![0f32; d], vec![0f32; d]);
+            attention(
+                &q,
+                Rows {
+                    data: &k16[..],
+                    offset: 2,
+                    stride,
+                },
+                Rows {
+                    data: &v16[..],
+                    offset: 2,
+                    stride,
+                },
+                s,
+                scale,
+                &mut Vec::new(),
+                &mut a16,
+            );
+            attention(
+                &q,
+                Rows {
+                    data: &kw[..],
+                    offset: 2,
+                    stride,
+                },
+                Rows {
+                    data: &vw[..],
+                    offset: 2,
+                    stride,
+                },
+                s,
+                scale,
+                &mut Vec::new(),
+                &mut a32,
+            );
+            assert_eq!(a16, a32, "f16 d {d} s {s}");
+        }
+    }
+
+    #[test]
+    fn axpy_adds_a_scaled_vector() {
+        for n in [3usize, 8, 21] {
+            let x = data(n, 3);
+            let mut y = data(n, 5);
+            let want: Vec<f32> = y.iter().zip(&x).map(|(y, x)| x.mul_add(0.5, *y)).collect();
+            axpy(0.5, &x, &mut y);
+            assert_eq!(y, want);
+        }
+    }
+
+    #[test]
+    fn rms_norm_and_silu_mul_match_their_formulas() {
+        let x = [1.0f32, -2.0, 3.0, 0.5];
+        let w = [1.0f32, 2.0, 0.5, 1.0];
+        let mut out = [0f32; 4];
+        rms_norm(&x, &w, 1e-6, &mut out);
+        let r = 1.0 / ((1.0 + 4.0 + 9.0 + 0.25) / 4.0f32 + 1e-6).sqrt();
+        for i in 0..4 {
+            assert!((out[i] - x[i] * r * w[i]).abs() < 1e-6);
+        }
+        let mut g = [0.0f32, 1.0, -3.0];
+        silu_mul(&mut g, &[2.0, 2.0, 2.0]);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+        assert!((g[2] - 2.0 * -3.0 / (1.0 + 3.0f32.exp())).abs() < 1e-6);
+    }
+}
