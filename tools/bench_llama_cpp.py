@@ -10,8 +10,7 @@ contexts, measured in the same run, with the same method: --warmup untimed runs,
 It runs `seek --threads N bench MODEL --json` first (a subprocess; --seek names the binary), then
 llama.cpp in this process, and prints one table: each figure for both engines, the ratio
 seek/llama.cpp, and decode as a percentage of the memory-bandwidth bound that seek measured
-(bandwidth / bytes a decode step reads; llama.cpp's bound counts its f16 KV cache, seek's its
-f32 one).
+(bandwidth / bytes a decode step reads, f16 KV cache for both).
 
 llama.cpp comes from the `llama-cpp-python` package, driven through its low-level API:
 prefill is `llm.reset(); llm.eval(ids)` (in batches of --n-batch, llama.cpp's usual way), time to
@@ -198,7 +197,7 @@ def attach_bounds(seek, llama):
     if not bw:
         return
     weights = seek["decode_weight_bytes_per_token"]
-    kv_f16 = seek["kv_bytes_per_token"] / 2  # seek's figure is for f32 keys and values
+    kv_f16 = seek["kv_bytes_per_token"]  # seek keeps an f16 cache for GGUF files, as llama.cpp
     for d in llama["decode"]:
         if d.get("skipped"):
             continue
@@ -273,7 +272,7 @@ def print_table(seek, llama, a):
         print("  ".join(x.ljust(w) for x, w in zip(r[:4], widths)) + "  " + r[4])
     print()
     print(f"model file {seek['memory']['model_file_bytes'] * mib:.1f} MiB; "
-          f"seek's largest KV cache {seek['memory']['kv_cache_peak_bytes'] * mib:.1f} MiB (f32); "
+          f"seek's largest KV cache {seek['memory']['kv_cache_peak_bytes'] * mib:.1f} MiB; "
           f"llama.cpp's peak RSS includes the Python interpreter")
 
 
