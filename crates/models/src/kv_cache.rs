@@ -9,7 +9,8 @@ const MIN_CAPACITY: usize = 256;
 
 /// The keys and values of every layer for one batch of sequences.
 ///
-/// Shapes: each layer holds buffers `k, v: (B, Hkv, capacity, D)` of which the first
+/// Shapes: each layer holds buffers `k, v: (B, Hkv, capacity, D)` (MLA: a latent
+/// `(B, 1, capacity, kv_lora_rank)` and a rope key `(B, 1, capacity, qk_rope_head_dim)`) of which the first
 /// [`KvCache::seq_len`] positions are live. A step writes its keys and values in place
 /// (the capacity doubles when full), so decode copies one position per layer, not the
 /// whole cache. The model never stores a cache: the engine owns one per sequence (or batch)
@@ -92,15 +93,17 @@ impl KvCache {
             None => (k.clone(), v.clone()),
         };
         let (k, v) = (&k, &v);
-        let (b, hkv, t, d) = k.dims4()?;
+        let t = k.dim(2)?;
         let start = self.seq_len;
         let need = start + t;
         let slot = &mut self.layers[layer];
         let capacity = slot.as_ref().map_or(0, |(kb, _)| kb.dim(2).unwrap_or(0));
         if need > capacity {
             let new_cap = need.max(capacity * 2).max(MIN_CAPACITY);
+            // Keys and values may differ in width (MLA caches a latent and a rope key).
             let grow = |old: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
-                let buf = Tensor::zeros((b, hkv, new_cap, d), like.dtype(), like.device())?;
+                let (b, heads, _, width) = like.dims4()?;
+                let buf = Tensor::zeros((b, heads, new_cap, width), like.dtype(), like.device())?;
                 if let Some(old) = old {
                     if start > 0 {
                         buf.slice_set(&old.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
@@ -137,9 +140,12 @@ impl KvCache {
         self.layers
             .iter()
             .flatten()
-            .map(|(k, _)| {
-                let (b, hkv, _, d) = k.dims4().unwrap_or((0, 0, 0, 0));
-                2 * b * hkv * self.seq_len * d * k.dtype().size_in_bytes()
+            .map(|(k, v)| {
+                let per = |t: &Tensor| {
+                    let (b, h, _, d) = t.dims4().unwrap_or((0, 0, 0, 0));
+                    b * h * self.seq_len * d * t.dtype().size_in_bytes()
+                };
+                per(k) + per(v)
             })
             .sum()
     }

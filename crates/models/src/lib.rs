@@ -9,6 +9,7 @@
 
 use candle_core::{Device, Tensor};
 
+pub mod deepseek_v3;
 mod error;
 mod kv_cache;
 pub mod llama;

@@ -330,7 +330,7 @@ pub(crate) fn config_err(path: &std::path::Path, problem: String) -> ModelError 
 
 /// Root-mean-square layer norm.
 #[derive(Clone)]
-struct RmsNorm {
+pub(crate) struct RmsNorm {
     weight: Tensor,
     /// The weight in f32, for the fused decode path.
     weight_f32: Vec<f32>,
@@ -338,7 +338,7 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn new(w: &Weights, name: &str, size: usize, eps: f64) -> Result<Self> {
+    pub(crate) fn new(w: &Weights, name: &str, size: usize, eps: f64) -> Result<Self> {
         let weight = w.tensor(name, &[size])?;
         Ok(Self {
             weight_f32: weight.to_dtype(DType::F32)?.to_vec1()?,
@@ -347,7 +347,7 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
     }
 
@@ -362,7 +362,7 @@ impl RmsNorm {
 
 /// `x @ W^T + b` with a possibly quantized `W: (out, in)`.
 #[derive(Clone)]
-struct Linear {
+pub(crate) struct Linear {
     weight: Matmul,
     bias: Option<Tensor>,
     /// The bias in f32, for the fused decode path.
@@ -370,8 +370,30 @@ struct Linear {
 }
 
 impl Linear {
-    fn new(w: &Weights, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Self> {
-        let weight = w.matmul(&format!("{prefix}.weight"), out_dim, in_dim)?;
+    pub(crate) fn new(
+        w: &Weights,
+        prefix: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        Self::from_matmul(
+            w.matmul(&format!("{prefix}.weight"), out_dim, in_dim)?,
+            w,
+            prefix,
+            out_dim,
+            bias,
+        )
+    }
+
+    /// A layer around an already loaded matrix (an expert's slice of a stacked tensor).
+    pub(crate) fn from_matmul(
+        weight: Matmul,
+        w: &Weights,
+        prefix: &str,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let bias = if bias {
             Some(w.tensor(&format!("{prefix}.bias"), &[out_dim])?)
         } else {
@@ -388,7 +410,7 @@ impl Linear {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.weight.forward(x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -852,7 +874,12 @@ impl Llama {
 }
 
 /// Additive causal mask `(T, S)` for `T` new positions after `offset` cached ones.
-fn causal_mask(t: usize, offset: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+pub(crate) fn causal_mask(
+    t: usize,
+    offset: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
     let s = offset + t;
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {

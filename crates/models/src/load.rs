@@ -8,12 +8,22 @@ use candle_core::{DType, Device};
 use seek_gguf::GgufFile;
 use serde::Serialize;
 
+use crate::deepseek_v3::{self, DeepseekConfig, DeepseekV3};
 use crate::llama::{self, config_err, DecoderConfig, Llama};
 use crate::weights::Weights;
 use crate::{qwen2, CausalLm, ModelError, Result};
 
 const SUPPORTED: &str =
-    "llama (SmolLM2, Llama 3, R1-Distill-Llama) and qwen2 (Qwen2.5, R1-Distill-Qwen)";
+    "llama (SmolLM2, Llama 3, R1-Distill-Llama), qwen2 (Qwen2.5, R1-Distill-Qwen) and deepseek_v3 / deepseek_v2 (DeepSeek-V3, R1; GGUF deepseek2)";
+
+/// The checked settings of one of the supported families.
+#[derive(Debug, Clone)]
+enum ArchConfig {
+    /// `llama` and `qwen2`: the Llama decoder.
+    Llama(DecoderConfig),
+    /// DeepSeek-V2/V3/R1: MLA + DeepSeekMoE.
+    Deepseek(DeepseekConfig),
+}
 
 /// How to load weights.
 #[derive(Debug, Clone)]
@@ -80,10 +90,18 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// RoPE base.
     pub rope_theta: f64,
-    /// KV-cache bytes per token: keys and values of every layer, in f16 for GGUF files (the
-    /// cache type of the CPU kernels, as llama.cpp) and f32 for Hugging Face folders; [`load`]
-    /// sets it to the type the loaded model's cache really uses.
+    /// KV-cache bytes per token: keys and values of every layer (MLA: the latent and the
+    /// rope key), in f16 for Llama-family GGUF files (the cache type of the CPU kernels, as
+    /// llama.cpp) and f32 otherwise; [`load`] sets it to the type the loaded model's cache
+    /// really uses.
     pub kv_bytes_per_token: u64,
+    /// What the cache holds per token and layer, in words.
+    pub kv_cache_layout: String,
+    /// Weights one token uses (all of them for a dense model; a MoE model skips the routed
+    /// experts it does not visit, and uses one row of the embedding).
+    pub active_parameters: u64,
+    /// Experts, for a MoE model: e.g. `256 routed (8 per token, 8 groups, top 4) + 1 shared`.
+    pub experts: Option<String>,
 }
 
 /// A model ready to run, with what was learnt while loading it.
@@ -106,7 +124,9 @@ pub fn inspect(path: &Path) -> Result<(ModelInfo, ModelFormat)> {
 struct Described {
     info: ModelInfo,
     format: ModelFormat,
-    decoder: DecoderConfig,
+    arch: ArchConfig,
+    /// FP8 block size from `quantization_config.weight_block_size`.
+    fp8_block: Option<(usize, usize)>,
     /// The safetensors files of a Hugging Face folder (empty for GGUF).
     files: Vec<PathBuf>,
 }
@@ -116,7 +136,7 @@ fn describe(path: &Path) -> Result<Described> {
         if let Some(gguf) = single_gguf_in(path)? {
             return describe(&gguf);
         }
-        let (arch, decoder) = hf_config(path)?;
+        let (arch, decoder, fp8_block) = hf_config(path)?;
         let files = safetensors_files(path)?;
         let (parameters, weight_bytes, weight_types) = safetensors_stats(&files)?;
         let info = info_from(
@@ -133,7 +153,8 @@ fn describe(path: &Path) -> Result<Described> {
         Ok(Described {
             info,
             format,
-            decoder,
+            arch: decoder,
+            fp8_block,
             files,
         })
     } else {
@@ -151,7 +172,8 @@ fn describe(path: &Path) -> Result<Described> {
         Ok(Described {
             info,
             format: ModelFormat::Gguf(file),
-            decoder,
+            arch: decoder,
+            fp8_block: None,
             files: Vec::new(),
         })
     }
@@ -163,10 +185,10 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let Described {
         mut info,
         format,
-        decoder,
+        arch,
+        fp8_block,
         files,
     } = describe(path)?;
-    // Both architectures are the Llama decoder; `decoder` already holds their differences.
     let w = match &format {
         ModelFormat::Gguf(file) => {
             // One clear message for a truncated download, before any tensor is touched.
@@ -183,17 +205,34 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             }
         }
         ModelFormat::HfDir(dir) => {
-            Weights::from_safetensors(dir, &files, opts.dtype, &opts.device)?
+            let w = Weights::from_safetensors(dir, &files, opts.dtype, &opts.device)?;
+            match fp8_block {
+                Some(b) => w.with_fp8_block(b),
+                None => w,
+            }
         }
     };
-    let model: Box<dyn CausalLm> = Box::new(Llama::from_decoder(decoder.clone(), &w)?);
+    let model: Box<dyn CausalLm> = match &arch {
+        // llama and qwen2 are both the Llama decoder; `decoder` holds their differences.
+        ArchConfig::Llama(decoder) => Box::new(Llama::from_decoder(decoder.clone(), &w)?),
+        ArchConfig::Deepseek(c) => Box::new(DeepseekV3::from_config(c.clone(), &w)?),
+    };
     let cache_dtype = model.new_cache().dtype().unwrap_or(w.dtype());
-    info.kv_bytes_per_token = decoder.kv_bytes_per_token(cache_dtype.size_in_bytes());
+    info.kv_bytes_per_token = arch.kv_bytes_per_token(cache_dtype.size_in_bytes());
     Ok(LoadedModel {
         model,
         info,
         format,
     })
+}
+
+impl ArchConfig {
+    fn kv_bytes_per_token(&self, bytes_per_value: usize) -> u64 {
+        match self {
+            Self::Llama(d) => d.kv_bytes_per_token(bytes_per_value),
+            Self::Deepseek(d) => d.kv_bytes_per_token(bytes_per_value),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -202,12 +241,12 @@ fn info_from(
     name: Option<String>,
     path: &Path,
     format: &'static str,
-    dec: &DecoderConfig,
+    cfg: &ArchConfig,
     parameters: u64,
     weight_bytes: u64,
     weight_types: BTreeMap<String, u64>,
 ) -> ModelInfo {
-    ModelInfo {
+    let base = ModelInfo {
         architecture: arch.to_string(),
         name,
         path: path.to_path_buf(),
@@ -215,24 +254,86 @@ fn info_from(
         parameters,
         weight_bytes,
         weight_types,
-        vocab_size: dec.vocab_size,
-        hidden_size: dec.hidden_size,
-        intermediate_size: dec.intermediate_size,
-        num_layers: dec.num_layers,
-        num_heads: dec.num_heads,
-        num_kv_heads: dec.num_kv_heads,
-        head_dim: dec.head_dim,
-        context_length: dec.max_position_embeddings,
-        rope_theta: dec.rope.theta,
-        kv_bytes_per_token: dec.kv_bytes_per_token(if format == "gguf" { 2 } else { 4 }),
+        vocab_size: 0,
+        hidden_size: 0,
+        intermediate_size: 0,
+        num_layers: 0,
+        num_heads: 0,
+        num_kv_heads: 0,
+        head_dim: 0,
+        context_length: 0,
+        rope_theta: 0.0,
+        kv_bytes_per_token: 0,
+        kv_cache_layout: String::new(),
+        active_parameters: parameters,
+        experts: None,
+    };
+    match cfg {
+        ArchConfig::Llama(dec) => ModelInfo {
+            vocab_size: dec.vocab_size,
+            hidden_size: dec.hidden_size,
+            intermediate_size: dec.intermediate_size,
+            num_layers: dec.num_layers,
+            num_heads: dec.num_heads,
+            num_kv_heads: dec.num_kv_heads,
+            head_dim: dec.head_dim,
+            context_length: dec.max_position_embeddings,
+            rope_theta: dec.rope.theta,
+            kv_bytes_per_token: dec.kv_bytes_per_token(if format == "gguf" { 2 } else { 4 }),
+            kv_cache_layout: format!(
+                "keys and values, {} heads x {} per layer",
+                dec.num_kv_heads, dec.head_dim
+            ),
+            ..base
+        },
+        ArchConfig::Deepseek(c) => ModelInfo {
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_layers: c.num_layers,
+            num_heads: c.num_heads,
+            num_kv_heads: 1,
+            head_dim: c.qk_nope_head_dim + c.qk_rope_head_dim,
+            context_length: c.max_position_embeddings,
+            rope_theta: c.rope_theta,
+            kv_bytes_per_token: c.kv_bytes_per_token(4),
+            kv_cache_layout: format!(
+                "MLA latent {} + rope key {} per layer (per-head keys and values would be {} per token)",
+                c.kv_lora_rank,
+                c.qk_rope_head_dim,
+                human_bytes(c.expanded_kv_bytes_per_token(4))
+            ),
+            active_parameters: c.active_parameters(parameters),
+            experts: c.routing.as_ref().map(|r| {
+                let groups = if r.n_group > 1 {
+                    format!(", {} groups, top {}", r.n_group, r.topk_group)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} routed ({} per token{groups}) + {} shared; {} dense layers",
+                    r.n_experts, r.top_k, c.n_shared_experts, c.first_k_dense_replace
+                )
+            }),
+            ..base
+        },
     }
 }
 
-fn gguf_config(file: &Arc<GgufFile>) -> Result<(String, DecoderConfig)> {
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+fn gguf_config(file: &Arc<GgufFile>) -> Result<(String, ArchConfig)> {
     let arch = file.get_str("general.architecture")?.to_string();
     let dec = match arch.as_str() {
-        "llama" => DecoderConfig::from_gguf(file, "llama", false)?,
-        "qwen2" => DecoderConfig::from_gguf(file, "qwen2", true)?,
+        "llama" => ArchConfig::Llama(DecoderConfig::from_gguf(file, "llama", false)?),
+        "qwen2" => ArchConfig::Llama(DecoderConfig::from_gguf(file, "qwen2", true)?),
+        "deepseek2" => ArchConfig::Deepseek(DeepseekConfig::from_gguf(file)?),
         _ => {
             return Err(ModelError::UnsupportedArchitecture {
                 path: file.path().to_path_buf(),
@@ -252,7 +353,9 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|e| config_err(path, format!("not valid JSON: {e}")))
 }
 
-fn hf_config(dir: &Path) -> Result<(String, DecoderConfig)> {
+type Fp8Block = Option<(usize, usize)>;
+
+fn hf_config(dir: &Path) -> Result<(String, ArchConfig, Fp8Block)> {
     let path = dir.join("config.json");
     if !path.is_file() {
         return Err(config_err(
@@ -267,14 +370,19 @@ fn hf_config(dir: &Path) -> Result<(String, DecoderConfig)> {
         .unwrap_or_default()
         .to_string();
     let parse = |what| config_err(&path, format!("{what}"));
+    let fp8_block = fp8_block(&json).map_err(|p| config_err(&path, p))?;
     let dec = match model_type.as_str() {
         "llama" => {
             let c: llama::Config = serde_json::from_value(json).map_err(parse)?;
-            c.decoder()
+            c.decoder().map(ArchConfig::Llama)
         }
         "qwen2" => {
             let c: qwen2::Config = serde_json::from_value(json).map_err(parse)?;
-            c.decoder()
+            c.decoder().map(ArchConfig::Llama)
+        }
+        "deepseek_v3" | "deepseek_v2" => {
+            let c: deepseek_v3::Config = serde_json::from_value(json).map_err(parse)?;
+            c.checked().map(ArchConfig::Deepseek)
         }
         _ => {
             return Err(ModelError::UnsupportedArchitecture {
@@ -289,7 +397,36 @@ fn hf_config(dir: &Path) -> Result<(String, DecoderConfig)> {
         }
     }
     .map_err(|p| config_err(&path, p))?;
-    Ok((model_type, dec))
+    Ok((model_type, dec, fp8_block))
+}
+
+/// The block size of FP8 weights (`quantization_config` with `quant_method` "fp8"), if any.
+fn fp8_block(json: &serde_json::Value) -> std::result::Result<Fp8Block, String> {
+    let Some(q) = json.get("quantization_config") else {
+        return Ok(None);
+    };
+    match q.get("quant_method").and_then(|m| m.as_str()) {
+        Some("fp8") => {}
+        Some(other) => {
+            return Err(format!(
+                "quantization_config.quant_method {other:?} is not supported (fp8 block-scaled, or unquantized weights; GGUF for other quantizations)"
+            ))
+        }
+        None => return Ok(None),
+    }
+    let block = q
+        .get("weight_block_size")
+        .and_then(|b| b.as_array())
+        .map(|b| b.iter().filter_map(|x| x.as_u64()).collect::<Vec<_>>());
+    match block.as_deref() {
+        None => Ok(Some((128, 128))),
+        Some([r, c]) if (1..=1 << 16).contains(r) && (1..=1 << 16).contains(c) => {
+            Ok(Some((*r as usize, *c as usize)))
+        }
+        Some(other) => Err(format!(
+            "quantization_config.weight_block_size {other:?} must be two sizes, e.g. [128, 128]"
+        )),
+    }
 }
 
 fn single_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {

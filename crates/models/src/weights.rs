@@ -35,6 +35,9 @@ pub enum Weights {
         dir: PathBuf,
         /// candle's memory-mapped reader.
         vb: VarBuilder<'static>,
+        /// Block size `(rows, cols)` of FP8 weights' `weight_scale_inv` (DeepSeek's published
+        /// checkpoints: 128 x 128), from `quantization_config.weight_block_size`.
+        fp8_block: (usize, usize),
     },
 }
 
@@ -51,6 +54,21 @@ pub fn gguf_name(hf: &str) -> String {
     const PARTS: &[(&str, &str)] = &[
         ("input_layernorm", "attn_norm"),
         ("post_attention_layernorm", "ffn_norm"),
+        // DeepSeek MLA (before `self_attn.q_proj`: no prefix of one is another)
+        ("self_attn.q_a_proj", "attn_q_a"),
+        ("self_attn.q_a_layernorm", "attn_q_a_norm"),
+        ("self_attn.q_b_proj", "attn_q_b"),
+        ("self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"),
+        ("self_attn.kv_a_layernorm", "attn_kv_a_norm"),
+        ("self_attn.kv_b_proj", "attn_kv_b"),
+        ("self_attn.k_b_proj", "attn_k_b"),
+        ("self_attn.v_b_proj", "attn_v_b"),
+        // DeepSeekMoE: router, its correction bias, shared experts
+        ("mlp.gate.weight", "ffn_gate_inp.weight"),
+        ("mlp.gate.e_score_correction_bias", "exp_probs_b.bias"),
+        ("mlp.shared_experts.gate_proj", "ffn_gate_shexp"),
+        ("mlp.shared_experts.up_proj", "ffn_up_shexp"),
+        ("mlp.shared_experts.down_proj", "ffn_down_shexp"),
         ("self_attn.q_proj", "attn_q"),
         ("self_attn.k_proj", "attn_k"),
         ("self_attn.v_proj", "attn_v"),
@@ -64,6 +82,18 @@ pub fn gguf_name(hf: &str) -> String {
             for (h, g) in PARTS {
                 if let Some(suffix) = tail.strip_prefix(h) {
                     return format!("blk.{layer}.{g}{suffix}");
+                }
+            }
+            // `mlp.experts.{e}.gate_proj.weight`: one slice of the stacked `ffn_gate_exps`.
+            if let Some(rest) = tail.strip_prefix("mlp.experts.") {
+                if let Some((_, proj)) = rest.split_once('.') {
+                    let g = match proj {
+                        "gate_proj.weight" => "ffn_gate_exps",
+                        "up_proj.weight" => "ffn_up_exps",
+                        "down_proj.weight" => "ffn_down_exps",
+                        _ => return hf.to_string(),
+                    };
+                    return format!("blk.{layer}.{g}.weight");
                 }
             }
         }
@@ -128,6 +158,7 @@ impl Weights {
         Ok(Self::Safetensors {
             dir: dir.to_path_buf(),
             vb,
+            fp8_block: (128, 128),
         })
     }
 
@@ -193,12 +224,119 @@ impl Weights {
     pub fn tensor(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor> {
         match self {
             Self::Gguf { device, .. } => Ok(self.qtensor(hf_name, shape)?.dequantize(device)?),
-            Self::Safetensors { vb, .. } => {
+            Self::Safetensors { vb, fp8_block, .. } => {
                 if !vb.contains_tensor(hf_name) {
                     return Err(self.missing(hf_name));
                 }
+                let scale_name = format!("{hf_name}_scale_inv");
+                if vb.contains_tensor(&scale_name) {
+                    return self.fp8_tensor(vb, hf_name, shape, &scale_name, *fp8_block);
+                }
                 vb.get(shape, hf_name)
                     .map_err(|e| shape_or_candle(hf_name, shape, e))
+            }
+        }
+    }
+
+    /// Sets the FP8 block size (from `quantization_config.weight_block_size`).
+    pub fn with_fp8_block(mut self, block: (usize, usize)) -> Self {
+        if let Self::Safetensors { fp8_block, .. } = &mut self {
+            *fp8_block = block;
+        }
+        self
+    }
+
+    /// An FP8 (e4m3) weight with one f32 `weight_scale_inv` per block of `block` elements,
+    /// dequantized: `w[i][j] = fp8[i][j] * scale[i / block.0][j / block.1]`, as DeepSeek's
+    /// published V3/R1 checkpoints are meant to be read.
+    fn fp8_tensor(
+        &self,
+        vb: &VarBuilder<'static>,
+        name: &str,
+        shape: &[usize],
+        scale_name: &str,
+        block: (usize, usize),
+    ) -> Result<Tensor> {
+        let [rows, cols] = shape else {
+            return Err(config_err(
+                self.path(),
+                format!("{scale_name} belongs to {name}, which is not a matrix ({shape:?})"),
+            ));
+        };
+        let (rows, cols) = (*rows, *cols);
+        let w = vb
+            .get_with_hints_dtype(shape, name, Default::default(), DType::F32)
+            .map_err(|e| shape_or_candle(name, shape, e))?;
+        let want = [rows.div_ceil(block.0), cols.div_ceil(block.1)];
+        let scale = vb
+            .get_with_hints_dtype(&want[..], scale_name, Default::default(), DType::F32)
+            .map_err(|e| shape_or_candle(scale_name, &want, e))?
+            .to_vec2::<f32>()?;
+        let mut data = w.flatten_all()?.to_vec1::<f32>()?;
+        for (i, row) in data.chunks_exact_mut(cols).enumerate() {
+            let srow = &scale[i / block.0];
+            for (j, x) in row.iter_mut().enumerate() {
+                *x *= srow[j / block.1];
+            }
+        }
+        Ok(Tensor::from_vec(data, (rows, cols), vb.device())?.to_dtype(vb.dtype())?)
+    }
+
+    /// Expert `e`'s matrix `(out, in)` of a MoE layer: `{prefix}.{e}.{proj}.weight` in a
+    /// Hugging Face checkpoint, or slice `e` of the stacked `(experts, out, in)` GGUF tensor
+    /// (`ffn_gate_exps` ...), still read in place from the memory map.
+    pub fn expert_matmul(
+        &self,
+        prefix: &str,
+        e: usize,
+        n_experts: usize,
+        proj: &str,
+        (out_dim, in_dim): (usize, usize),
+    ) -> Result<Matmul> {
+        let hf_name = format!("{prefix}.{e}.{proj}.weight");
+        let Self::Gguf {
+            file,
+            device,
+            kernels,
+        } = self
+        else {
+            return self.matmul(&hf_name, out_dim, in_dim);
+        };
+        let name = gguf_name(&hf_name);
+        let info = file.tensor_info(&name).map_err(|_| self.missing(&name))?;
+        if info.shape() != [n_experts, out_dim, in_dim] {
+            return Err(ModelError::Shape {
+                name,
+                expected: vec![n_experts, out_dim, in_dim],
+                found: info.shape(),
+            });
+        }
+        let data = file.tensor_data(info)?;
+        let per = data.len() / n_experts;
+        let bytes = &data[e * per..(e + 1) * per];
+        match (kernel_type(info.ggml_type), kernels) {
+            (Some(ty), Some(pool)) if device.is_cpu() => {
+                QMatrix::new(ty, bytes, out_dim, in_dim)
+                    .map_err(|err| config_err(file.path(), format!("tensor {name:?}: {err}")))?;
+                Ok(Matmul::Quantized(QuantMatrix {
+                    file: file.clone(),
+                    info: info.clone(),
+                    offset: e * per,
+                    len: per,
+                    ty,
+                    rows: out_dim,
+                    cols: in_dim,
+                    pool: pool.clone(),
+                }))
+            }
+            _ => {
+                let dtype = ggml_dtype(info.ggml_type)?;
+                let storage =
+                    QStorage::from_data(std::borrow::Cow::Borrowed(bytes), device, dtype)?;
+                Ok(Matmul::Candle(QMatMul::from_qtensor(QTensor::new(
+                    storage,
+                    (out_dim, in_dim),
+                )?)?))
             }
         }
     }
@@ -229,6 +367,8 @@ impl Weights {
                         Ok(Matmul::Quantized(QuantMatrix {
                             file: file.clone(),
                             info: info.clone(),
+                            offset: 0,
+                            len: info.n_bytes as usize,
                             ty,
                             rows: out_dim,
                             cols: in_dim,
@@ -397,6 +537,10 @@ impl Matmul {
 pub struct QuantMatrix {
     file: Arc<GgufFile>,
     info: TensorInfo,
+    /// Where this matrix's bytes start in the tensor's data (an expert of a stacked tensor).
+    offset: usize,
+    /// How many bytes it holds.
+    len: usize,
     ty: QType,
     rows: usize,
     cols: usize,
@@ -412,15 +556,14 @@ impl QuantMatrix {
     /// `out = x · Wᵀ` on plain rows: `x` is `(m, in)`, `out` is `(m, out)` (the fused CPU decode
     /// path, which keeps its activations in reusable buffers instead of tensors).
     pub(crate) fn forward_slice(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-        let w = QMatrix::new(
-            self.ty,
-            self.file.tensor_data(&self.info)?,
-            self.rows,
-            self.cols,
-        )
-        .map_err(|e| ModelError::Input(format!("tensor {:?}: {e}", self.info.name)))?;
+        let w = QMatrix::new(self.ty, self.bytes()?, self.rows, self.cols)
+            .map_err(|e| ModelError::Input(format!("tensor {:?}: {e}", self.info.name)))?;
         SCRATCH.with(|s| seek_kernels::matmul(&w, x, m, out, &mut s.borrow_mut(), &self.pool));
         Ok(())
+    }
+
+    fn bytes(&self) -> Result<&[u8]> {
+        Ok(&self.file.tensor_data(&self.info)?[self.offset..self.offset + self.len])
     }
 
     /// The threads its products run on.
@@ -433,13 +576,8 @@ impl QuantMatrix {
         let m = x.elem_count() / self.cols;
         // (..., in) -> (m, in), f32, contiguous
         let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let w = QMatrix::new(
-            self.ty,
-            self.file.tensor_data(&self.info)?,
-            self.rows,
-            self.cols,
-        )
-        .map_err(|e| ModelError::Input(format!("tensor {:?}: {e}", self.info.name)))?;
+        let w = QMatrix::new(self.ty, self.bytes()?, self.rows, self.cols)
+            .map_err(|e| ModelError::Input(format!("tensor {:?}: {e}", self.info.name)))?;
         let mut out = vec![0f32; m * self.rows];
         SCRATCH
             .with(|s| seek_kernels::matmul(&w, &xs, m, &mut out, &mut s.borrow_mut(), &self.pool));
