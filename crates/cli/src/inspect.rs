@@ -103,27 +103,51 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     );
     println!("path           {} ({})", i.path.display(), i.format);
     println!("architecture   {}", i.architecture);
-    println!(
-        "parameters     {} ({} of weights)",
-        human(i.parameters),
-        bytes(i.weight_bytes)
-    );
+    let active = if i.active_parameters < i.parameters {
+        format!(" · {} active per token", human(i.active_parameters))
+    } else {
+        String::new()
+    };
+    if i.weight_bytes == 0 {
+        println!(
+            "parameters     {} (counted from config.json: no weights in the folder){active}",
+            human(i.parameters)
+        );
+    } else {
+        println!(
+            "parameters     {} ({} of weights){active}",
+            human(i.parameters),
+            bytes(i.weight_bytes)
+        );
+    }
+    if let Some(e) = &i.experts {
+        println!("experts        {e}");
+    }
     let types: Vec<String> = i
         .weight_types
         .iter()
         .map(|(t, n)| format!("{t} {:.1}%", 100.0 * *n as f64 / i.parameters.max(1) as f64))
         .collect();
-    println!("weight types   {}", types.join(", "));
+    if !types.is_empty() {
+        println!("weight types   {}", types.join(", "));
+    }
     println!("context        {} tokens", i.context_length);
     println!(
         "layers         {} · hidden {} · ffn {} · heads {} (kv {}) · head dim {}",
         i.num_layers, i.hidden_size, i.intermediate_size, i.num_heads, i.num_kv_heads, i.head_dim
     );
     println!("rope theta     {}", i.rope_theta);
+    let half = if i.kv_cache_dtype == "f32" {
+        format!(", {} in f16/bf16", bytes(i.kv_bytes_per_token / 2))
+    } else {
+        String::new()
+    };
     println!(
-        "KV cache       {} per token (f32) · {} at full context",
+        "KV cache       {} per token ({}{half}) · {} at full context · {}",
         bytes(i.kv_bytes_per_token),
-        bytes(i.kv_bytes_per_token * i.context_length as u64)
+        i.kv_cache_dtype,
+        bytes(i.kv_bytes_per_token * i.context_length as u64),
+        i.kv_cache_layout
     );
     if let Some(p) = report.complete_percent {
         if p < 100.0 {

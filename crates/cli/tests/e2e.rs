@@ -312,3 +312,31 @@ fn chat_keeps_the_conversation() {
         stderr(&o)
     );
 }
+
+/// `seek inspect` on DeepSeek-V3's published config.json (no weights): total and active
+/// parameters and the latent KV cache, (512 + 64) x 61 layers per token.
+#[test]
+fn inspect_shows_the_latent_cache_and_active_parameters_of_deepseek_v3() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/deepseek/DeepSeek-V3-config");
+    let dir = dir.display().to_string();
+    let o = seek(&["inspect", &dir]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("671.03B") && out.contains("36.63B active per token"),
+        "{out}"
+    );
+    assert!(
+        out.contains("256 routed (8 per token, 8 groups, top 4) + 1 shared"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MLA latent 512 + rope key 64 per layer"),
+        "{out}"
+    );
+    let j = run_json(&["inspect", &dir, "--json"]);
+    // f32 on the CPU: (512 + 64) * 61 * 4 bytes
+    assert_eq!(j["kv_bytes_per_token"], (512 + 64) * 61 * 4, "{j}");
+    assert_eq!(j["architecture"], "deepseek_v3");
+}

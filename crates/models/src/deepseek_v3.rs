@@ -536,6 +536,34 @@ impl DeepseekConfig {
         Ok(cfg)
     }
 
+    /// Weights this config implies (the decoder; MTP layers excluded).
+    pub fn parameter_count(&self) -> u64 {
+        let (e, h, c) = (self.hidden_size, self.num_heads, self.kv_lora_rank);
+        let (dn, dr, dv) = (
+            self.qk_nope_head_dim,
+            self.qk_rope_head_dim,
+            self.v_head_dim,
+        );
+        let q = match self.q_lora_rank {
+            Some(qr) => e * qr + qr + qr * h * (dn + dr),
+            None => e * h * (dn + dr),
+        };
+        let attn = q + e * (c + dr) + c + c * h * (dn + dv) + h * dv * e;
+        let dense = 3 * e * self.intermediate_size;
+        let moe = self.routing.as_ref().map_or(0, |r| {
+            let f = self.moe_intermediate_size;
+            r.n_experts * e
+                + r.n_experts
+                + r.n_experts * 3 * e * f
+                + self.n_shared_experts * 3 * e * f
+        });
+        let layers: usize = (0..self.num_layers)
+            .map(|i| attn + 2 * e + if self.is_moe(i) { moe } else { dense })
+            .sum();
+        let embed = self.vocab_size * e * if self.tie_word_embeddings { 1 } else { 2 };
+        (embed + layers + e) as u64
+    }
+
     /// Bytes of KV cache per token: the latent and the rope key of every layer.
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> u64 {
         ((self.kv_lora_rank + self.qk_rope_head_dim) * self.num_layers * bytes_per_value) as u64

@@ -315,6 +315,19 @@ impl DecoderConfig {
         Ok(cfg)
     }
 
+    /// Weights this config implies.
+    pub fn parameter_count(&self) -> u64 {
+        let (e, f, l) = (self.hidden_size, self.intermediate_size, self.num_layers);
+        let (q, kv) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let bias = if self.attention_bias { q + 2 * kv } else { 0 };
+        let layer = e * q + 2 * e * kv + q * e + bias + 3 * e * f + 2 * e;
+        let embed = self.vocab_size * e * if self.tie_word_embeddings { 1 } else { 2 };
+        (embed + l * layer + e) as u64
+    }
+
     /// Bytes of KV cache one token costs with `bytes_per_value` bytes per key or value.
     pub fn kv_bytes_per_token(&self, bytes_per_value: usize) -> u64 {
         (2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_value) as u64

@@ -95,6 +95,8 @@ pub struct ModelInfo {
     /// llama.cpp) and f32 otherwise; [`load`] sets it to the type the loaded model's cache
     /// really uses.
     pub kv_bytes_per_token: u64,
+    /// The type the cache stores values in (`f16`, `f32`, `bf16`).
+    pub kv_cache_dtype: String,
     /// What the cache holds per token and layer, in words.
     pub kv_cache_layout: String,
     /// Weights one token uses (all of them for a dense model; a MoE model skips the routed
@@ -137,8 +139,23 @@ fn describe(path: &Path) -> Result<Described> {
             return describe(&gguf);
         }
         let (arch, decoder, fp8_block) = hf_config(path)?;
-        let files = safetensors_files(path)?;
-        let (parameters, weight_bytes, weight_types) = safetensors_stats(&files)?;
+        // A folder with only config.json can still be inspected (parameters counted from the
+        // config); loading it fails with the missing-weights message.
+        let has_weights = path.join("model.safetensors.index.json").is_file()
+            || std::fs::read_dir(path).is_ok_and(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+            });
+        let files = if has_weights {
+            safetensors_files(path)?
+        } else {
+            Vec::new()
+        };
+        let (parameters, weight_bytes, weight_types) = if has_weights {
+            safetensors_stats(&files)?
+        } else {
+            (decoder.parameter_count(), 0, BTreeMap::new())
+        };
         let info = info_from(
             &arch,
             None,
@@ -205,6 +222,11 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             }
         }
         ModelFormat::HfDir(dir) => {
+            let files = if files.is_empty() {
+                safetensors_files(dir)?
+            } else {
+                files
+            };
             let w = Weights::from_safetensors(dir, &files, opts.dtype, &opts.device)?;
             match fp8_block {
                 Some(b) => w.with_fp8_block(b),
@@ -219,6 +241,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     };
     let cache_dtype = model.new_cache().dtype().unwrap_or(w.dtype());
     info.kv_bytes_per_token = arch.kv_bytes_per_token(cache_dtype.size_in_bytes());
+    info.kv_cache_dtype = cache_dtype.as_str().to_string();
     Ok(LoadedModel {
         model,
         info,
@@ -227,6 +250,14 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
 }
 
 impl ArchConfig {
+    /// Weights the config implies (for a folder that holds only `config.json`).
+    fn parameter_count(&self) -> u64 {
+        match self {
+            Self::Llama(d) => d.parameter_count(),
+            Self::Deepseek(d) => d.parameter_count(),
+        }
+    }
+
     fn kv_bytes_per_token(&self, bytes_per_value: usize) -> u64 {
         match self {
             Self::Llama(d) => d.kv_bytes_per_token(bytes_per_value),
@@ -264,6 +295,7 @@ fn info_from(
         context_length: 0,
         rope_theta: 0.0,
         kv_bytes_per_token: 0,
+        kv_cache_dtype: "f32".into(),
         kv_cache_layout: String::new(),
         active_parameters: parameters,
         experts: None,
@@ -280,6 +312,7 @@ fn info_from(
             context_length: dec.max_position_embeddings,
             rope_theta: dec.rope.theta,
             kv_bytes_per_token: dec.kv_bytes_per_token(if format == "gguf" { 2 } else { 4 }),
+            kv_cache_dtype: if format == "gguf" { "f16" } else { "f32" }.into(),
             kv_cache_layout: format!(
                 "keys and values, {} heads x {} per layer",
                 dec.num_kv_heads, dec.head_dim
