@@ -958,7 +958,7 @@ impl Attention {
         // (B, 1, T, C): the normalized latent, what the cache keeps
         let latent = self
             .kv_a_layernorm
-            .forward(&ckv.narrow(D::Minus1, 0, c)?)?
+            .forward(&ckv.narrow(D::Minus1, 0, c)?.contiguous()?)?
             .unsqueeze(1)?;
         // (B, 1, T, Dr): the shared rope key
         let k_pe = step.rotate(&ckv.narrow(D::Minus1, c, dr)?.unsqueeze(1)?)?;
