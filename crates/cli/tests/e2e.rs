@@ -340,3 +340,49 @@ fn inspect_shows_the_latent_cache_and_active_parameters_of_deepseek_v3() {
     assert_eq!(j["kv_bytes_per_token"], (512 + 64) * 61 * 4, "{j}");
     assert_eq!(j["architecture"], "deepseek_v3");
 }
+
+/// `seek logits` on a DeepSeek-V3 GGUF (`deepseek2`, split `attn_k_b`/`attn_v_b`) writes
+/// transformers' logits for the fixture's ids.
+#[test]
+fn logits_of_a_deepseek_v3_gguf_match_transformers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/deepseek/gguf");
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("dsv3-qlora-yarn.split.golden.json")).unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<String> = golden["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let reference: Vec<f32> = std::fs::read(dir.join(golden["logits_file"].as_str().unwrap()))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("l.npy");
+    let o = seek(&[
+        "logits",
+        dir.join("dsv3-qlora-yarn.split.gguf").to_str().unwrap(),
+        "--tokens",
+        &ids.join(","),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&out).unwrap();
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let ours: Vec<f32> = bytes[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(ours.len(), reference.len());
+    let diff = ours
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-4, "max abs diff {diff}");
+}
