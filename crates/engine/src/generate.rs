@@ -10,17 +10,13 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use seek_models::{CausalLm, KvCache};
-use seek_reasoning::ReasoningSplitter;
-use seek_tokenizer::{IncrementalDetokenizer, Tokenizer};
+use seek_tokenizer::Tokenizer;
 use seek_types::{FinishReason, SamplingParams, TokenId, Usage};
 use serde::Serialize;
 
-use crate::sampler::Sampler;
-use crate::stop::{StopMatcher, StopOutcome};
+pub use crate::sequence::THINK_CLOSE;
+use crate::sequence::{Sequence, SequenceParams};
 use crate::EngineError;
-
-/// The text that closes a reasoning block when its budget is spent.
-pub const THINK_CLOSE: &str = "\n</think>\n\n";
 
 /// What to generate, after the prompt has been rendered and encoded.
 #[derive(Debug, Clone)]
@@ -99,14 +95,20 @@ pub fn generate(
     }
     let max_tokens = req.max_tokens.min(context - req.prompt.len());
     let length_capped = max_tokens < req.max_tokens;
-    let close_ids = tokenizer.encode(THINK_CLOSE, false)?;
 
     let start = Instant::now();
     let mut cache = model.new_cache();
-    let mut sampler = Sampler::new(req.sampling.clone());
-    let mut detok = IncrementalDetokenizer::new(tokenizer, true);
-    let mut stops = StopMatcher::new(req.stop.clone());
-    let mut splitter = ReasoningSplitter::new(req.starts_in_reasoning);
+    let mut seq = Sequence::new(
+        tokenizer,
+        SequenceParams {
+            sampling: req.sampling.clone(),
+            max_tokens,
+            stop: req.stop.clone(),
+            ignore_eos: req.ignore_eos,
+            starts_in_reasoning: req.starts_in_reasoning,
+            max_reasoning_tokens: req.max_reasoning_tokens,
+        },
+    )?;
     let mut out = GenerateOutput {
         reasoning_content: None,
         content: String::new(),
@@ -119,9 +121,6 @@ pub fn generate(
         timings: Timings::default(),
     };
     let mut reasoning = String::new();
-    let mut reasoning_tokens = 0usize; // every token inside the block, the closing tag included
-    let mut sampled_reasoning = 0usize; // what the budget counts: tokens the model chose
-    let mut pending: Vec<TokenId> = Vec::new(); // tokens to feed without sampling (budget close)
 
     let mut logits = last_logits(model, &req.prompt, &mut cache)?;
     let prefill = start.elapsed();
@@ -137,74 +136,28 @@ pub fn generate(
         }
     };
 
-    while out.token_ids.len() < max_tokens {
-        let in_reasoning = splitter.in_reasoning() && !splitter.reasoning_closed();
-        let budget_spent = in_reasoning
-            && req
-                .max_reasoning_tokens
-                .is_some_and(|m| sampled_reasoning >= m);
-        if budget_spent && pending.is_empty() {
-            pending = close_ids.iter().rev().copied().collect();
-        }
-        let (token, sampled) = match pending.pop() {
-            Some(t) => (t, false),
-            None => (
-                sampler.sample(&mut logits, &req.prompt, &out.token_ids),
-                true,
-            ),
-        };
+    let reason = loop {
+        let step = seq.step(&mut logits, &req.prompt)?;
         first_token_at.get_or_insert_with(|| start.elapsed());
-        if !req.ignore_eos && tokenizer.eos_token_ids().contains(&token) {
-            out.finish_reason = FinishReason::Stop;
-            break;
-        }
-        out.token_ids.push(token);
-        if in_reasoning {
-            reasoning_tokens += 1;
-            sampled_reasoning += usize::from(sampled);
-        }
-        let text = detok.push(token)?;
-        let (text, stopped) = match stops.push(&text) {
-            StopOutcome::Continue { emit } => (emit, false),
-            StopOutcome::Stopped { emit, .. } => (emit, true),
-        };
-        let d = splitter.push(&text);
-        let flow = emit(d, &mut out, &mut reasoning);
-        if stopped {
-            out.finish_reason = FinishReason::Stop;
-            break;
+        let flow = emit(step.delta, &mut out, &mut reasoning);
+        if let Some(reason) = step.finished {
+            break reason;
         }
         if flow.is_break() {
-            out.finish_reason = FinishReason::Abort;
-            break;
+            break FinishReason::Abort;
         }
-        if out.token_ids.len() >= max_tokens {
-            break;
-        }
+        let token = step.token.expect("an unfinished step feeds a token");
         logits = last_logits(model, &[token], &mut cache)?;
-    }
-    if out.finish_reason == FinishReason::Length
-        && length_capped
-        && out.token_ids.len() < req.max_tokens
-    {
+    };
+    if reason == FinishReason::Length && length_capped && seq.output.len() < req.max_tokens {
         tracing::debug!("generation stopped at the end of the context window");
     }
-
     // Flush what the detokenizer, stop matcher and splitter still hold.
-    if out.finish_reason != FinishReason::Stop || stops.matched().is_none() {
-        let tail = detok.finish()?;
-        let text = match stops.push(&tail) {
-            StopOutcome::Continue { emit } => emit + &stops.finish(),
-            StopOutcome::Stopped { emit, .. } => {
-                out.finish_reason = FinishReason::Stop;
-                emit
-            }
-        };
-        let d = splitter.push(&text);
-        let _ = emit(d, &mut out, &mut reasoning);
-    }
-    let d = splitter.finish();
-    let _ = emit(d, &mut out, &mut reasoning);
+    let tail = seq.finish(reason)?;
+    let _ = emit(tail, &mut out, &mut reasoning);
+    out.finish_reason = seq.finished().unwrap_or(reason);
+    out.token_ids = std::mem::take(&mut seq.output);
+    let reasoning_tokens = seq.reasoning_tokens;
 
     let total = start.elapsed();
     let ttft = first_token_at.unwrap_or(total);

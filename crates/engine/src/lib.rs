@@ -9,6 +9,7 @@ pub mod chat;
 mod error;
 pub mod generate;
 pub mod sampler;
+pub mod sequence;
 pub mod stop;
 
 pub use error::EngineError;

@@ -40,6 +40,12 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// Appends `other` after this delta.
+    pub fn append(&mut self, other: Delta) {
+        self.reasoning.push_str(&other.reasoning);
+        self.content.push_str(&other.content);
+    }
+
     /// Whether the delta carries no text at all.
     pub fn is_empty(&self) -> bool {
         self.reasoning.is_empty() && self.content.is_empty()

@@ -1,0 +1,167 @@
+//! What happens to one sequence after each forward: pick the next token (sampling, or the
+//! tokens that close a spent reasoning budget), then turn it into text (incremental
+//! detokenizer -> stop strings -> `<think>` splitter). Shared by [`crate::generate`] (one
+//! request) and the serving engine (many requests batched), so both stream the same text.
+
+use seek_reasoning::{Delta, ReasoningSplitter};
+use seek_tokenizer::{IncrementalDetokenizer, Tokenizer};
+use seek_types::{FinishReason, SamplingParams, TokenId};
+
+use crate::sampler::Sampler;
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::EngineError;
+
+/// The text that closes a reasoning block when its budget is spent.
+pub const THINK_CLOSE: &str = "\n</think>\n\n";
+
+/// What a sequence is asked to do after its prompt.
+#[derive(Debug, Clone)]
+pub struct SequenceParams {
+    /// How to pick tokens.
+    pub sampling: SamplingParams,
+    /// Most new tokens, reasoning included (already capped to the context window).
+    pub max_tokens: usize,
+    /// Strings that end generation (not included in the output).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// Whether the prompt already opened a `<think>` block.
+    pub starts_in_reasoning: bool,
+    /// Most sampled tokens inside the reasoning block before [`THINK_CLOSE`] is inserted.
+    pub max_reasoning_tokens: Option<usize>,
+}
+
+/// One step's outcome for a sequence.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The token to feed next (already recorded), or `None` when the sequence ended without
+    /// one (end-of-sequence token).
+    pub token: Option<TokenId>,
+    /// Text that became final with this token.
+    pub delta: Delta,
+    /// Set when the sequence is done.
+    pub finished: Option<FinishReason>,
+}
+
+/// The generation state of one sequence.
+pub struct Sequence<'t> {
+    params: SequenceParams,
+    tokenizer: &'t Tokenizer,
+    sampler: Sampler,
+    detok: IncrementalDetokenizer<'t>,
+    stops: StopMatcher,
+    splitter: ReasoningSplitter,
+    close_ids: Vec<TokenId>,
+    /// Tokens to feed without sampling (the budget's closing tag), last first.
+    pending: Vec<TokenId>,
+    /// Every generated token (inserted ones included).
+    pub output: Vec<TokenId>,
+    /// Tokens inside the reasoning block, the closing tag included.
+    pub reasoning_tokens: usize,
+    /// What the budget counts: reasoning tokens the model chose.
+    sampled_reasoning: usize,
+    finished: Option<FinishReason>,
+}
+
+impl<'t> Sequence<'t> {
+    /// A sequence that will generate after its prompt.
+    pub fn new(tokenizer: &'t Tokenizer, params: SequenceParams) -> Result<Self, EngineError> {
+        Ok(Self {
+            sampler: Sampler::new(params.sampling.clone()),
+            detok: IncrementalDetokenizer::new(tokenizer, true),
+            stops: StopMatcher::new(params.stop.clone()),
+            splitter: ReasoningSplitter::new(params.starts_in_reasoning),
+            close_ids: tokenizer.encode(THINK_CLOSE, false)?,
+            pending: Vec::new(),
+            output: Vec::new(),
+            reasoning_tokens: 0,
+            sampled_reasoning: 0,
+            finished: None,
+            tokenizer,
+            params,
+        })
+    }
+
+    /// Why the sequence ended, once it has.
+    pub fn finished(&self) -> Option<FinishReason> {
+        self.finished
+    }
+
+    /// Picks the next token from `logits` (of the last fed position) and turns it into text.
+    pub fn step(&mut self, logits: &mut [f32], prompt: &[TokenId]) -> Result<Step, EngineError> {
+        let mut done = |reason: FinishReason, token, delta| {
+            self.finished = Some(reason);
+            Ok(Step {
+                token,
+                delta,
+                finished: Some(reason),
+            })
+        };
+        if self.output.len() >= self.params.max_tokens {
+            return done(FinishReason::Length, None, Delta::default());
+        }
+        let in_reasoning = self.splitter.in_reasoning() && !self.splitter.reasoning_closed();
+        let budget_spent = in_reasoning
+            && self
+                .params
+                .max_reasoning_tokens
+                .is_some_and(|m| self.sampled_reasoning >= m);
+        if budget_spent && self.pending.is_empty() {
+            self.pending = self.close_ids.iter().rev().copied().collect();
+        }
+        let (token, sampled) = match self.pending.pop() {
+            Some(t) => (t, false),
+            None => (self.sampler.sample(logits, prompt, &self.output), true),
+        };
+        if !self.params.ignore_eos && self.tokenizer.eos_token_ids().contains(&token) {
+            return done(FinishReason::Stop, None, Delta::default());
+        }
+        self.output.push(token);
+        if in_reasoning {
+            self.reasoning_tokens += 1;
+            self.sampled_reasoning += usize::from(sampled);
+        }
+        let text = self.detok.push(token)?;
+        let (text, stopped) = match self.stops.push(&text) {
+            StopOutcome::Continue { emit } => (emit, false),
+            StopOutcome::Stopped { emit, .. } => (emit, true),
+        };
+        let delta = self.splitter.push(&text);
+        if stopped {
+            return done(FinishReason::Stop, Some(token), delta);
+        }
+        if self.output.len() >= self.params.max_tokens {
+            return done(FinishReason::Length, Some(token), delta);
+        }
+        Ok(Step {
+            token: Some(token),
+            delta,
+            finished: None,
+        })
+    }
+
+    /// Ends the sequence (for `reason`, when it has not ended by itself) and returns what the
+    /// detokenizer, stop matcher and splitter still hold.
+    pub fn finish(&mut self, reason: FinishReason) -> Result<Delta, EngineError> {
+        let reason = *self.finished.get_or_insert(reason);
+        let mut out = Delta::default();
+        if reason != FinishReason::Stop || self.stops.matched().is_none() {
+            let tail = self.detok.finish()?;
+            let text = match self.stops.push(&tail) {
+                StopOutcome::Continue { emit } => emit + &self.stops.finish(),
+                StopOutcome::Stopped { emit, .. } => {
+                    self.finished = Some(FinishReason::Stop);
+                    emit
+                }
+            };
+            out.append(self.splitter.push(&text));
+        }
+        out.append(self.splitter.finish());
+        Ok(out)
+    }
+
+    /// Whether any reasoning was seen (or the prompt opened the block).
+    pub fn has_reasoning(&self) -> bool {
+        self.params.starts_in_reasoning || self.splitter.in_reasoning()
+    }
+}
