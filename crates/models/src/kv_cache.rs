@@ -75,6 +75,15 @@ impl KvCache {
         self.seq_len
     }
 
+    /// Sequences the cache holds (its batch size), once a forward has written to it.
+    pub fn batch_size(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|(k, _)| k.dim(0).ok())
+    }
+
     /// Number of layers.
     pub fn n_layers(&self) -> usize {
         self.layers.len()

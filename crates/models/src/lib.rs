@@ -18,6 +18,31 @@ pub mod qwen2;
 pub mod weights;
 
 pub use error::{ModelError, Result};
+
+/// [`CausalLm::decode_batch`] one sequence at a time.
+pub(crate) fn decode_each<M: CausalLm + ?Sized>(
+    model: &M,
+    tokens: &[u32],
+    caches: &mut [&mut KvCache],
+) -> Result<Tensor> {
+    if tokens.len() != caches.len() {
+        return Err(ModelError::Input(format!(
+            "{} tokens for {} caches; give one token per sequence",
+            tokens.len(),
+            caches.len()
+        )));
+    }
+    let rows = tokens
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(&t, c)| {
+            let input = Tensor::new(&[t], model.device())?.unsqueeze(0)?;
+            model.forward_last(&input, c)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // N x (1, V) -> (N, V)
+    Ok(Tensor::cat(&rows, 0)?)
+}
 pub use kv_cache::KvCache;
 pub use load::{inspect, load, LoadOptions, LoadedModel, ModelFormat, ModelInfo};
 
@@ -29,6 +54,13 @@ pub trait CausalLm: Send + Sync {
     /// Like [`CausalLm::forward`] but returns only the last position's logits `(B, V)`: what
     /// generation needs, without projecting every prompt position onto the vocabulary.
     fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+    /// One decode step for independent sequences: `tokens[i]` follows what `caches[i]` holds
+    /// (each a cache of one sequence, any length). Returns the logits `(N, V)`. What a
+    /// serving engine batches: the sequences share every weight read. The default runs them
+    /// one after another.
+    fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        decode_each(self, tokens, caches)
+    }
     /// An empty cache shaped for this model.
     fn new_cache(&self) -> KvCache;
     /// V.

@@ -929,7 +929,14 @@ impl Llama {
             return Err(ModelError::Input("forward needs at least one token".into()));
         }
         if t == 1 && self.fused {
-            return self.decode_fused(input_ids, cache);
+            let ids: Vec<u32> = input_ids.flatten_all()?.to_vec1()?;
+            let b = ids.len();
+            let logits = self.decode_fused(&ids, &mut [cache], &[b])?;
+            return Ok(Tensor::from_vec(
+                logits,
+                (b, 1, self.cfg.vocab_size),
+                &self.device,
+            )?);
         }
         let (cos, sin) = self.rope.tables(offset, t, &self.device, self.dtype)?;
         let mask = if t > 1 {
@@ -982,9 +989,17 @@ impl Llama {
             })
     }
 
-    /// One decode step (T = 1) on the fused path: logits `(B, 1, V)`.
-    fn decode_fused(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let b = input_ids.dim(0)?;
+    /// One decode step on the fused path for the rows of several caches: cache `c` holds
+    /// `B_c` sequences (its batch size) and takes the next `B_c` ids; every weight is read
+    /// once for all `N = Σ B_c` rows, while each cache keeps its own length (position) and
+    /// its rows attend only to it. Logits `(N, V)`.
+    fn decode_fused(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut KvCache],
+        batch_sizes: &[usize],
+    ) -> Result<Vec<f32>> {
+        let n = ids.len();
         let cfg = &self.cfg;
         let (e, h, hkv, d, f) = (
             cfg.hidden_size,
@@ -993,68 +1008,102 @@ impl Llama {
             cfg.head_dim,
             cfg.intermediate_size,
         );
-        let pos = cache.seq_len();
         let lm_head = self
             .lm_head
             .quantized()
             .expect("can_fuse() checked the output projection");
         let pool = lm_head.pool();
-        // (B, 1) -> (B, E)
+        // (N, 1) -> (N, E)
+        let ids_t = Tensor::from_slice(ids, (n, 1), &self.device)?;
         let mut x: Vec<f32> = self
             .embed_tokens
-            .forward(input_ids)?
+            .forward(&ids_t)?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1()?;
-        let angles: Vec<f32> = self.rope.inv_freq.iter().map(|f| pos as f32 * f).collect();
-        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
-        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
-        let mut normed = vec![0f32; b * e];
-        let mut q = vec![0f32; b * h * d];
-        let mut k = vec![0f32; b * hkv * d];
-        let mut v = vec![0f32; b * hkv * d];
-        let mut att = vec![0f32; b * h * d];
-        let mut proj = vec![0f32; b * e];
-        let mut gate = vec![0f32; b * f];
-        let mut up = vec![0f32; b * f];
+        // Rows of each cache and the rotation for its position.
+        let mut spans = Vec::with_capacity(caches.len());
+        let mut r0 = 0;
+        for (c, &b) in caches.iter().zip(batch_sizes) {
+            if c.batch_size().is_some_and(|cb| cb != b) {
+                return Err(ModelError::Input(format!(
+                    "a KV cache of {} sequences was given {b} tokens; give one token per sequence",
+                    c.batch_size().unwrap_or(0)
+                )));
+            }
+            let angles: Vec<f32> = self
+                .rope
+                .inv_freq
+                .iter()
+                .map(|f| c.seq_len() as f32 * f)
+                .collect();
+            let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+            let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+            spans.push((r0..r0 + b, cos, sin));
+            r0 += b;
+        }
+        if r0 != n {
+            return Err(ModelError::Input(format!(
+                "{n} tokens for caches holding {r0} sequences; give one token per sequence"
+            )));
+        }
+        let mut normed = vec![0f32; n * e];
+        let mut q = vec![0f32; n * h * d];
+        let mut k = vec![0f32; n * hkv * d];
+        let mut v = vec![0f32; n * hkv * d];
+        let mut att = vec![0f32; n * h * d];
+        let mut proj = vec![0f32; n * e];
+        let mut gate = vec![0f32; n * f];
+        let mut up = vec![0f32; n * f];
+        let (qw, kw) = (h * d, hkv * d);
         for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.self_attn;
             layer.input_layernorm.forward_rows(&x, &mut normed);
-            // (B, E) -> (B, H*D), (B, Hkv*D), (B, Hkv*D)
-            a.q_proj.forward_rows(&normed, b, &mut q)?;
-            a.k_proj.forward_rows(&normed, b, &mut k)?;
-            a.v_proj.forward_rows(&normed, b, &mut v)?;
-            rope_rows(&mut q, d, &cos, &sin, self.rope.interleaved);
-            rope_rows(&mut k, d, &cos, &sin, self.rope.interleaved);
-            // (B, Hkv*D) is (B, Hkv, 1, D)
-            let kt = Tensor::from_slice(&k, (b, hkv, 1, d), &self.device)?;
-            let vt = Tensor::from_slice(&v, (b, hkv, 1, d), &self.device)?;
-            let (kc, vc) = cache.append(i, &kt, &vt)?;
-            if !attend_cached(&q, h, &kc, &vc, &mut att, Some(pool))? {
-                return Err(ModelError::Input(
-                    "the KV cache is not f32 or f16 on the CPU; make it with CausalLm::new_cache"
-                        .into(),
-                ));
+            // (N, E) -> (N, H*D), (N, Hkv*D), (N, Hkv*D)
+            a.q_proj.forward_rows(&normed, n, &mut q)?;
+            a.k_proj.forward_rows(&normed, n, &mut k)?;
+            a.v_proj.forward_rows(&normed, n, &mut v)?;
+            for ((rows, cos, sin), cache) in spans.iter().zip(caches.iter_mut()) {
+                let (q, k) = (
+                    &mut q[rows.start * qw..rows.end * qw],
+                    &mut k[rows.start * kw..rows.end * kw],
+                );
+                rope_rows(q, d, cos, sin, self.rope.interleaved);
+                rope_rows(k, d, cos, sin, self.rope.interleaved);
+                let b = rows.len();
+                // (B_c, Hkv*D) is (B_c, Hkv, 1, D)
+                let kt = Tensor::from_slice(k, (b, hkv, 1, d), &self.device)?;
+                let vt = Tensor::from_slice(
+                    &v[rows.start * kw..rows.end * kw],
+                    (b, hkv, 1, d),
+                    &self.device,
+                )?;
+                let (kc, vc) = cache.append(i, &kt, &vt)?;
+                let out = &mut att[rows.start * qw..rows.end * qw];
+                if !attend_cached(q, h, &kc, &vc, out, Some(pool))? {
+                    return Err(ModelError::Input(
+                        "the KV cache is not f32 or f16 on the CPU; make it with CausalLm::new_cache"
+                            .into(),
+                    ));
+                }
             }
-            a.o_proj.forward_rows(&att, b, &mut proj)?;
+            a.o_proj.forward_rows(&att, n, &mut proj)?;
             vector::axpy(1.0, &proj, &mut x);
             layer.post_attention_layernorm.forward_rows(&x, &mut normed);
             let m = &layer.mlp;
-            m.gate_proj.forward_rows(&normed, b, &mut gate)?;
-            m.up_proj.forward_rows(&normed, b, &mut up)?;
+            m.gate_proj.forward_rows(&normed, n, &mut gate)?;
+            m.up_proj.forward_rows(&normed, n, &mut up)?;
             vector::silu_mul(&mut gate, &up);
-            m.down_proj.forward_rows(&gate, b, &mut proj)?;
+            m.down_proj.forward_rows(&gate, n, &mut proj)?;
             vector::axpy(1.0, &proj, &mut x);
         }
-        cache.advance(1);
+        for c in caches.iter_mut() {
+            c.advance(1);
+        }
         self.norm.forward_rows(&x, &mut normed);
-        let mut logits = vec![0f32; b * cfg.vocab_size];
-        lm_head.forward_slice(&normed, b, &mut logits)?;
-        Ok(Tensor::from_vec(
-            logits,
-            (b, 1, cfg.vocab_size),
-            &self.device,
-        )?)
+        let mut logits = vec![0f32; n * cfg.vocab_size];
+        lm_head.forward_slice(&normed, n, &mut logits)?;
+        Ok(logits)
     }
 }
 
@@ -1066,6 +1115,25 @@ impl CausalLm for Llama {
     fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         // (B, 1, V) -> (B, V)
         Ok(self.forward_inner(input_ids, cache, true)?.squeeze(1)?)
+    }
+
+    fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if !self.fused {
+            return crate::decode_each(self, tokens, caches);
+        }
+        if tokens.len() != caches.len() {
+            return Err(ModelError::Input(format!(
+                "{} tokens for {} caches; give one token per sequence",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        let logits = self.decode_fused(tokens, caches, &vec![1; tokens.len()])?;
+        Ok(Tensor::from_vec(
+            logits,
+            (tokens.len(), self.cfg.vocab_size),
+            &self.device,
+        )?)
     }
 
     fn new_cache(&self) -> KvCache {
