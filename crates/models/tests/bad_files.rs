@@ -35,9 +35,16 @@ fn unknown_architecture_is_named() {
 
     let cfg = dir.path().join("hf");
     std::fs::create_dir(&cfg).unwrap();
+    std::fs::write(cfg.join("config.json"), r#"{"model_type": "gpt_oss"}"#).unwrap();
+    let e = load_err(&cfg);
+    assert!(
+        e.contains("\"gpt_oss\" is not supported") && e.contains("deepseek_v3"),
+        "{e}"
+    );
+    // A known architecture with fields missing names the first one.
     std::fs::write(cfg.join("config.json"), r#"{"model_type": "deepseek_v3"}"#).unwrap();
     let e = load_err(&cfg);
-    assert!(e.contains("\"deepseek_v3\" is not supported"), "{e}");
+    assert!(e.contains("missing field `vocab_size`"), "{e}");
 }
 
 #[test]
