@@ -10,6 +10,7 @@ mod error;
 pub mod generate;
 pub mod sampler;
 pub mod sequence;
+pub mod serve;
 pub mod stop;
 
 pub use error::EngineError;

@@ -139,6 +139,10 @@ pub struct Usage {
     pub reasoning_tokens: usize,
     /// `prompt_tokens + completion_tokens`.
     pub total_tokens: usize,
+    /// Of the prompt tokens, those whose KV came from the prefix cache (DeepSeek's
+    /// `prompt_cache_hit_tokens`).
+    #[serde(default)]
+    pub cached_prompt_tokens: usize,
 }
 
 #[cfg(test)]

@@ -1,0 +1,829 @@
+//! The serving engine: many requests, one model, one thread.
+//!
+//! A synchronous loop (vLLM's `EngineCore.step()`) owns the model and every running
+//! sequence. Each step it takes new requests and aborts from its channel, admits waiting
+//! requests into the running batch, runs one chunk of prefill for at most one sequence (so a
+//! long prompt never stalls the streams already running), and then one decode step for all
+//! running sequences together ([`CausalLm::decode_batch`]: every weight is read once for the
+//! whole batch). Requests join and leave the batch at every step (continuous batching).
+//!
+//! Prefix caching: when a sequence ends, its KV cache is kept, keyed by the tokens it holds;
+//! a new prompt that starts with the same tokens (a shared system prompt, the earlier turns
+//! of a conversation) starts from a copy of that cache, truncated to whole blocks of
+//! [`EngineConfig::block_size`] tokens, and those tokens are reported as cache hits
+//! (DeepSeek's `prompt_cache_hit_tokens`). The kept caches are bounded in tokens and evicted
+//! least recently used first.
+//!
+//! Events reach each request through its own sink; a sink that returns `false` (the client
+//! went away) has its sequence freed at the next step.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use seek_models::{CausalLm, KvCache};
+use seek_reasoning::Delta;
+use seek_tokenizer::Tokenizer;
+use seek_types::{FinishReason, TokenId, Usage};
+
+use crate::sequence::{Sequence, SequenceParams};
+use crate::EngineError;
+
+/// Settings of the serving engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most sequences decoded together.
+    pub max_running: usize,
+    /// Most requests waiting for a place in the batch; more are refused (HTTP 429).
+    pub max_queue: usize,
+    /// Most prompt tokens one step prefills (chunked prefill).
+    pub prefill_chunk: usize,
+    /// Prefix-cache granularity: hits are counted and reused in whole blocks of this size.
+    pub block_size: usize,
+    /// Most tokens the prefix cache keeps across its entries (0 disables it).
+    pub prefix_cache_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_running: 8,
+            max_queue: 64,
+            prefill_chunk: 256,
+            block_size: 16,
+            prefix_cache_tokens: 32 * 1024,
+        }
+    }
+}
+
+/// One request, after its prompt has been rendered and encoded.
+#[derive(Debug, Clone)]
+pub struct ServeRequest {
+    /// The encoded prompt.
+    pub prompt: Vec<TokenId>,
+    /// What to generate (`max_tokens` is capped to the context window).
+    pub params: SequenceParams,
+    /// Return log-probabilities: `Some(k)` gives the chosen token's and the `k` best.
+    pub logprobs: Option<usize>,
+}
+
+/// The log-probability of a generated token and its best alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token id.
+    pub id: TokenId,
+    /// Its text (the token's own decoding).
+    pub token: String,
+    /// `log p` under the model's distribution before sampling settings.
+    pub logprob: f32,
+    /// The most likely tokens at this position: `(id, text, logprob)`, best first.
+    pub top: Vec<(TokenId, String, f32)>,
+}
+
+/// Wall-clock figures of one request inside the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServeTimings {
+    /// From submission to admission into the batch.
+    pub queued_s: f64,
+    /// From submission to the first generated token.
+    pub time_to_first_token_s: f64,
+    /// From submission to the end.
+    pub total_s: f64,
+}
+
+/// What a request hears from the engine.
+#[derive(Debug, Clone)]
+pub enum ServeEvent {
+    /// The request entered the batch; `cached_tokens` of its prompt came from the prefix cache.
+    Started {
+        /// Tokens in the prompt.
+        prompt_tokens: usize,
+        /// Of them, tokens whose KV came from the prefix cache.
+        cached_tokens: usize,
+    },
+    /// New text (and the tokens behind it, with log-probabilities when asked).
+    Delta {
+        /// Reasoning and answer text that became final.
+        delta: Delta,
+        /// The token generated at this step (none for the final flush).
+        token: Option<TokenId>,
+        /// Its log-probability, when the request asked.
+        logprob: Option<TokenLogprob>,
+    },
+    /// The request ended.
+    Finished {
+        /// Why.
+        finish_reason: FinishReason,
+        /// Token counts (`cached_prompt_tokens` included).
+        usage: Usage,
+        /// Timings.
+        timings: ServeTimings,
+    },
+    /// The request failed; no more events follow.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Where a request's events go; returning `false` means nobody listens any more, and the
+/// engine frees the sequence.
+pub type Sink = Box<dyn FnMut(ServeEvent) -> bool + Send>;
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SubmitError {
+    /// The queue is full; retry later.
+    #[error("the server is busy: {queued} requests are waiting (limit {limit}); retry shortly")]
+    QueueFull {
+        /// Requests waiting.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The engine is shutting down or has stopped.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The request cannot be served (e.g. the prompt does not fit the context window).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Counters the engine keeps for metrics; read with [`EngineHandle::stats`].
+#[derive(Debug, Default)]
+struct Counters {
+    queued: AtomicUsize,
+    running: AtomicUsize,
+    requests_finished: AtomicU64,
+    prompt_tokens: AtomicU64,
+    cached_prompt_tokens: AtomicU64,
+    generated_tokens: AtomicU64,
+    reasoning_tokens: AtomicU64,
+    steps: AtomicU64,
+    batched_sequences: AtomicU64,
+    prefix_cache_tokens: AtomicUsize,
+}
+
+/// A snapshot of the engine's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineStats {
+    /// Requests waiting for a place in the batch.
+    pub queued: usize,
+    /// Sequences in the batch.
+    pub running: usize,
+    /// Requests that ended (any reason).
+    pub requests_finished: u64,
+    /// Prompt tokens of admitted requests.
+    pub prompt_tokens: u64,
+    /// Of them, tokens served from the prefix cache.
+    pub cached_prompt_tokens: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+    /// Of them, reasoning tokens.
+    pub reasoning_tokens: u64,
+    /// Decode steps run.
+    pub decode_steps: u64,
+    /// Sequences decoded summed over steps (divided by `decode_steps`: the mean batch).
+    pub batched_sequences: u64,
+    /// Tokens held by the prefix cache.
+    pub prefix_cache_tokens: usize,
+}
+
+enum Msg {
+    Submit {
+        id: u64,
+        req: ServeRequest,
+        sink: Sink,
+        at: Instant,
+    },
+    Abort(u64),
+    Shutdown(Instant),
+}
+
+/// A cheap, cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: SyncSender<Msg>,
+    counters: Arc<Counters>,
+    next_id: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    max_queue: usize,
+    max_context: usize,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread for `model`.
+    pub fn start(
+        model: Box<dyn CausalLm>,
+        tokenizer: Arc<Tokenizer>,
+        cfg: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        if cfg.max_running == 0 || cfg.prefill_chunk == 0 || cfg.block_size == 0 {
+            return Err(EngineError::Request(
+                "max_running, prefill_chunk and block_size must be at least 1".into(),
+            ));
+        }
+        // Submissions are bounded by `max_queue` already; the channel only needs headroom
+        // for aborts on top.
+        let (tx, rx) = mpsc::sync_channel(cfg.max_queue + 1024);
+        let counters = Arc::new(Counters::default());
+        let max_context = model.max_context();
+        let c = counters.clone();
+        let max_queue = cfg.max_queue;
+        let thread = std::thread::Builder::new()
+            .name("seek-engine".into())
+            .spawn(move || {
+                let mut lp = Loop::new(model.as_ref(), &tokenizer, cfg, c);
+                lp.run(rx);
+            })
+            .map_err(|e| EngineError::Request(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
+            tx,
+            counters,
+            next_id: Arc::new(AtomicU64::new(1)),
+            closed: Arc::new(AtomicBool::new(false)),
+            thread: Arc::new(Mutex::new(Some(thread))),
+            max_queue,
+            max_context,
+        })
+    }
+
+    /// The model's context window.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Queues a request; its events go to `sink`. Returns the id to abort it with.
+    pub fn submit(&self, req: ServeRequest, sink: Sink) -> Result<u64, SubmitError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if req.prompt.is_empty() {
+            return Err(SubmitError::Invalid(
+                "the prompt is empty: it must have at least one token".into(),
+            ));
+        }
+        if req.prompt.len() >= self.max_context {
+            return Err(SubmitError::Invalid(format!(
+                "the prompt has {} tokens but the model's context window is {} tokens; shorten the prompt",
+                req.prompt.len(),
+                self.max_context
+            )));
+        }
+        let queued = self.counters.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= self.max_queue {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull {
+                queued,
+                limit: self.max_queue,
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let msg = Msg::Submit {
+            id,
+            req,
+            sink,
+            at: Instant::now(),
+        };
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::QueueFull {
+                        queued,
+                        limit: self.max_queue,
+                    },
+                    TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+                })
+            }
+        }
+    }
+
+    /// Stops a request at the next step (its sink hears `Finished` with `abort`).
+    pub fn abort(&self, id: u64) {
+        let _ = self.tx.send(Msg::Abort(id));
+    }
+
+    /// The engine's counters now.
+    pub fn stats(&self) -> EngineStats {
+        let c = &self.counters;
+        EngineStats {
+            queued: c.queued.load(Ordering::Relaxed),
+            running: c.running.load(Ordering::Relaxed),
+            requests_finished: c.requests_finished.load(Ordering::Relaxed),
+            prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
+            cached_prompt_tokens: c.cached_prompt_tokens.load(Ordering::Relaxed),
+            generated_tokens: c.generated_tokens.load(Ordering::Relaxed),
+            reasoning_tokens: c.reasoning_tokens.load(Ordering::Relaxed),
+            decode_steps: c.steps.load(Ordering::Relaxed),
+            batched_sequences: c.batched_sequences.load(Ordering::Relaxed),
+            prefix_cache_tokens: c.prefix_cache_tokens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether [`EngineHandle::shutdown`] has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new requests, lets running and queued ones finish until `grace` has passed,
+    /// aborts what is left, and waits for the engine thread to end.
+    pub fn shutdown(&self, grace: Duration) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Msg::Shutdown(Instant::now() + grace));
+        let handle = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A request inside the engine.
+struct Running<'t> {
+    id: u64,
+    prompt: Vec<TokenId>,
+    seq: Sequence<'t>,
+    sink: Sink,
+    cache: KvCache,
+    /// Prompt tokens already in the cache (prefill is done when it reaches the prompt).
+    prefilled: usize,
+    /// The token to feed at the next decode step.
+    next: Option<TokenId>,
+    logprobs: Option<usize>,
+    cached_tokens: usize,
+    submitted: Instant,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    aborted: bool,
+}
+
+struct Loop<'m> {
+    model: &'m dyn CausalLm,
+    tokenizer: &'m Tokenizer,
+    cfg: EngineConfig,
+    counters: Arc<Counters>,
+    waiting: VecDeque<(u64, ServeRequest, Sink, Instant)>,
+    running: Vec<Running<'m>>,
+    prefix: PrefixCache,
+    deadline: Option<Instant>,
+}
+
+impl<'m> Loop<'m> {
+    fn new(
+        model: &'m dyn CausalLm,
+        tokenizer: &'m Tokenizer,
+        cfg: EngineConfig,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            prefix: PrefixCache::new(cfg.prefix_cache_tokens, cfg.block_size),
+            model,
+            tokenizer,
+            cfg,
+            counters,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    fn run(&mut self, rx: Receiver<Msg>) {
+        loop {
+            // Wait for work only when there is none; otherwise take what has arrived.
+            let idle = self.running.is_empty() && self.waiting.is_empty();
+            if idle && self.deadline.is_some() {
+                break;
+            }
+            let first = if idle {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                None
+            };
+            for m in first.into_iter().chain(rx.try_iter()) {
+                self.handle(m);
+            }
+            if let Some(d) = self.deadline {
+                if Instant::now() >= d {
+                    self.abort_all();
+                    break;
+                }
+            }
+            self.admit();
+            if let Err(e) = self.step() {
+                tracing::error!(error = %e, "engine step failed; failing its sequences");
+                for r in self.running.drain(..) {
+                    let mut sink = r.sink;
+                    sink(ServeEvent::Failed {
+                        message: format!("generation failed: {e}"),
+                    });
+                }
+            }
+            self.counters
+                .running
+                .store(self.running.len(), Ordering::Relaxed);
+        }
+        self.abort_all();
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Submit { id, req, sink, at } => self.waiting.push_back((id, req, sink, at)),
+            Msg::Abort(id) => {
+                if let Some(r) = self.running.iter_mut().find(|r| r.id == id) {
+                    r.aborted = true;
+                }
+                if let Some(i) = self.waiting.iter().position(|w| w.0 == id) {
+                    let (_, req, mut sink, at) = self.waiting.remove(i).expect("index exists");
+                    self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                    sink(finished_unstarted(&req, at, FinishReason::Abort));
+                }
+            }
+            Msg::Shutdown(d) => self.deadline = Some(d),
+        }
+    }
+
+    fn abort_all(&mut self) {
+        for r in &mut self.running {
+            r.aborted = true;
+        }
+        self.finish_aborted();
+        for (_, req, mut sink, at) in self.waiting.drain(..) {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            sink(finished_unstarted(&req, at, FinishReason::Abort));
+        }
+    }
+
+    /// Moves waiting requests into the batch while there is room.
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_running {
+            let Some((id, req, mut sink, at)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            let room = self.model.max_context() - req.prompt.len();
+            let mut params = req.params.clone();
+            params.max_tokens = params.max_tokens.min(room);
+            let seq = match Sequence::new(self.tokenizer, params) {
+                Ok(s) => s,
+                Err(e) => {
+                    sink(ServeEvent::Failed {
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let (cache, cached) = self.prefix.take(self.model, &req.prompt);
+            self.counters
+                .prompt_tokens
+                .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+            self.counters
+                .cached_prompt_tokens
+                .fetch_add(cached as u64, Ordering::Relaxed);
+            self.counters
+                .prefix_cache_tokens
+                .store(self.prefix.tokens(), Ordering::Relaxed);
+            let alive = sink(ServeEvent::Started {
+                prompt_tokens: req.prompt.len(),
+                cached_tokens: cached,
+            });
+            self.running.push(Running {
+                id,
+                prompt: req.prompt,
+                seq,
+                sink,
+                cache,
+                prefilled: cached,
+                next: None,
+                logprobs: req.logprobs,
+                cached_tokens: cached,
+                submitted: at,
+                admitted: Instant::now(),
+                first_token: None,
+                aborted: !alive,
+            });
+        }
+    }
+
+    /// One engine step: a prefill chunk for the oldest sequence still prefilling, then one
+    /// decode step for every sequence that has a token to feed.
+    fn step(&mut self) -> Result<(), EngineError> {
+        self.finish_aborted();
+        if let Some(i) = self.running.iter().position(|r| r.next.is_none()) {
+            let r = &mut self.running[i];
+            let end = (r.prefilled + self.cfg.prefill_chunk).min(r.prompt.len());
+            let input =
+                Tensor::new(&r.prompt[r.prefilled..end], self.model.device())?.unsqueeze(0)?;
+            // (1, V) -> (V,)
+            let logits = self
+                .model
+                .forward_last(&input, &mut r.cache)?
+                .squeeze(0)?
+                .to_vec1::<f32>()?;
+            r.prefilled = end;
+            if end == r.prompt.len() {
+                self.after_forward(i, logits)?;
+            }
+        }
+        let decoding: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].next.is_some() && !self.running[i].aborted)
+            .collect();
+        if !decoding.is_empty() {
+            let tokens: Vec<TokenId> = decoding
+                .iter()
+                .map(|&i| self.running[i].next.expect("filtered"))
+                .collect();
+            let logits = {
+                let mut caches: Vec<&mut KvCache> = self
+                    .running
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| decoding.contains(i))
+                    .map(|(_, r)| &mut r.cache)
+                    .collect();
+                self.model.decode_batch(&tokens, &mut caches)?
+            };
+            self.counters.steps.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .batched_sequences
+                .fetch_add(decoding.len() as u64, Ordering::Relaxed);
+            // (N, V)
+            let rows = logits.to_vec2::<f32>()?;
+            for (&i, row) in decoding.iter().zip(rows) {
+                self.after_forward(i, row)?;
+            }
+        }
+        self.finish_done()
+    }
+
+    /// Samples sequence `i`'s next token from `logits` and streams what it adds.
+    fn after_forward(&mut self, i: usize, mut logits: Vec<f32>) -> Result<(), EngineError> {
+        let tokenizer = self.tokenizer;
+        let r = &mut self.running[i];
+        // Log-probabilities are the model's own, before penalties and temperature.
+        let raw = r.logprobs.map(|_| logits.clone());
+        let step = r.seq.step(&mut logits, &r.prompt)?;
+        r.first_token.get_or_insert_with(Instant::now);
+        let logprob = match (r.logprobs, raw, step.token) {
+            (Some(k), Some(raw), Some(t)) => {
+                let (lse, top) = log_softmax(&raw, k);
+                Some(TokenLogprob {
+                    id: t,
+                    token: token_text(tokenizer, t),
+                    logprob: raw.get(t as usize).map_or(f32::NEG_INFINITY, |x| x - lse),
+                    top: top
+                        .into_iter()
+                        .map(|(id, l)| (id, token_text(tokenizer, id), l))
+                        .collect(),
+                })
+            }
+            _ => None,
+        };
+        if step.token.is_some() || !step.delta.is_empty() {
+            let alive = (r.sink)(ServeEvent::Delta {
+                delta: step.delta,
+                token: step.token,
+                logprob,
+            });
+            r.aborted |= !alive;
+        }
+        r.next = if step.finished.is_some() {
+            None
+        } else {
+            step.token
+        };
+        if step.finished.is_none() && r.next.is_none() {
+            // A finished-less step always feeds a token; treat anything else as the end.
+            r.seq.finish(FinishReason::Stop)?;
+        }
+        Ok(())
+    }
+
+    fn finish_aborted(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].aborted {
+                let r = self.running.swap_remove(i);
+                self.finish(r, FinishReason::Abort);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn finish_done(&mut self) -> Result<(), EngineError> {
+        let mut i = 0;
+        while i < self.running.len() {
+            if let Some(reason) = self.running[i].seq.finished() {
+                let r = self.running.swap_remove(i);
+                self.finish(r, reason);
+            } else {
+                i += 1;
+            }
+        }
+        self.finish_aborted();
+        Ok(())
+    }
+
+    /// Flushes the sequence's text, reports its usage, and keeps its cache for reuse.
+    fn finish(&mut self, mut r: Running<'m>, reason: FinishReason) {
+        let tail = match r.seq.finish(reason) {
+            Ok(t) => t,
+            Err(e) => {
+                (r.sink)(ServeEvent::Failed {
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
+        let reason = r.seq.finished().unwrap_or(reason);
+        if !tail.is_empty() {
+            (r.sink)(ServeEvent::Delta {
+                delta: tail,
+                token: None,
+                logprob: None,
+            });
+        }
+        let n = r.seq.output.len();
+        let usage = Usage {
+            prompt_tokens: r.prompt.len(),
+            completion_tokens: n,
+            reasoning_tokens: r.seq.reasoning_tokens,
+            total_tokens: r.prompt.len() + n,
+            cached_prompt_tokens: r.cached_tokens,
+        };
+        let now = Instant::now();
+        let timings = ServeTimings {
+            queued_s: (r.admitted - r.submitted).as_secs_f64(),
+            time_to_first_token_s: (r.first_token.unwrap_or(now) - r.submitted).as_secs_f64(),
+            total_s: (now - r.submitted).as_secs_f64(),
+        };
+        let c = &self.counters;
+        c.requests_finished.fetch_add(1, Ordering::Relaxed);
+        c.generated_tokens.fetch_add(n as u64, Ordering::Relaxed);
+        c.reasoning_tokens
+            .fetch_add(r.seq.reasoning_tokens as u64, Ordering::Relaxed);
+        (r.sink)(ServeEvent::Finished {
+            finish_reason: reason,
+            usage,
+            timings,
+        });
+        // What the cache holds: the prompt, then every generated token that was fed.
+        let mut held = r.prompt;
+        held.extend(&r.seq.output);
+        held.truncate(r.cache.seq_len());
+        if held.len() == r.cache.seq_len() {
+            self.prefix.insert(held, r.cache);
+        }
+        c.prefix_cache_tokens
+            .store(self.prefix.tokens(), Ordering::Relaxed);
+    }
+}
+
+/// The event of a request that ends before it entered the batch.
+fn finished_unstarted(req: &ServeRequest, at: Instant, reason: FinishReason) -> ServeEvent {
+    ServeEvent::Finished {
+        finish_reason: reason,
+        usage: Usage {
+            prompt_tokens: req.prompt.len(),
+            total_tokens: req.prompt.len(),
+            ..Usage::default()
+        },
+        timings: ServeTimings {
+            queued_s: at.elapsed().as_secs_f64(),
+            time_to_first_token_s: 0.0,
+            total_s: at.elapsed().as_secs_f64(),
+        },
+    }
+}
+
+/// `(logsumexp, k best (id, logprob))` of a row of logits.
+fn log_softmax(logits: &[f32], k: usize) -> (f32, Vec<(TokenId, f32)>) {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|x| x.is_finite())
+        .map(|&x| ((x - max) as f64).exp())
+        .sum();
+    let lse = max + sum.ln() as f32;
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    let k = k.min(logits.len());
+    if k > 0 {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    } else {
+        idx.clear();
+    }
+    let top = idx
+        .into_iter()
+        .map(|i| (i as TokenId, logits[i] - lse))
+        .collect();
+    (lse, top)
+}
+
+fn token_text(tok: &Tokenizer, id: TokenId) -> String {
+    tok.decode(&[id], false).unwrap_or_default()
+}
+
+/// Finished sequences' KV caches, keyed by the tokens they hold (see the module docs).
+struct PrefixCache {
+    entries: Vec<PrefixEntry>,
+    capacity: usize,
+    block: usize,
+    clock: u64,
+}
+
+struct PrefixEntry {
+    tokens: Vec<TokenId>,
+    cache: KvCache,
+    used: u64,
+}
+
+impl PrefixCache {
+    fn new(capacity: usize, block: usize) -> Self {
+        Self {
+            entries: Vec::new(),
+            capacity,
+            block,
+            clock: 0,
+        }
+    }
+
+    fn tokens(&self) -> usize {
+        self.entries.iter().map(|e| e.tokens.len()).sum()
+    }
+
+    /// A cache for `prompt`: a copy of the entry sharing the longest prefix with it, cut to
+    /// whole blocks (and short of the last prompt token, whose logits prefill must produce),
+    /// with the number of tokens it holds; or a fresh cache and 0.
+    fn take(&mut self, model: &dyn CausalLm, prompt: &[TokenId]) -> (KvCache, usize) {
+        let best = self
+            .entries
+            .iter_mut()
+            .map(|e| {
+                let common = e
+                    .tokens
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (common, e)
+            })
+            .max_by_key(|(c, _)| *c);
+        if let Some((common, e)) = best {
+            let usable = common.min(prompt.len() - 1) / self.block * self.block;
+            if usable > 0 {
+                self.clock += 1;
+                e.used = self.clock;
+                let mut cache = e.cache.clone();
+                if cache.truncate(usable).is_ok() {
+                    return (cache, usable);
+                }
+            }
+        }
+        (model.new_cache(), 0)
+    }
+
+    /// Keeps a finished sequence's cache, replacing entries it extends, evicting the least
+    /// recently used beyond the capacity.
+    fn insert(&mut self, tokens: Vec<TokenId>, cache: KvCache) {
+        if self.capacity == 0 || tokens.len() < self.block || tokens.len() > self.capacity {
+            return;
+        }
+        self.entries
+            .retain(|e| !(e.tokens.len() <= tokens.len() && tokens.starts_with(&e.tokens)));
+        if self.entries.iter().any(|e| e.tokens.starts_with(&tokens)) {
+            return;
+        }
+        self.clock += 1;
+        self.entries.push(PrefixEntry {
+            tokens,
+            cache,
+            used: self.clock,
+        });
+        while self.tokens() > self.capacity {
+            let oldest = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(i, _)| i)
+                .expect("over capacity means non-empty");
+            self.entries.swap_remove(oldest);
+        }
+    }
+}
