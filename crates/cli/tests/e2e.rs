@@ -386,3 +386,31 @@ fn logits_of_a_deepseek_v3_gguf_match_transformers() {
         .fold(0f32, f32::max);
     assert!(diff <= 1e-4, "max abs diff {diff}");
 }
+
+/// `seek run` on a DeepSeek-V3 checkpoint (the tiny random one, with R1's tokenizer tokens
+/// and chat template): the prompt opens `<think>`, tokens stream as reasoning, and the
+/// counts add up. Also from the Q8_0 GGUF of the same weights.
+#[test]
+fn run_works_on_the_deepseek_v3_architecture() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/deepseek");
+    for m in [
+        base.join("dsv3-qlora-yarn"),
+        base.join("gguf/dsv3-qlora-yarn.q8_0.gguf"),
+    ] {
+        let j = run_json(&[
+            "run",
+            m.to_str().unwrap(),
+            "Hello",
+            "-n",
+            "12",
+            "-t",
+            "0",
+            "--json",
+        ]);
+        assert_eq!(j["finish_reason"], "length", "{j}");
+        assert_eq!(j["usage"]["completion_tokens"], 12, "{j}");
+        // The R1 template leaves the answer inside an open <think> block.
+        assert_eq!(j["usage"]["reasoning_tokens"], 12, "{j}");
+        assert!(j["reasoning_content"].is_string(), "{j}");
+    }
+}
