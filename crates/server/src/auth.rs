@@ -1,0 +1,260 @@
+//! API keys: `Authorization: Bearer KEY`, one tenant per key.
+//!
+//! Keys are compared in constant time (every configured key is compared, and each comparison
+//! takes the same time whatever the bytes), so response times say nothing about how much of a
+//! guess was right. A server bound to anything but loopback refuses to start without keys,
+//! unless the operator says `--insecure-no-auth` (the exposed-database lesson).
+
+use std::net::SocketAddr;
+
+use axum::http::HeaderMap;
+use subtle::ConstantTimeEq;
+
+use crate::error::AppError;
+
+/// The tenant of keys given without one (`--api-key KEY`, or a bare line in a keys file).
+pub const DEFAULT_TENANT: &str = "default";
+/// The tenant of requests to a server without keys.
+pub const ANONYMOUS_TENANT: &str = "anonymous";
+
+/// The configured keys and their tenants.
+#[derive(Clone, Default)]
+pub struct ApiKeys {
+    keys: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    // Never print the keys themselves.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tenants: Vec<&str> = self.keys.iter().map(|(t, _)| t.as_str()).collect();
+        f.debug_struct("ApiKeys")
+            .field("tenants", &tenants)
+            .finish()
+    }
+}
+
+/// A key or keys file that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KeysError {
+    /// A line of the keys file is malformed.
+    #[error("line {line} of the keys file: {problem}")]
+    BadLine {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A key is empty or has whitespace or control characters.
+    #[error("an API key is empty or contains whitespace or control characters")]
+    BadKey,
+    /// The same key is given twice.
+    #[error("the same API key is configured twice (tenants {0:?} and {1:?}); keys must be unique")]
+    Duplicate(String, String),
+}
+
+/// Why the server refuses to start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "refusing to serve on {addr} without API keys: the address is reachable from other machines. \
+     Pass --api-key KEY (or --api-keys-file FILE), bind --host 127.0.0.1, or, on a network you \
+     trust completely, pass --insecure-no-auth"
+)]
+pub struct ExposedWithoutKeys {
+    /// The address asked for.
+    pub addr: SocketAddr,
+}
+
+impl ApiKeys {
+    /// No keys: every request is accepted as [`ANONYMOUS_TENANT`].
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds `key` for `tenant`.
+    pub fn add(&mut self, tenant: &str, key: &str) -> Result<(), KeysError> {
+        if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(KeysError::BadKey);
+        }
+        if let Some((t, _)) = self.keys.iter().find(|(_, k)| k == key.as_bytes()) {
+            return Err(KeysError::Duplicate(t.clone(), tenant.to_string()));
+        }
+        self.keys
+            .push((tenant.to_string(), key.as_bytes().to_vec()));
+        Ok(())
+    }
+
+    /// Adds the keys of a keys file: one `tenant:key` or bare `key` per line; blank lines and
+    /// lines starting with `#` are skipped. Tenant names are `[A-Za-z0-9_.-]+` (they become
+    /// metrics labels).
+    pub fn add_file(&mut self, text: &str) -> Result<(), KeysError> {
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |problem: &str| KeysError::BadLine {
+                line: i + 1,
+                problem: problem.into(),
+            };
+            let (tenant, key) = match line.split_once(':') {
+                Some((t, k)) => (t.trim(), k.trim()),
+                None => (DEFAULT_TENANT, line),
+            };
+            if tenant.is_empty()
+                || !tenant
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            {
+                return Err(bad(
+                    "the tenant must be letters, digits, '_', '.' or '-' (write `tenant:key`)",
+                ));
+            }
+            self.add(tenant, key).map_err(|e| match e {
+                KeysError::BadKey => bad("the key is empty or contains whitespace"),
+                e => e,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether no key is configured (the server is open).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The tenant of the request's key, or 401.
+    pub fn check(&self, headers: &HeaderMap) -> Result<String, AppError> {
+        if self.is_empty() {
+            return Ok(ANONYMOUS_TENANT.into());
+        }
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(AppError::Unauthorized(
+                "no API key: send it as `Authorization: Bearer KEY`".into(),
+            ));
+        };
+        let given = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .map(|k| k.trim_ascii())
+            .ok_or_else(|| {
+                AppError::Unauthorized("the Authorization header must be `Bearer KEY`".into())
+            })?;
+        // Compare against every key, without stopping at a match.
+        let mut found: Option<&str> = None;
+        for (tenant, key) in &self.keys {
+            if bool::from(key.as_slice().ct_eq(given)) {
+                found = Some(tenant);
+            }
+        }
+        found
+            .map(str::to_string)
+            .ok_or_else(|| AppError::Unauthorized("incorrect API key provided".into()))
+    }
+
+    /// The tenants, in the order configured (for metrics and logs).
+    pub fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(t, _)| t.as_str())
+    }
+}
+
+/// Whether every address `addr` stands for is loopback.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Refuses a non-loopback address without keys, unless `insecure_no_auth`.
+pub fn check_exposure(
+    addr: &SocketAddr,
+    keys: &ApiKeys,
+    insecure_no_auth: bool,
+) -> Result<(), ExposedWithoutKeys> {
+    if keys.is_empty() && !insecure_no_auth && !is_loopback(addr) {
+        return Err(ExposedWithoutKeys { addr: *addr });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_str(auth).unwrap());
+        h
+    }
+
+    #[test]
+    fn keys_file_lines() {
+        let mut k = ApiKeys::none();
+        k.add_file("# comment\n\nteam-a:sk-aaa\n  sk-bare  \nteam_b : sk-bbb\n")
+            .unwrap();
+        assert_eq!(
+            k.tenants().collect::<Vec<_>>(),
+            ["team-a", "default", "team_b"]
+        );
+        assert_eq!(k.check(&headers("Bearer sk-aaa")).unwrap(), "team-a");
+        assert_eq!(k.check(&headers("Bearer sk-bare")).unwrap(), "default");
+        assert_eq!(k.check(&headers("Bearer sk-bbb")).unwrap(), "team_b");
+    }
+
+    #[test]
+    fn keys_file_errors_name_the_line() {
+        let e = ApiKeys::none()
+            .add_file("ok:sk-1\nbad tenant:sk-2\n")
+            .unwrap_err();
+        assert!(matches!(e, KeysError::BadLine { line: 2, .. }), "{e}");
+        let e = ApiKeys::none().add_file("a:sk-1\nb:sk-1\n").unwrap_err();
+        assert!(matches!(e, KeysError::Duplicate(..)), "{e}");
+        let e = ApiKeys::none().add_file("a:\n").unwrap_err();
+        assert!(matches!(e, KeysError::BadLine { line: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_wrong_and_malformed_keys_are_401() {
+        let mut k = ApiKeys::none();
+        k.add(DEFAULT_TENANT, "sk-right").unwrap();
+        for h in [
+            HeaderMap::new(),
+            headers("Bearer sk-wrong"),
+            headers("sk-right"),
+            headers("Bearer sk-righ"),
+        ] {
+            assert_eq!(k.check(&h).unwrap_err().status(), 401);
+        }
+    }
+
+    #[test]
+    fn no_keys_means_anonymous() {
+        assert_eq!(
+            ApiKeys::none().check(&HeaderMap::new()).unwrap(),
+            ANONYMOUS_TENANT
+        );
+    }
+
+    #[test]
+    fn only_loopback_may_go_without_keys() {
+        let keys = ApiKeys::none();
+        for a in ["127.0.0.1:8000", "[::1]:8000", "[::ffff:127.0.0.1]:1"] {
+            assert!(
+                check_exposure(&a.parse().unwrap(), &keys, false).is_ok(),
+                "{a}"
+            );
+        }
+        for a in ["0.0.0.0:8000", "[::]:8000", "192.168.1.5:80"] {
+            let addr = a.parse().unwrap();
+            let e = check_exposure(&addr, &keys, false).unwrap_err();
+            assert!(e.to_string().contains("--insecure-no-auth"), "{e}");
+            assert!(check_exposure(&addr, &keys, true).is_ok());
+        }
+        let mut with = ApiKeys::none();
+        with.add("t", "k").unwrap();
+        assert!(check_exposure(&"0.0.0.0:1".parse().unwrap(), &with, false).is_ok());
+    }
+}

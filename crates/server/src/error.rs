@@ -1,0 +1,171 @@
+//! The server's one error type and its one mapping to HTTP.
+//!
+//! Statuses follow OpenAI (and TGI where OpenAI is silent): 400 for anything wrong with the
+//! request (bad JSON, unknown model, context overflow), 401 without a valid key, 429 with
+//! `Retry-After` when the queue is full, 503 while loading or draining, 500 without internals
+//! (the details go to the log, under the request id).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use seek_engine::serve::SubmitError;
+
+use crate::wire::{ErrorBody, ErrorResponse};
+
+/// Why a request was not served.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AppError {
+    /// The request is malformed or cannot be served as asked (400).
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong, naming the field, the limit and the fix.
+        message: String,
+        /// The request field at fault.
+        param: Option<&'static str>,
+        /// OpenAI's code, e.g. `model_not_found`, `context_length_exceeded`.
+        code: Option<&'static str>,
+    },
+    /// No key, or a key that is not configured (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// No such route (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is larger than the server accepts (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The queue is full (429); retry after the given seconds.
+    #[error("{message}")]
+    Busy {
+        /// What is full.
+        message: String,
+        /// The `Retry-After` header.
+        retry_after_s: u64,
+    },
+    /// The server is loading or draining (503).
+    #[error("{message}")]
+    Unavailable {
+        /// Why.
+        message: String,
+        /// `model_loading` or `shutting_down`.
+        code: &'static str,
+    },
+    /// Something failed inside the server (500); the message is safe to show (no internals).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AppError {
+    /// A 400 naming the field at fault.
+    pub fn bad(param: &'static str, message: impl Into<String>) -> Self {
+        AppError::BadRequest {
+            message: message.into(),
+            param: Some(param),
+            code: None,
+        }
+    }
+
+    /// The HTTP status of this error (the one place statuses are decided).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI error object of this error.
+    pub fn body(&self) -> ErrorBody {
+        let (kind, param, code) = match self {
+            AppError::BadRequest { param, code, .. } => ("invalid_request_error", *param, *code),
+            AppError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
+            AppError::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
+            AppError::TooLarge(_) => ("invalid_request_error", None, Some("request_too_large")),
+            AppError::Busy { .. } => ("requests", None, Some("rate_limit_exceeded")),
+            AppError::Unavailable { code, .. } => ("server_error", None, Some(*code)),
+            AppError::Internal(_) => ("server_error", None, Some("internal_error")),
+        };
+        ErrorBody {
+            message: self.to_string(),
+            kind: kind.into(),
+            param: param.map(Into::into),
+            code: code.map(Into::into),
+        }
+    }
+
+    pub(crate) fn shutting_down() -> Self {
+        AppError::Unavailable {
+            message: "the server is shutting down; retry on another replica".into(),
+            code: "shutting_down",
+        }
+    }
+}
+
+impl From<SubmitError> for AppError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::QueueFull { .. } => AppError::Busy {
+                message: e.to_string(),
+                retry_after_s: 1,
+            },
+            SubmitError::ShuttingDown => AppError::shutting_down(),
+            SubmitError::Invalid(message) => AppError::BadRequest {
+                message,
+                param: None,
+                code: None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorResponse { error: self.body() };
+        let mut res = (status, axum::Json(body)).into_response();
+        match &self {
+            AppError::Busy { retry_after_s, .. } => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            AppError::Unauthorized(_) => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_full_is_429_with_retry_after() {
+        let e: AppError = SubmitError::QueueFull {
+            queued: 3,
+            limit: 3,
+        }
+        .into();
+        let res = e.into_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(AppError::bad("n", "x").status(), 400);
+        assert_eq!(AppError::Unauthorized("x".into()).status(), 401);
+        assert_eq!(AppError::shutting_down().status(), 503);
+        assert_eq!(
+            AppError::from(SubmitError::ShuttingDown).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(AppError::Internal("x".into()).status(), 500);
+    }
+}

@@ -1,0 +1,103 @@
+//! An OpenAI- and DeepSeek-compatible HTTP server over Seek's engines: chat and text
+//! completions (streamed or not), models, health and Prometheus metrics, with API keys per
+//! tenant and the cost of every request.
+//!
+//! Design decision: the server holds no tensors and runs no model code. Each served model is
+//! an [`seek_engine::serve::EngineHandle`] (a synchronous loop on its own thread); a handler
+//! checks its request once ([`wire`] -> `ValidRequest`), submits it with a sink that pushes
+//! events into a channel, and turns the events into one JSON body or a server-sent event
+//! stream. Dropping the handler or the stream (the client went away) aborts the sequences.
+//! Every error becomes HTTP in one place, [`AppError`]'s `IntoResponse`.
+//!
+//! ```no_run
+//! # async fn f(state: seek_server::AppState) -> Result<(), seek_server::ServeError> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! seek_server::serve(listener, state, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod auth;
+mod error;
+mod metrics;
+pub mod price;
+mod routes;
+mod run;
+mod state;
+mod valid;
+pub mod wire;
+
+use std::future::Future;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use auth::ApiKeys;
+pub use error::AppError;
+pub use price::Prices;
+pub use state::{AppState, Phase, ServedModel, ServerConfig};
+pub use valid::{DEFAULT_COMPLETION_MAX_TOKENS, MAX_N};
+
+/// The routes. DeepSeek's base URL works with and without `/v1`, so both are served.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(routes::chat))
+        .route("/chat/completions", post(routes::chat))
+        .route("/v1/completions", post(routes::completions))
+        .route("/completions", post(routes::completions))
+        .route("/v1/models", get(routes::models))
+        .route("/models", get(routes::models))
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(routes::BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Why [`serve`] stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A non-loopback address without keys.
+    #[error(transparent)]
+    Exposed(#[from] auth::ExposedWithoutKeys),
+    /// The socket failed.
+    #[error("the server socket failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then drains: `/health` turns 503,
+/// new requests get 503, in-flight ones finish within [`ServerConfig::shutdown_grace`] (the
+/// engines cancel what is left), and the server returns once every connection has closed.
+///
+/// Refuses a non-loopback address without keys unless [`ServerConfig::insecure_no_auth`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    let cfg = state.config();
+    auth::check_exposure(&addr, &cfg.api_keys, cfg.insecure_no_auth)?;
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let draining = state.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!(
+            grace_s = draining.config().shutdown_grace.as_secs_f64(),
+            "draining"
+        );
+        draining.drain().await;
+        tracing::info!("every engine has stopped");
+        let _ = stopped_tx.send(());
+    });
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            let _ = stopped_rx.await;
+        })
+        .await?;
+    Ok(())
+}

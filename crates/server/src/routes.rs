@@ -1,0 +1,730 @@
+//! The handlers: authenticate, parse, check ([`ValidRequest`]), submit, and answer with one
+//! JSON body or a server-sent event stream. Every request ends in exactly one access-log line
+//! and one metrics update ([`RequestRecord`]), whether it succeeds, fails, or its client leaves.
+//!
+//! `response_format: json_object` is not enforced while decoding: when a choice ends with
+//! `stop` and its content does not parse as JSON, the response is still returned as generated,
+//! the failure is logged and counted in `seek_json_invalid_total`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use seek_engine::serve::{ServeEvent, TokenLogprob};
+use seek_types::FinishReason;
+use serde::de::DeserializeOwned;
+
+use crate::error::AppError;
+use crate::run::{ChoiceEvent, ChoiceOutput, Running};
+use crate::state::{unix_now, AppState, Phase};
+use crate::valid::ValidRequest;
+use crate::wire::{self, ChunkUsage};
+
+/// The largest request body accepted, bytes.
+pub(crate) const BODY_LIMIT: usize = 8 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completion,
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    generate(state, Endpoint::Chat, headers, body).await
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    generate(state, Endpoint::Completion, headers, body).await
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut rec = RequestRecord::new(&state, "models", "models");
+    match state.config().api_keys.check(&headers) {
+        Err(e) => rec.fail(e),
+        Ok(tenant) => {
+            rec.tenant = tenant;
+            let data = state
+                .models()
+                .iter()
+                .map(|m| wire::Model {
+                    id: m.name.clone(),
+                    object: "model".into(),
+                    created: m.created,
+                    owned_by: "seek".into(),
+                    max_model_len: m.engine.max_context(),
+                })
+                .collect();
+            rec.finish(200, None);
+            Json(wire::ModelList {
+                object: "list".into(),
+                data,
+            })
+            .into_response()
+        }
+    }
+}
+
+/// `GET /health`: 200 when ready, 503 while loading or draining.
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    let (status, text) = match state.phase() {
+        Phase::Ready => (StatusCode::OK, "ok"),
+        Phase::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
+        Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+    };
+    (status, Json(serde_json::json!({ "status": text }))).into_response()
+}
+
+/// `GET /metrics` (behind the same keys as the API).
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match state.config().api_keys.check(&headers) {
+        Err(e) => e.into_response(),
+        Ok(_) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.metrics_text(),
+        )
+            .into_response(),
+    }
+}
+
+/// Any other route: OpenAI's 404.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
+    AppError::NotFound(format!("invalid URL ({method} {})", uri.path())).into_response()
+}
+
+async fn generate(
+    state: AppState,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (label, prefix) = match endpoint {
+        Endpoint::Chat => ("chat", "chatcmpl"),
+        Endpoint::Completion => ("completions", "cmpl"),
+    };
+    let mut rec = RequestRecord::new(&state, label, prefix);
+    match generate_inner(&state, endpoint, &headers, body, &mut rec).await {
+        Ok(r) => r,
+        Err(e) => rec.fail(e),
+    }
+}
+
+async fn generate_inner(
+    state: &AppState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    rec: &mut RequestRecord,
+) -> Result<Response, AppError> {
+    rec.tenant = state.config().api_keys.check(headers)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge(format!(
+                "the request body is larger than {BODY_LIMIT} bytes"
+            ))
+        } else {
+            AppError::BadRequest {
+                message: format!("cannot read the request body: {}", e.body_text()),
+                param: None,
+                code: None,
+            }
+        }
+    })?;
+    let valid = match endpoint {
+        Endpoint::Chat => {
+            let req: wire::ChatCompletionRequest = parse_json(&body)?;
+            rec.set_model(state, &req.model);
+            ValidRequest::chat(req, state)?
+        }
+        Endpoint::Completion => {
+            let req: wire::CompletionRequest = parse_json(&body)?;
+            rec.set_model(state, &req.model);
+            ValidRequest::completion(req, state)?
+        }
+    };
+    let running = Running::submit(&valid.model.engine, valid.engine_requests())?;
+    let out = Output::new(&valid, endpoint, rec.id.clone(), rec.start);
+    if valid.stream {
+        Ok(stream(state.clone(), running, out, rec.detach()))
+    } else {
+        collect(state, running, out, rec).await
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    serde_json::from_slice(body).map_err(|e| AppError::BadRequest {
+        message: format!("the request body is not valid JSON for this endpoint: {e}"),
+        param: None,
+        code: None,
+    })
+}
+
+/// Waits for every choice and answers with one JSON body.
+async fn collect(
+    state: &AppState,
+    mut running: Running,
+    mut out: Output,
+    rec: &mut RequestRecord,
+) -> Result<Response, AppError> {
+    while let Some(ChoiceEvent { choice, at, event }) = running.next().await {
+        out.outputs[choice].take(at, &event);
+    }
+    drop(running);
+    out.record_latencies(state);
+    out.check_outcome(&rec.id)?;
+    out.check_json(state);
+    let usage = out.usage();
+    rec.finish(200, Some(&usage));
+    Ok(match out.endpoint {
+        Endpoint::Chat => Json(out.chat_completion(usage)).into_response(),
+        Endpoint::Completion => Json(out.completion(usage)).into_response(),
+    })
+}
+
+/// Answers with server-sent events: one chunk per delta, a finish chunk per choice, the usage
+/// chunk when asked, then `[DONE]`.
+fn stream(state: AppState, running: Running, out: Output, rec: RequestRecord) -> Response {
+    let pending: VecDeque<String> = out.start_chunks().into();
+    let st = StreamState {
+        state,
+        running,
+        out,
+        rec,
+        pending,
+        ended: false,
+    };
+    let events = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(data) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(Event::default().data(data)), st));
+            }
+            if st.ended {
+                return None;
+            }
+            match st.running.next().await {
+                Some(ev) => st.on_event(ev),
+                None => st.on_end(),
+            }
+        }
+    });
+    Sse::new(events).into_response()
+}
+
+struct StreamState {
+    state: AppState,
+    running: Running,
+    out: Output,
+    rec: RequestRecord,
+    pending: VecDeque<String>,
+    ended: bool,
+}
+
+impl StreamState {
+    fn on_event(&mut self, ChoiceEvent { choice, at, event }: ChoiceEvent) {
+        let offset = self.out.outputs[choice].text_chars();
+        self.out.outputs[choice].take(at, &event);
+        match &event {
+            ServeEvent::Started { .. } => {}
+            ServeEvent::Delta { delta, logprob, .. } => {
+                if let Some(c) = self
+                    .out
+                    .delta_chunk(choice, delta, logprob.as_ref(), offset)
+                {
+                    self.pending.push_back(c);
+                }
+            }
+            ServeEvent::Finished {
+                finish_reason: FinishReason::Abort,
+                ..
+            } => self.error(AppError::Unavailable {
+                message: "the server shut down before the generation finished".into(),
+                code: "shutting_down",
+            }),
+            ServeEvent::Finished { finish_reason, .. } => {
+                let c = self.out.finish_chunk(choice, *finish_reason);
+                self.pending.push_back(c);
+            }
+            ServeEvent::Failed { message } => {
+                tracing::error!(request_id = %self.rec.id, choice, error = %message, "generation failed");
+                self.error(generation_failed(&self.rec.id));
+            }
+        }
+    }
+
+    fn on_end(&mut self) {
+        if let Err(e) = self.out.check_outcome(&self.rec.id) {
+            return self.error(e);
+        }
+        self.out.record_latencies(&self.state);
+        self.out.check_json(&self.state);
+        let usage = self.out.usage();
+        if self.out.include_usage {
+            let c = self.out.usage_chunk(usage);
+            self.pending.push_back(c);
+        }
+        self.pending.push_back("[DONE]".into());
+        self.rec.finish(200, Some(&usage));
+        self.ended = true;
+    }
+
+    /// Ends the stream with an error event (OpenAI's clients raise it) and `[DONE]`.
+    fn error(&mut self, e: AppError) {
+        self.out.record_latencies(&self.state);
+        let body = wire::ErrorResponse { error: e.body() };
+        self.pending
+            .push_back(serde_json::to_string(&body).expect("error bodies serialize"));
+        self.pending.push_back("[DONE]".into());
+        self.rec.finish(e.status().as_u16(), None);
+        self.ended = true;
+    }
+}
+
+fn generation_failed(id: &str) -> AppError {
+    AppError::Internal(format!(
+        "generation failed; the server log has the details under request id {id}"
+    ))
+}
+
+/// Everything needed to write a request's responses, and its choices' outputs.
+struct Output {
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+    model: String,
+    start: Instant,
+    n: usize,
+    include_usage: bool,
+    logprobs: bool,
+    reasoning: bool,
+    json_object: bool,
+    prices: crate::price::Prices,
+    outputs: Vec<ChoiceOutput>,
+}
+
+impl Output {
+    fn new(v: &ValidRequest, endpoint: Endpoint, id: String, start: Instant) -> Self {
+        let choices = v.prompts.len() * v.n;
+        Self {
+            endpoint,
+            id,
+            created: unix_now(),
+            model: v.model.name.clone(),
+            start,
+            n: v.n,
+            include_usage: v.include_usage,
+            logprobs: v.logprobs.is_some(),
+            reasoning: v.model.reasoning && endpoint == Endpoint::Chat,
+            json_object: v.json_object,
+            prices: v.model.prices,
+            outputs: (0..choices).map(|_| ChoiceOutput::default()).collect(),
+        }
+    }
+
+    /// Usage as billed: each prompt once (its first choice's counts), every choice's output.
+    fn usage(&self) -> wire::Usage {
+        let (mut prompt, mut hit, mut completion, mut reasoning) = (0, 0, 0, 0);
+        for (i, o) in self.outputs.iter().enumerate() {
+            if i % self.n == 0 {
+                prompt += o.usage.prompt_tokens;
+                hit += o.usage.cached_prompt_tokens;
+            }
+            completion += o.usage.completion_tokens;
+            reasoning += o.usage.reasoning_tokens;
+        }
+        let miss = prompt - hit;
+        wire::Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: wire::PromptTokensDetails { cached_tokens: hit },
+            completion_tokens_details: wire::CompletionTokensDetails {
+                reasoning_tokens: reasoning,
+            },
+            prompt_cache_hit_tokens: hit,
+            prompt_cache_miss_tokens: miss,
+            cost: self.prices.cost(hit, miss, completion),
+        }
+    }
+
+    /// 500 when a choice failed or never finished, 503 when the engine cancelled one.
+    fn check_outcome(&self, id: &str) -> Result<(), AppError> {
+        for (i, o) in self.outputs.iter().enumerate() {
+            if let Some(m) = &o.failed {
+                tracing::error!(request_id = %id, choice = i, error = %m, "generation failed");
+                return Err(generation_failed(id));
+            }
+            match o.finish {
+                None => {
+                    tracing::error!(request_id = %id, choice = i, "the engine stopped without finishing the request");
+                    return Err(generation_failed(id));
+                }
+                Some(FinishReason::Abort) => {
+                    return Err(AppError::Unavailable {
+                        message: "the server shut down before the generation finished".into(),
+                        code: "shutting_down",
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn record_latencies(&mut self, state: &AppState) {
+        for o in &mut self.outputs {
+            let gaps = std::mem::take(&mut o.gaps);
+            state
+                .metrics()
+                .latencies(&self.model, o.ttft(self.start), &gaps);
+        }
+    }
+
+    fn check_json(&self, state: &AppState) {
+        if !self.json_object {
+            return;
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            if o.finish == Some(FinishReason::Stop)
+                && serde_json::from_str::<serde_json::Value>(o.content.trim()).is_err()
+            {
+                tracing::warn!(request_id = %self.id, choice = i, "response_format json_object: the content is not valid JSON");
+                state.metrics().json_invalid(&self.model);
+            }
+        }
+    }
+
+    fn chunk_usage(&self) -> ChunkUsage {
+        if self.include_usage {
+            ChunkUsage::Null
+        } else {
+            ChunkUsage::Absent
+        }
+    }
+
+    fn chat_chunk(&self, choices: Vec<wire::ChunkChoice>, usage: ChunkUsage) -> String {
+        let c = wire::ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        };
+        serde_json::to_string(&c).expect("chunks serialize")
+    }
+
+    fn completion_chunk(&self, choices: Vec<wire::CompletionChoice>, usage: ChunkUsage) -> String {
+        let c = wire::Completion {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        };
+        serde_json::to_string(&c).expect("chunks serialize")
+    }
+
+    /// Chat streams open each choice with the assistant role.
+    fn start_chunks(&self) -> Vec<String> {
+        if self.endpoint != Endpoint::Chat {
+            return vec![];
+        }
+        (0..self.outputs.len())
+            .map(|index| {
+                let choice = wire::ChunkChoice {
+                    index,
+                    delta: wire::ChunkDelta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                        ..Default::default()
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                self.chat_chunk(vec![choice], self.chunk_usage())
+            })
+            .collect()
+    }
+
+    /// The chunk of one delta, or none when it carries nothing to send.
+    fn delta_chunk(
+        &self,
+        index: usize,
+        delta: &seek_reasoning::Delta,
+        logprob: Option<&TokenLogprob>,
+        offset: usize,
+    ) -> Option<String> {
+        if delta.is_empty() && logprob.is_none() {
+            return None;
+        }
+        Some(match self.endpoint {
+            Endpoint::Chat => {
+                let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+                let mut d = wire::ChunkDelta {
+                    content: some(&delta.content),
+                    reasoning_content: some(&delta.reasoning),
+                    reasoning: some(&delta.reasoning),
+                    role: None,
+                };
+                if delta.is_empty() {
+                    d.content = Some(String::new());
+                }
+                let choice = wire::ChunkChoice {
+                    index,
+                    delta: d,
+                    logprobs: logprob.map(|l| wire::ChatLogprobs {
+                        content: vec![chat_logprob(l)],
+                    }),
+                    finish_reason: None,
+                };
+                self.chat_chunk(vec![choice], self.chunk_usage())
+            }
+            Endpoint::Completion => {
+                let choice = wire::CompletionChoice {
+                    index,
+                    text: format!("{}{}", delta.reasoning, delta.content),
+                    logprobs: logprob
+                        .map(|l| completion_logprobs(std::slice::from_ref(l), &[offset])),
+                    finish_reason: None,
+                };
+                self.completion_chunk(vec![choice], self.chunk_usage())
+            }
+        })
+    }
+
+    fn finish_chunk(&self, index: usize, reason: FinishReason) -> String {
+        let reason = Some(reason.to_string());
+        match self.endpoint {
+            Endpoint::Chat => self.chat_chunk(
+                vec![wire::ChunkChoice {
+                    index,
+                    delta: wire::ChunkDelta::default(),
+                    logprobs: None,
+                    finish_reason: reason,
+                }],
+                self.chunk_usage(),
+            ),
+            Endpoint::Completion => self.completion_chunk(
+                vec![wire::CompletionChoice {
+                    index,
+                    text: String::new(),
+                    logprobs: None,
+                    finish_reason: reason,
+                }],
+                self.chunk_usage(),
+            ),
+        }
+    }
+
+    fn usage_chunk(&self, usage: wire::Usage) -> String {
+        match self.endpoint {
+            Endpoint::Chat => self.chat_chunk(vec![], ChunkUsage::Final(usage)),
+            Endpoint::Completion => self.completion_chunk(vec![], ChunkUsage::Final(usage)),
+        }
+    }
+
+    fn chat_completion(&self, usage: wire::Usage) -> wire::ChatCompletion {
+        let choices = self
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(index, o)| {
+                let reasoning =
+                    (self.reasoning || !o.reasoning.is_empty()).then(|| o.reasoning.clone());
+                wire::ChatChoice {
+                    index,
+                    message: wire::ResponseMessage {
+                        role: "assistant".into(),
+                        content: o.content.clone(),
+                        reasoning_content: reasoning.clone(),
+                        reasoning,
+                    },
+                    logprobs: self.logprobs.then(|| wire::ChatLogprobs {
+                        content: o.logprobs.iter().map(chat_logprob).collect(),
+                    }),
+                    finish_reason: o.finish.map(|f| f.to_string()),
+                }
+            })
+            .collect();
+        wire::ChatCompletion {
+            id: self.id.clone(),
+            object: "chat.completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
+    }
+
+    fn completion(&self, usage: wire::Usage) -> wire::Completion {
+        let choices = self
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(index, o)| wire::CompletionChoice {
+                index,
+                text: format!("{}{}", o.reasoning, o.content),
+                logprobs: self
+                    .logprobs
+                    .then(|| completion_logprobs(&o.logprobs, &o.token_offsets)),
+                finish_reason: o.finish.map(|f| f.to_string()),
+            })
+            .collect();
+        wire::Completion {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: ChunkUsage::Final(usage),
+        }
+    }
+}
+
+fn chat_logprob(l: &TokenLogprob) -> wire::TokenLogprob {
+    wire::TokenLogprob {
+        token: l.token.clone(),
+        logprob: l.logprob,
+        bytes: l.token.as_bytes().to_vec(),
+        top_logprobs: l
+            .top
+            .iter()
+            .map(|(_, token, logprob)| wire::TopLogprob {
+                token: token.clone(),
+                logprob: *logprob,
+                bytes: token.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+fn completion_logprobs(tokens: &[TokenLogprob], offsets: &[usize]) -> wire::CompletionLogprobs {
+    wire::CompletionLogprobs {
+        tokens: tokens.iter().map(|l| l.token.clone()).collect(),
+        token_logprobs: tokens.iter().map(|l| l.logprob).collect(),
+        top_logprobs: tokens
+            .iter()
+            .map(|l| {
+                l.top
+                    .iter()
+                    .map(|(_, t, lp)| (t.clone(), serde_json::Value::from(*lp)))
+                    .collect()
+            })
+            .collect(),
+        text_offset: offsets.to_vec(),
+    }
+}
+
+/// One request's access-log line and metrics update, written exactly once: by `finish`, or on
+/// drop with status 499 when the client went away first.
+pub(crate) struct RequestRecord {
+    state: AppState,
+    pub id: String,
+    endpoint: &'static str,
+    pub start: Instant,
+    pub tenant: String,
+    model: String,
+    done: bool,
+}
+
+impl RequestRecord {
+    fn new(state: &AppState, endpoint: &'static str, prefix: &str) -> Self {
+        Self {
+            state: state.clone(),
+            id: format!("{prefix}-{:032x}", rand::random::<u128>()),
+            endpoint,
+            start: Instant::now(),
+            tenant: "unknown".into(),
+            model: "unknown".into(),
+            done: false,
+        }
+    }
+
+    /// Labels the record with the requested model, if it is one this server serves (the
+    /// label set stays bounded whatever clients send).
+    fn set_model(&mut self, state: &AppState, name: &str) {
+        if state.config().model_names.iter().any(|n| n == name) {
+            self.model = name.to_string();
+        }
+    }
+
+    /// Hands the record to a stream that outlives the handler.
+    fn detach(&mut self) -> RequestRecord {
+        self.done = true;
+        RequestRecord {
+            state: self.state.clone(),
+            id: self.id.clone(),
+            endpoint: self.endpoint,
+            start: self.start,
+            tenant: self.tenant.clone(),
+            model: self.model.clone(),
+            done: false,
+        }
+    }
+
+    fn fail(&mut self, e: AppError) -> Response {
+        if e.status().is_server_error() {
+            tracing::warn!(request_id = %self.id, error = %e, "request failed");
+        } else {
+            tracing::info!(request_id = %self.id, error = %e, "request refused");
+        }
+        self.finish(e.status().as_u16(), None);
+        e.into_response()
+    }
+
+    fn finish(&mut self, status: u16, usage: Option<&wire::Usage>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        let m = self.state.metrics();
+        m.request(self.endpoint, &self.model, &self.tenant, status, secs);
+        if let Some(u) = usage {
+            m.usage(&self.model, &self.tenant, u);
+        }
+        let u = usage.copied();
+        tracing::info!(
+            target: "seek_server::access",
+            request_id = %self.id,
+            tenant = %self.tenant,
+            model = %self.model,
+            endpoint = self.endpoint,
+            status,
+            prompt_tokens = u.map(|u| u.prompt_tokens),
+            cached_tokens = u.map(|u| u.prompt_cache_hit_tokens),
+            completion_tokens = u.map(|u| u.completion_tokens),
+            reasoning_tokens = u.map(|u| u.completion_tokens_details.reasoning_tokens),
+            cost_usd = u.map(|u| u.cost.total),
+            latency_ms = (secs * 1e3).round() as u64,
+            "request"
+        );
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        // The client went away before the answer was complete.
+        self.finish(499, None);
+    }
+}
