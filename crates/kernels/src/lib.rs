@@ -49,7 +49,7 @@ pub mod vector;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use matmul::{matmul, QMatrix, Scratch};
+pub use matmul::{matmul, matmul_many, QMatrix, Scratch};
 pub use pool::ThreadPool;
 
 use std::fmt;

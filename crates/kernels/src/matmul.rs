@@ -4,7 +4,7 @@
 
 use crate::dispatch::{quantize_into, ActInfoBuf, Job, Kernel};
 use crate::pool::{Chunks, ThreadPool};
-use crate::{KernelError, QType, Simd};
+use crate::{KernelError, QType, Simd, VecDotType};
 use std::marker::PhantomData;
 
 /// A row-major matrix of quantized weights: `rows` rows of `cols` elements, each row a run of
@@ -74,6 +74,8 @@ impl<'a> QMatrix<'a> {
 pub struct Scratch {
     simd: Simd,
     act: Vec<u8>,
+    /// [`matmul_many`]'s quantized row, one per vec-dot type.
+    acts: Vec<Vec<u8>>,
     info: ActInfoBuf,
     packs: Vec<Vec<u8>>,
 }
@@ -102,6 +104,7 @@ impl Scratch {
         Self {
             simd,
             act: Vec::new(),
+            acts: Vec::new(),
             info: ActInfoBuf::default(),
             packs: Vec::new(),
         }
@@ -226,6 +229,117 @@ pub fn matmul(
     for p in packs_all.iter_mut().filter(|p| p.len() < need) {
         p.resize(need, 0);
     }
+}
+
+/// Several products of one activation row (decode: `m = 1`) with matrices of the same width,
+/// in one dispatch of the pool: `outs[i] = x · ws[i]ᵀ`. The row is quantized once per
+/// vec-dot type, and the rows of all matrices are shared out together, so a layer's q/k/v
+/// (or gate/up) projections cost one wake-up of the pool instead of three (or two). Each
+/// element equals [`matmul`]'s, bit for bit.
+pub fn matmul_many(
+    ws: &[QMatrix<'_>],
+    x: &[f32],
+    outs: &mut [&mut [f32]],
+    scratch: &mut Scratch,
+    pool: &ThreadPool,
+) {
+    assert_eq!(ws.len(), outs.len(), "matmul_many: one output per matrix");
+    let Some(first) = ws.first() else { return };
+    let cols = first.cols;
+    assert!(
+        ws.iter().all(|w| w.cols == cols),
+        "matmul_many: every matrix must have {cols} columns"
+    );
+    assert_eq!(x.len(), cols, "matmul_many: x must be one row of {cols}");
+    for (w, o) in ws.iter().zip(outs.iter()) {
+        assert_eq!(
+            o.len(),
+            w.rows,
+            "matmul_many: out must have the matrix's rows"
+        );
+    }
+    let simd = scratch.simd;
+    // One quantized copy of x per distinct vec-dot type (at most three exist).
+    let mut types: Vec<VecDotType> = Vec::new();
+    for w in ws {
+        let vt = w.ty.vec_dot_type();
+        if !types.contains(&vt) {
+            types.push(vt);
+        }
+    }
+    if scratch.acts.len() < types.len() {
+        scratch.acts.resize_with(types.len(), Vec::new);
+    }
+    for (vt, buf) in types.iter().zip(scratch.acts.iter_mut()) {
+        buf.resize(vt.row_bytes(cols), 0);
+        quantize_into(simd, x, *vt, buf);
+    }
+    let acts = &scratch.acts;
+    let plans: Vec<(Kernel, Job<'_>, usize)> = ws
+        .iter()
+        .map(|w| {
+            let vt = w.ty.vec_dot_type();
+            let a = &acts[types
+                .iter()
+                .position(|t| *t == vt)
+                .expect("collected above")];
+            let kernel = Kernel::new(simd, w.ty);
+            let groups = w.rows.div_ceil(kernel.group);
+            let job = Job {
+                w: w.data,
+                wrow: w.ty.row_bytes(cols),
+                act: a,
+                xrow: a.len(),
+                nb: cols / w.ty.block_elems(),
+                m: 1,
+                act_info: Default::default(),
+            };
+            (kernel, job, groups)
+        })
+        .collect();
+    let threads = pool.threads();
+    let packs = &mut scratch.packs;
+    if packs.len() < threads {
+        packs.resize_with(threads, Vec::new);
+    }
+    let bytes: usize = ws.iter().map(|w| w.data.len()).sum();
+    if threads == 1 || bytes < MIN_PARALLEL_WORK {
+        for ((kernel, job, _), (w, out)) in plans.iter().zip(ws.iter().zip(outs.iter_mut())) {
+            kernel.run(job, 0..w.rows, &mut packs[0], &mut |_, r0, v| {
+                out[r0..r0 + v.len()].copy_from_slice(v)
+            });
+        }
+        return;
+    }
+    // Chunks of each matrix in proportion to its bytes, numbered across all of them.
+    let total_chunks = CHUNKS_PER_THREAD * threads;
+    let mut first_chunk = Vec::with_capacity(ws.len() + 1);
+    let mut n = 0;
+    for ((_, _, groups), w) in plans.iter().zip(ws) {
+        first_chunk.push(n);
+        n += (*groups).min((total_chunks * w.data.len()).div_ceil(bytes).max(1));
+    }
+    first_chunk.push(n);
+    let chunks = Chunks::new(n);
+    let outs: Vec<Disjoint<'_, f32>> = outs.iter_mut().map(|o| Disjoint::new(o)).collect();
+    let packs = Disjoint::new(&mut packs[..threads]);
+    pool.run(&|t| {
+        // SAFETY: pack t belongs to thread t, the only one running `f(t)`.
+        let pack = unsafe { &mut packs.slice(t..t + 1)[0] };
+        while let Some(c) = chunks.next() {
+            let mi = first_chunk.partition_point(|&f| f <= c) - 1;
+            let (kernel, job, groups) = &plans[mi];
+            let (i, k) = (c - first_chunk[mi], first_chunk[mi + 1] - first_chunk[mi]);
+            let g0 = groups * i / k;
+            let g1 = groups * (i + 1) / k;
+            let rows = g0 * kernel.group..(g1 * kernel.group).min(ws[mi].rows);
+            let out = &outs[mi];
+            kernel.run(job, rows, pack, &mut |_, r0, v| {
+                // SAFETY: chunk c is handed out once and covers rows no other chunk holds.
+                unsafe { out.slice(r0..r0 + v.len()) }.copy_from_slice(v)
+            });
+        }
+    });
 }
 
 /// Chunks of weight rows per thread of the pool: enough to even out a late start.

@@ -272,3 +272,46 @@ fn matmul_is_the_same_at_every_level_and_batch_size() {
         }
     }
 }
+
+/// `matmul_many` (one dispatch for several matrices sharing an input row) gives every
+/// element [`matmul`] gives, bit for bit: mixed types (so several vec-dot types), sizes that
+/// split unevenly, one and several threads.
+#[test]
+fn matmul_many_equals_matmul_per_matrix() {
+    let mut rng = rng(41);
+    let cols = 512;
+    let specs = [
+        (QType::Q5_0, 200),
+        (QType::Q6K, 72),
+        (QType::Q8_0, 136),
+        (QType::Q4_1, 8),
+    ];
+    let data: Vec<Vec<u8>> = specs
+        .iter()
+        .map(|(ty, rows)| random_blocks(*ty, rows * cols / ty.block_elems(), &mut rng))
+        .collect();
+    let x = random_acts(cols, &mut rng);
+    for threads in [1, 2, 3] {
+        let pool = ThreadPool::new(threads).unwrap();
+        let ws: Vec<QMatrix> = specs
+            .iter()
+            .zip(&data)
+            .map(|((ty, rows), d)| QMatrix::new(*ty, d, *rows, cols).unwrap())
+            .collect();
+        let mut outs: Vec<Vec<f32>> = specs.iter().map(|(_, r)| vec![f32::NAN; *r]).collect();
+        {
+            let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            seek_kernels::matmul_many(&ws, &x, &mut refs, &mut Scratch::new(), &pool);
+        }
+        for (w, got) in ws.iter().zip(&outs) {
+            let mut want = vec![0f32; w.rows()];
+            matmul(w, &x, 1, &mut want, &mut Scratch::new(), &pool);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{:?} with {threads} threads",
+                w.ty()
+            );
+        }
+    }
+}

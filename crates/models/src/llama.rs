@@ -431,6 +431,35 @@ impl Linear {
         })
     }
 
+    /// [`Linear::forward_rows`] for several layers reading the same rows (q/k/v, gate/up),
+    /// in one dispatch of the kernels when decoding one row.
+    fn forward_rows_many(
+        layers: &[&Linear],
+        x: &[f32],
+        m: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let qs: Vec<&crate::weights::QuantMatrix> = layers
+            .iter()
+            .map(|l| {
+                l.weight
+                    .quantized()
+                    .expect("the fused path is only taken when every weight is quantized")
+            })
+            .collect();
+        crate::weights::QuantMatrix::forward_many(&qs, x, m, outs)?;
+        for (l, out) in layers.iter().zip(outs.iter_mut()) {
+            if let Some(b) = &l.bias_f32 {
+                for row in out.chunks_exact_mut(b.len()) {
+                    for (o, b) in row.iter_mut().zip(b) {
+                        *o += b;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `out = x W^T + b` on rows `x: (m, in)` -> `out: (m, out)`; only for weights that
     /// Seek's kernels compute (see [`Llama::can_fuse`]).
     fn forward_rows(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
@@ -1060,9 +1089,12 @@ impl Llama {
             let a = &layer.self_attn;
             layer.input_layernorm.forward_rows(&x, &mut normed);
             // (N, E) -> (N, H*D), (N, Hkv*D), (N, Hkv*D)
-            a.q_proj.forward_rows(&normed, n, &mut q)?;
-            a.k_proj.forward_rows(&normed, n, &mut k)?;
-            a.v_proj.forward_rows(&normed, n, &mut v)?;
+            Linear::forward_rows_many(
+                &[&a.q_proj, &a.k_proj, &a.v_proj],
+                &normed,
+                n,
+                &mut [&mut q, &mut k, &mut v],
+            )?;
             for ((rows, cos, sin), cache) in spans.iter().zip(caches.iter_mut()) {
                 let (q, k) = (
                     &mut q[rows.start * qw..rows.end * qw],
@@ -1091,8 +1123,12 @@ impl Llama {
             vector::axpy(1.0, &proj, &mut x);
             layer.post_attention_layernorm.forward_rows(&x, &mut normed);
             let m = &layer.mlp;
-            m.gate_proj.forward_rows(&normed, n, &mut gate)?;
-            m.up_proj.forward_rows(&normed, n, &mut up)?;
+            Linear::forward_rows_many(
+                &[&m.gate_proj, &m.up_proj],
+                &normed,
+                n,
+                &mut [&mut gate, &mut up],
+            )?;
             vector::silu_mul(&mut gate, &up);
             m.down_proj.forward_rows(&gate, n, &mut proj)?;
             vector::axpy(1.0, &proj, &mut x);

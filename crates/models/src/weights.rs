@@ -566,6 +566,32 @@ impl QuantMatrix {
         Ok(&self.file.tensor_data(&self.info)?[self.offset..self.offset + self.len])
     }
 
+    /// `outs[i] = x · Wᵢᵀ` for matrices of the same width on the rows `x: (m, in)`: one
+    /// dispatch of the kernels' pool for all of them when `m = 1` (decode), so a layer's
+    /// q/k/v or gate/up projections wake the threads once.
+    pub(crate) fn forward_many(
+        ms: &[&QuantMatrix],
+        x: &[f32],
+        m: usize,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        if m != 1 || ms.len() < 2 {
+            for (q, o) in ms.iter().zip(outs.iter_mut()) {
+                q.forward_slice(x, m, o)?;
+            }
+            return Ok(());
+        }
+        let ws = ms
+            .iter()
+            .map(|q| {
+                QMatrix::new(q.ty, q.bytes()?, q.rows, q.cols)
+                    .map_err(|e| ModelError::Input(format!("tensor {:?}: {e}", q.info.name)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        SCRATCH.with(|s| seek_kernels::matmul_many(&ws, x, outs, &mut s.borrow_mut(), &ms[0].pool));
+        Ok(())
+    }
+
     /// The threads its products run on.
     pub(crate) fn pool(&self) -> &seek_kernels::ThreadPool {
         &self.pool
