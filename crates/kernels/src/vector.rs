@@ -115,10 +115,25 @@ pub fn attention<T: Element>(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    attention_segments(q, &[(k, v, s)], scale, scores, out)
+}
+
+/// [`attention`] over keys and values held in several runs of rows (the blocks of a paged KV
+/// cache): `(keys, values, rows)` per segment, in position order. Same order of operations,
+/// so the result equals [`attention`] over the same rows laid out contiguously, bit for bit.
+pub fn attention_segments<T: Element>(
+    q: &[f32],
+    segments: &[(Rows<'_, T>, Rows<'_, T>, usize)],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let d = q.len();
     assert_eq!(out.len(), d, "attention: out must have the query's length");
     scores.clear();
-    scores.extend((0..s).map(|i| dot(q, k.row(i, d)) * scale));
+    for (k, _, n) in segments {
+        scores.extend((0..*n).map(|i| dot(q, k.row(i, d)) * scale));
+    }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut denom = 0f32;
     for x in scores.iter_mut() {
@@ -128,20 +143,27 @@ pub fn attention<T: Element>(
     for x in scores.iter_mut() {
         *x /= denom;
     }
-    // Rows must lie inside the buffers before the SIMD code reads them unchecked.
-    if s > 0 {
-        let _ = (v.row(s - 1, d), v.row(0, d));
-    }
-    #[cfg(target_arch = "x86_64")]
-    if Simd::best() >= Simd::Avx2 {
-        // SAFETY: AVX2 and FMA are present; every row was bounds-checked just above
-        // (rows are evenly spaced, so the first and last bound them all).
-        return unsafe { x86::weighted_sum(scores, v, out) };
-    }
     out.fill(0.0);
-    for (i, &w) in scores.iter().enumerate() {
-        for (o, &x) in out.iter_mut().zip(v.row(i, d)) {
-            *o = x.to_f32().mul_add(w, *o);
+    let mut from = 0;
+    for (_, v, n) in segments {
+        let w = &scores[from..from + n];
+        from += n;
+        if *n == 0 {
+            continue;
+        }
+        // Rows must lie inside the buffers before the SIMD code reads them unchecked.
+        let _ = (v.row(n - 1, d), v.row(0, d));
+        #[cfg(target_arch = "x86_64")]
+        if Simd::best() >= Simd::Avx2 {
+            // SAFETY: AVX2 and FMA are present; every row was bounds-checked just above
+            // (rows are evenly spaced, so the first and last bound them all).
+            unsafe { x86::weighted_sum(w, *v, out) };
+            continue;
+        }
+        for (i, &wi) in w.iter().enumerate() {
+            for (o, &x) in out.iter_mut().zip(v.row(i, d)) {
+                *o = x.to_f32().mul_add(wi, *o);
+            }
         }
     }
 }
@@ -203,7 +225,7 @@ mod x86 {
     use super::{Element, Rows};
     use std::arch::x86_64::*;
 
-    /// `out = Σᵢ wᵢ vᵢ` (see [`super::attention`]), 64 outputs at a time in registers.
+    /// `out += Σᵢ wᵢ vᵢ` (see [`super::attention`]), 64 outputs at a time in registers.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; rows `0..w.len()` of `v`, each `out.len()` long, are in bounds.
@@ -216,6 +238,9 @@ mod x86 {
             let mut j = 0;
             while j + 64 <= d {
                 let mut acc = [_mm256_setzero_ps(); 8];
+                for (l, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(out.as_ptr().add(j + 8 * l));
+                }
                 for (i, &wi) in w.iter().enumerate() {
                     let wv = _mm256_set1_ps(wi);
                     let row = base.add(i * v.stride + j);
@@ -229,7 +254,7 @@ mod x86 {
                 j += 64;
             }
             while j + 8 <= d {
-                let mut a = _mm256_setzero_ps();
+                let mut a = _mm256_loadu_ps(out.as_ptr().add(j));
                 for (i, &wi) in w.iter().enumerate() {
                     let row = base.add(i * v.stride + j);
                     a = _mm256_fmadd_ps(T::load8(row), _mm256_set1_ps(wi), a);
@@ -238,7 +263,7 @@ mod x86 {
                 j += 8;
             }
             for (jj, o) in out.iter_mut().enumerate().skip(j) {
-                let mut a = 0f32;
+                let mut a = *o;
                 for (i, &wi) in w.iter().enumerate() {
                     a = (*base.add(i * v.stride + jj)).to_f32().mul_add(wi, a);
                 }
@@ -431,6 +456,55 @@ mod tests {
             );
             assert_eq!(a16, a32, "f16 d {d} s {s}");
         }
+    }
+
+    /// The same rows split into segments (blocks of a paged cache) give the same bits.
+    #[test]
+    fn attention_over_segments_equals_contiguous_attention() {
+        let (d, s, stride) = (72usize, 37usize, 75usize);
+        let q = data(d, 3);
+        let k = data(stride * s, 5);
+        let v = data(stride * s, 7);
+        let mut whole = vec![0f32; d];
+        attention(
+            &q,
+            Rows {
+                data: &k,
+                offset: 0,
+                stride,
+            },
+            Rows {
+                data: &v,
+                offset: 0,
+                stride,
+            },
+            s,
+            0.2,
+            &mut Vec::new(),
+            &mut whole,
+        );
+        // Blocks of 16, 16 and 5 rows.
+        let segs: Vec<(Rows<f32>, Rows<f32>, usize)> = [(0usize, 16usize), (16, 16), (32, 5)]
+            .iter()
+            .map(|&(from, n)| {
+                (
+                    Rows {
+                        data: &k,
+                        offset: from * stride,
+                        stride,
+                    },
+                    Rows {
+                        data: &v,
+                        offset: from * stride,
+                        stride,
+                    },
+                    n,
+                )
+            })
+            .collect();
+        let mut split = vec![0f32; d];
+        attention_segments(&q, &segs, 0.2, &mut Vec::new(), &mut split);
+        assert_eq!(whole, split);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod error;
 mod kv_cache;
 pub mod llama;
 mod load;
+pub mod paged;
 pub mod qwen2;
 pub mod weights;
 
@@ -60,6 +61,23 @@ pub trait CausalLm: Send + Sync {
     /// one after another.
     fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         decode_each(self, tokens, caches)
+    }
+    /// The shape of one cached position when the model can keep its KV in shared blocks
+    /// ([`paged::KvBlocks`]); `None` when it cannot (then it uses [`KvCache`]).
+    fn paged_layout(&self) -> Option<paged::PagedLayout> {
+        None
+    }
+    /// Feeds each span's tokens after its cached positions, keys and values in `blocks`, and
+    /// returns the logits `(spans, V)` of each span's last token: prefill chunks and decode
+    /// steps of many sequences in one forward.
+    fn forward_paged(
+        &self,
+        _spans: &[paged::Span<'_>],
+        _blocks: &mut paged::KvBlocks,
+    ) -> Result<Tensor> {
+        Err(ModelError::Input(
+            "this model keeps its KV cache per sequence (no paged layout)".into(),
+        ))
     }
     /// An empty cache shaped for this model.
     fn new_cache(&self) -> KvCache;

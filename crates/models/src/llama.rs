@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use seek_kernels::vector;
 
+use crate::paged::{KvBlocks, PagedLayout, Span};
 use crate::weights::{Embedding, Matmul, Weights};
 use crate::{CausalLm, KvCache, ModelError, Result};
 
@@ -1018,15 +1019,17 @@ impl Llama {
             })
     }
 
-    /// One decode step on the fused path for the rows of several caches: cache `c` holds
-    /// `B_c` sequences (its batch size) and takes the next `B_c` ids; every weight is read
-    /// once for all `N = Σ B_c` rows, while each cache keeps its own length (position) and
-    /// its rows attend only to it. Logits `(N, V)`.
-    fn decode_fused(
+    /// The fused forward on f32 rows: `ids[r]` at position `positions[r]`; `kv` stores each
+    /// layer's keys and values and runs attention for the rows; the logits `(len(last), V)`
+    /// of the rows listed in `last`. Every weight is read once for all rows (batched decode,
+    /// prefill chunks of several sequences), and the rows of different sequences never see
+    /// each other: that is `kv`'s business.
+    fn fused_rows(
         &self,
         ids: &[u32],
-        caches: &mut [&mut KvCache],
-        batch_sizes: &[usize],
+        positions: &[usize],
+        last: &[usize],
+        kv: &mut dyn RowKv,
     ) -> Result<Vec<f32>> {
         let n = ids.len();
         let cfg = &self.cfg;
@@ -1050,31 +1053,15 @@ impl Llama {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1()?;
-        // Rows of each cache and the rotation for its position.
-        let mut spans = Vec::with_capacity(caches.len());
-        let mut r0 = 0;
-        for (c, &b) in caches.iter().zip(batch_sizes) {
-            if c.batch_size().is_some_and(|cb| cb != b) {
-                return Err(ModelError::Input(format!(
-                    "a KV cache of {} sequences was given {b} tokens; give one token per sequence",
-                    c.batch_size().unwrap_or(0)
-                )));
+        // (N, D/2) each: the rotation of every row's position
+        let half = self.rope.inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        for &p in positions {
+            for f in &self.rope.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
             }
-            let angles: Vec<f32> = self
-                .rope
-                .inv_freq
-                .iter()
-                .map(|f| c.seq_len() as f32 * f)
-                .collect();
-            let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
-            let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
-            spans.push((r0..r0 + b, cos, sin));
-            r0 += b;
-        }
-        if r0 != n {
-            return Err(ModelError::Input(format!(
-                "{n} tokens for caches holding {r0} sequences; give one token per sequence"
-            )));
         }
         let mut normed = vec![0f32; n * e];
         let mut q = vec![0f32; n * h * d];
@@ -1095,30 +1082,28 @@ impl Llama {
                 n,
                 &mut [&mut q, &mut k, &mut v],
             )?;
-            for ((rows, cos, sin), cache) in spans.iter().zip(caches.iter_mut()) {
-                let (q, k) = (
-                    &mut q[rows.start * qw..rows.end * qw],
-                    &mut k[rows.start * kw..rows.end * kw],
+            for r in 0..n {
+                let (c, sn) = (
+                    &cos[r * half..(r + 1) * half],
+                    &sin[r * half..(r + 1) * half],
                 );
-                rope_rows(q, d, cos, sin, self.rope.interleaved);
-                rope_rows(k, d, cos, sin, self.rope.interleaved);
-                let b = rows.len();
-                // (B_c, Hkv*D) is (B_c, Hkv, 1, D)
-                let kt = Tensor::from_slice(k, (b, hkv, 1, d), &self.device)?;
-                let vt = Tensor::from_slice(
-                    &v[rows.start * kw..rows.end * kw],
-                    (b, hkv, 1, d),
-                    &self.device,
-                )?;
-                let (kc, vc) = cache.append(i, &kt, &vt)?;
-                let out = &mut att[rows.start * qw..rows.end * qw];
-                if !attend_cached(q, h, &kc, &vc, out, Some(pool))? {
-                    return Err(ModelError::Input(
-                        "the KV cache is not f32 or f16 on the CPU; make it with CausalLm::new_cache"
-                            .into(),
-                    ));
-                }
+                rope_rows(
+                    &mut q[r * qw..(r + 1) * qw],
+                    d,
+                    c,
+                    sn,
+                    self.rope.interleaved,
+                );
+                rope_rows(
+                    &mut k[r * kw..(r + 1) * kw],
+                    d,
+                    c,
+                    sn,
+                    self.rope.interleaved,
+                );
             }
+            kv.store(i, &k, &v)?;
+            kv.attend(i, &q, &mut att, pool)?;
             a.o_proj.forward_rows(&att, n, &mut proj)?;
             vector::axpy(1.0, &proj, &mut x);
             layer.post_attention_layernorm.forward_rows(&x, &mut normed);
@@ -1133,14 +1118,194 @@ impl Llama {
             m.down_proj.forward_rows(&gate, n, &mut proj)?;
             vector::axpy(1.0, &proj, &mut x);
         }
-        for c in caches.iter_mut() {
-            c.advance(1);
+        kv.advance();
+        // The rows whose logits are wanted: (L, E) -> (L, V)
+        let mut rows = vec![0f32; last.len() * e];
+        for (o, &r) in rows.chunks_exact_mut(e).zip(last) {
+            self.norm.forward_rows(&x[r * e..(r + 1) * e], o);
         }
-        self.norm.forward_rows(&x, &mut normed);
-        let mut logits = vec![0f32; n * cfg.vocab_size];
-        lm_head.forward_slice(&normed, n, &mut logits)?;
+        let mut logits = vec![0f32; last.len() * cfg.vocab_size];
+        lm_head.forward_slice(&rows, last.len(), &mut logits)?;
         Ok(logits)
     }
+
+    /// One decode step on the fused path for the rows of several contiguous caches: cache `c`
+    /// holds `batch_sizes[c]` sequences and takes that many ids. Logits `(N, V)`.
+    fn decode_fused(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut KvCache],
+        batch_sizes: &[usize],
+    ) -> Result<Vec<f32>> {
+        let mut positions = Vec::with_capacity(ids.len());
+        for (c, &b) in caches.iter().zip(batch_sizes) {
+            if c.batch_size().is_some_and(|cb| cb != b) {
+                return Err(ModelError::Input(format!(
+                    "a KV cache of {} sequences was given {b} tokens; give one token per sequence",
+                    c.batch_size().unwrap_or(0)
+                )));
+            }
+            positions.extend(std::iter::repeat_n(c.seq_len(), b));
+        }
+        if positions.len() != ids.len() {
+            return Err(ModelError::Input(format!(
+                "{} tokens for caches holding {} sequences; give one token per sequence",
+                ids.len(),
+                positions.len()
+            )));
+        }
+        let cfg = &self.cfg;
+        let mut kv = ContiguousKv {
+            caches,
+            batch_sizes,
+            views: Vec::new(),
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            device: &self.device,
+        };
+        let last: Vec<usize> = (0..ids.len()).collect();
+        self.fused_rows(ids, &positions, &last, &mut kv)
+    }
+}
+
+/// Where the fused forward keeps keys and values and how its rows attend.
+trait RowKv {
+    /// Stores this layer's keys and values of the new rows, `(N, Hkv*D)` each.
+    fn store(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()>;
+    /// Attention of the new rows `q: (N, H*D)` over what each may see, into `out: (N, H*D)`.
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: &[f32],
+        out: &mut [f32],
+        pool: &seek_kernels::ThreadPool,
+    ) -> Result<()>;
+    /// Called once after the last layer.
+    fn advance(&mut self);
+}
+
+/// Contiguous per-sequence caches ([`KvCache`]), one new row per sequence (decode).
+struct ContiguousKv<'a, 'c> {
+    caches: &'a mut [&'c mut KvCache],
+    batch_sizes: &'a [usize],
+    /// This layer's `(B_c, Hkv, S, D)` views of each cache.
+    views: Vec<(Tensor, Tensor)>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    device: &'a Device,
+}
+
+impl RowKv for ContiguousKv<'_, '_> {
+    fn store(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        let (hkv, d) = (self.kv_heads, self.head_dim);
+        let w = hkv * d;
+        self.views.clear();
+        let mut r0 = 0;
+        for (cache, &b) in self.caches.iter_mut().zip(self.batch_sizes) {
+            // (B_c, Hkv*D) is (B_c, Hkv, 1, D)
+            let kt = Tensor::from_slice(&k[r0 * w..(r0 + b) * w], (b, hkv, 1, d), self.device)?;
+            let vt = Tensor::from_slice(&v[r0 * w..(r0 + b) * w], (b, hkv, 1, d), self.device)?;
+            self.views.push(cache.append(layer, &kt, &vt)?);
+            r0 += b;
+        }
+        Ok(())
+    }
+
+    fn attend(
+        &mut self,
+        _layer: usize,
+        q: &[f32],
+        out: &mut [f32],
+        pool: &seek_kernels::ThreadPool,
+    ) -> Result<()> {
+        let qw = self.heads * self.head_dim;
+        let mut r0 = 0;
+        for ((kc, vc), &b) in self.views.iter().zip(self.batch_sizes) {
+            let (q, out) = (&q[r0 * qw..(r0 + b) * qw], &mut out[r0 * qw..(r0 + b) * qw]);
+            if !attend_cached(q, self.heads, kc, vc, out, Some(pool))? {
+                return Err(ModelError::Input(
+                    "the KV cache is not f32 or f16 on the CPU; make it with CausalLm::new_cache"
+                        .into(),
+                ));
+            }
+            r0 += b;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self) {
+        for c in self.caches.iter_mut() {
+            c.advance(1);
+        }
+    }
+}
+
+/// Paged KV memory: each row of a span sees its span's positions up to its own.
+struct PagedKv<'a> {
+    blocks: &'a mut KvBlocks,
+    spans: &'a [Span<'a>],
+    /// `(span, position)` of each row.
+    rows: Vec<(usize, usize)>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl RowKv for PagedKv<'_> {
+    fn store(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        let w = self.kv_heads * self.head_dim;
+        for (r, &(si, pos)) in self.rows.iter().enumerate() {
+            let table = self.spans[si].table;
+            self.blocks.write(
+                layer,
+                table,
+                pos,
+                &k[r * w..(r + 1) * w],
+                &v[r * w..(r + 1) * w],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: &[f32],
+        out: &mut [f32],
+        pool: &seek_kernels::ThreadPool,
+    ) -> Result<()> {
+        let (h, d) = (self.heads, self.head_dim);
+        let group = h / self.kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let blocks = &*self.blocks;
+        let (spans, rows) = (self.spans, &self.rows);
+        // One part per (row, head).
+        let head = |i: usize, o: &mut [f32]| {
+            let (r, hi) = (i / h, i % h);
+            let (si, pos) = rows[r];
+            let segs = blocks.segments(layer, spans[si].table, hi / group, pos + 1);
+            SCORES.with(|sc| {
+                vector::attention_segments(
+                    &q[i * d..(i + 1) * d],
+                    &segs,
+                    scale,
+                    &mut sc.borrow_mut(),
+                    o,
+                )
+            });
+        };
+        let work: usize = rows.iter().map(|&(_, p)| p + 1).sum::<usize>() * h * d;
+        if work < 1 << 16 {
+            out.chunks_mut(d).enumerate().for_each(|(i, o)| head(i, o));
+        } else {
+            pool.par_chunks_mut(out, d, &head);
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self) {}
 }
 
 impl CausalLm for Llama {
@@ -1151,6 +1316,66 @@ impl CausalLm for Llama {
     fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         // (B, 1, V) -> (B, V)
         Ok(self.forward_inner(input_ids, cache, true)?.squeeze(1)?)
+    }
+
+    fn paged_layout(&self) -> Option<PagedLayout> {
+        self.fused.then_some(PagedLayout {
+            layers: self.layers.len(),
+            kv_heads: self.cfg.num_kv_heads,
+            head_dim: self.cfg.head_dim,
+        })
+    }
+
+    fn forward_paged(&self, spans: &[Span<'_>], blocks: &mut KvBlocks) -> Result<Tensor> {
+        let layout = self.paged_layout().ok_or_else(|| {
+            ModelError::Input("paged KV needs the fused CPU path (a GGUF model on the CPU)".into())
+        })?;
+        if blocks.layout() != layout {
+            return Err(ModelError::Input(format!(
+                "the KV blocks were made for {:?}, not this model's {layout:?}",
+                blocks.layout()
+            )));
+        }
+        let (mut ids, mut positions, mut rows, mut last) = (vec![], vec![], vec![], vec![]);
+        for (si, sp) in spans.iter().enumerate() {
+            if sp.tokens.is_empty() {
+                return Err(ModelError::Input("a span needs at least one token".into()));
+            }
+            let end = sp.start + sp.tokens.len();
+            if end > self.cfg.max_position_embeddings {
+                return Err(ModelError::Input(format!(
+                    "position {end} is past the model's context window of {} tokens",
+                    self.cfg.max_position_embeddings
+                )));
+            }
+            if end.div_ceil(blocks.block_size()) > sp.table.len() {
+                return Err(ModelError::Input(format!(
+                    "a block table of {} blocks does not cover {end} positions",
+                    sp.table.len()
+                )));
+            }
+            for (j, &t) in sp.tokens.iter().enumerate() {
+                ids.push(t);
+                positions.push(sp.start + j);
+                rows.push((si, sp.start + j));
+            }
+            last.push(ids.len() - 1);
+        }
+        let cfg = &self.cfg;
+        let mut kv = PagedKv {
+            blocks,
+            spans,
+            rows,
+            heads: cfg.num_heads,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        };
+        let logits = self.fused_rows(&ids, &positions, &last, &mut kv)?;
+        Ok(Tensor::from_vec(
+            logits,
+            (spans.len(), cfg.vocab_size),
+            &self.device,
+        )?)
     }
 
     fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
