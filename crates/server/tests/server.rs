@@ -1,0 +1,1411 @@
+//! The server on a real model: the tiny DeepSeek-V3 fixture with DeepSeek-R1's tokenizer
+//! layout and chat template (`tests/fixtures/deepseek/dsv3-qlora-yarn`, made by
+//! `tools/make_deepseek_golden.py`; random weights, 256-token context, a reasoning model).
+//!
+//! Routes go through `app(state).oneshot(..)`; the last tests use real TCP (`serve` on
+//! 127.0.0.1:0) with `ureq` as the client. Nothing depends on timing: where a test needs the
+//! engine to hold still (a full queue, a client that leaves mid-request, a drain), the model is
+//! wrapped in a [`Gate`] that lets forward passes through only when the test says so, and
+//! waits poll for a state with a generous deadline.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use candle_core::{Device, Tensor};
+use seek_engine::chat::render_chat;
+use seek_engine::serve::{EngineConfig, EngineHandle, EngineStats};
+use seek_models::{CausalLm, KvCache};
+use seek_server::{app, ApiKeys, AppState, Phase, Prices, ServedModel, ServerConfig};
+use seek_tokenizer::Tokenizer;
+use seek_types::ChatMessage;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const MODEL: &str = "tiny-r1";
+const CONTEXT: usize = 256;
+const PROMPT: &str = "Explain briefly why the sky looks blue on a clear afternoon.";
+
+fn fixture() -> PathBuf {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/deepseek/dsv3-qlora-yarn");
+    assert!(
+        dir.join("tokenizer.json").is_file() && dir.join("model.safetensors").is_file(),
+        "{} lacks model.safetensors or tokenizer.json: they are made by tools/make_deepseek_golden.py",
+        dir.display()
+    );
+    dir
+}
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_hf_dir(&fixture()).unwrap()
+}
+
+/// Lets forward passes through only when the test allows: `permits` passes, or all once open.
+#[derive(Default)]
+struct Gate {
+    /// (permits, passes waiting); `usize::MAX` permits means open.
+    state: Mutex<(usize, usize)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let mut g = self.state.lock().unwrap();
+        g.1 += 1;
+        self.cv.notify_all();
+        while g.0 == 0 {
+            g = self.cv.wait(g).unwrap();
+        }
+        if g.0 != usize::MAX {
+            g.0 -= 1;
+        }
+        g.1 -= 1;
+        self.cv.notify_all();
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().0 = usize::MAX;
+        self.cv.notify_all();
+    }
+
+    /// Waits until a forward pass is held at the gate.
+    fn wait_for_waiter(&self) {
+        let g = self.state.lock().unwrap();
+        let (g, t) = self
+            .cv
+            .wait_timeout_while(g, Duration::from_secs(120), |g| g.1 == 0)
+            .unwrap();
+        assert!(
+            !t.timed_out() || g.1 > 0,
+            "no forward pass reached the gate"
+        );
+    }
+}
+
+/// The real model behind a [`Gate`].
+struct Gated {
+    inner: Box<dyn CausalLm>,
+    gate: Arc<Gate>,
+}
+
+impl CausalLm for Gated {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, seek_models::ModelError> {
+        self.gate.pass();
+        self.inner.forward(input_ids, cache)
+    }
+    fn forward_last(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, seek_models::ModelError> {
+        self.gate.pass();
+        self.inner.forward_last(input_ids, cache)
+    }
+    fn decode_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor, seek_models::ModelError> {
+        self.gate.pass();
+        self.inner.decode_batch(tokens, caches)
+    }
+    fn new_cache(&self) -> KvCache {
+        self.inner.new_cache()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_context(&self) -> usize {
+        self.inner.max_context()
+    }
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+}
+
+struct Setup {
+    engine: EngineConfig,
+    keys: ApiKeys,
+    prices: Prices,
+    gate: Option<Arc<Gate>>,
+    grace: Duration,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            keys: ApiKeys::none(),
+            prices: Prices::default(),
+            gate: None,
+            grace: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Setup {
+    fn no_prefix_cache() -> Self {
+        Self {
+            engine: EngineConfig {
+                prefix_cache_tokens: 0,
+                ..EngineConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    fn state(self) -> AppState {
+        let loaded = seek_models::load(&fixture(), &Default::default()).unwrap();
+        let model: Box<dyn CausalLm> = match self.gate {
+            Some(gate) => Box::new(Gated {
+                inner: loaded.model,
+                gate,
+            }),
+            None => loaded.model,
+        };
+        let tok = Arc::new(tokenizer());
+        let engine = EngineHandle::start(model, tok.clone(), self.engine).unwrap();
+        let cfg = ServerConfig {
+            api_keys: self.keys,
+            insecure_no_auth: false,
+            model_names: vec![],
+            shutdown_grace: self.grace,
+        };
+        AppState::with_models(cfg, vec![ServedModel::new(MODEL, engine, tok, self.prices)])
+    }
+}
+
+fn state() -> AppState {
+    Setup::default().state()
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// The `data:` payloads of an event stream, in order.
+    fn events(&self) -> Vec<String> {
+        sse_events(&self.text)
+    }
+}
+
+fn sse_events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            e.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|l| l.strip_prefix(' ').unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect()
+}
+
+async fn send(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    body: Option<String>,
+    key: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req.body(body.map_or_else(Body::empty, Body::from)).unwrap();
+    let res = app(state.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+async fn post(state: &AppState, uri: &str, body: &Value) -> Reply {
+    send(state, "POST", uri, Some(body.to_string()), None).await
+}
+
+/// A greedy chat request for `content`, with `extra` fields on top.
+fn chat(content: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": 16,
+    });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+fn prompt_tokens(content: &str) -> usize {
+    render_chat(&tokenizer(), &[ChatMessage::user(content)])
+        .unwrap()
+        .ids
+        .len()
+}
+
+fn assert_usage_consistent(u: &Value, prices: Prices) {
+    let n = |k: &str| {
+        u[k].as_u64()
+            .unwrap_or_else(|| panic!("usage.{k} missing: {u}")) as usize
+    };
+    let (p, c, t, hit, miss) = (
+        n("prompt_tokens"),
+        n("completion_tokens"),
+        n("total_tokens"),
+        n("prompt_cache_hit_tokens"),
+        n("prompt_cache_miss_tokens"),
+    );
+    assert_eq!(t, p + c, "{u}");
+    assert_eq!(hit + miss, p, "{u}");
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], hit, "{u}");
+    let reasoning = u["completion_tokens_details"]["reasoning_tokens"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(reasoning <= c, "{u}");
+    let cost = &u["cost"];
+    assert_eq!(cost["currency"], "USD", "{u}");
+    let want = [
+        ("input_cache_hit", hit as f64 * prices.input_cache_hit / 1e6),
+        (
+            "input_cache_miss",
+            miss as f64 * prices.input_cache_miss / 1e6,
+        ),
+        ("output", c as f64 * prices.output / 1e6),
+    ];
+    let mut total = 0.0;
+    for (k, w) in want {
+        let got = cost[k].as_f64().unwrap();
+        assert!((got - w).abs() <= 1e-12, "cost.{k} = {got}, want {w}: {u}");
+        total += w;
+    }
+    assert!(
+        (cost["total"].as_f64().unwrap() - total).abs() <= 1e-12,
+        "{u}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat completions
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn chat_completion_has_consistent_usage_and_cost() {
+    let prices = Prices {
+        input_cache_hit: 1.0,
+        input_cache_miss: 3.0,
+        output: 7.0,
+    };
+    let s = Setup {
+        prices,
+        ..Setup::default()
+    }
+    .state();
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"max_tokens": 12})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"), "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], MODEL);
+    assert!(v["created"].as_u64().unwrap() > 1_700_000_000);
+    let c = &v["choices"][0];
+    assert_eq!(c["index"], 0);
+    assert_eq!(c["message"]["role"], "assistant");
+    // A reasoning model: the chain of thought under both names, the answer apart.
+    assert!(c["message"]["reasoning_content"].is_string(), "{v}");
+    assert_eq!(c["message"]["reasoning"], c["message"]["reasoning_content"]);
+    assert!(c["message"]["content"].is_string(), "{v}");
+    let u = &v["usage"];
+    assert_usage_consistent(u, prices);
+    assert_eq!(u["prompt_tokens"], prompt_tokens(PROMPT));
+    let completion = u["completion_tokens"].as_u64().unwrap();
+    assert!((1..=12).contains(&completion), "{u}");
+    match c["finish_reason"].as_str().unwrap() {
+        "length" => assert_eq!(completion, 12),
+        "stop" => {}
+        other => panic!("finish_reason {other}"),
+    }
+    // Typed view of the same body.
+    let typed: seek_server::wire::ChatCompletion = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(typed.usage.completion_tokens as u64, completion);
+}
+
+#[tokio::test]
+async fn max_tokens_defaults_to_the_rest_of_the_context() {
+    let s = state();
+    let body = chat(PROMPT, json!({"ignore_eos": true}));
+    let mut body = body;
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let r = post(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["total_tokens"], CONTEXT, "{v}");
+}
+
+#[tokio::test]
+async fn streamed_deltas_concatenate_to_the_non_streamed_answer() {
+    let s = Setup::no_prefix_cache().state();
+    let body = chat(PROMPT, json!({"max_tokens": 40}));
+    let whole = post(&s, "/v1/chat/completions", &body).await.json();
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let r = post(&s, "/v1/chat/completions", &sbody).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect();
+    let id = chunks[0]["id"].clone();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let (mut reasoning, mut content, mut finish) = (String::new(), String::new(), None);
+    let (usage_chunk, deltas) = chunks.split_last().unwrap();
+    for c in deltas {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], id);
+        assert!(
+            c["usage"].is_null() && c.get("usage").is_some(),
+            "usage: null before the last chunk: {c}"
+        );
+        let ch = &c["choices"][0];
+        assert_eq!(ch["index"], 0);
+        let d = &ch["delta"];
+        if let Some(t) = d["reasoning_content"].as_str() {
+            assert_eq!(d["reasoning"], t);
+            reasoning += t;
+        }
+        content += d["content"].as_str().unwrap_or("");
+        if let Some(f) = ch["finish_reason"].as_str() {
+            assert!(finish.is_none(), "one finish chunk");
+            finish = Some(f.to_string());
+        }
+    }
+    let m = &whole["choices"][0]["message"];
+    assert_eq!(reasoning, m["reasoning_content"].as_str().unwrap());
+    assert_eq!(content, m["content"].as_str().unwrap());
+    assert_eq!(
+        finish.as_deref(),
+        whole["choices"][0]["finish_reason"].as_str()
+    );
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_usage_consistent(&usage_chunk["usage"], Prices::default());
+    assert_eq!(usage_chunk["usage"], whole["usage"]);
+
+    // Without include_usage, no chunk has a usage field.
+    sbody.as_object_mut().unwrap().remove("stream_options");
+    let r = post(&s, "/v1/chat/completions", &sbody).await;
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        assert!(c.get("usage").is_none(), "{c}");
+        assert_eq!(c["choices"].as_array().unwrap().len(), 1, "{c}");
+    }
+}
+
+#[tokio::test]
+async fn text_parts_are_the_same_as_a_string() {
+    let s = Setup::no_prefix_cache().state();
+    let mut body = chat(PROMPT, json!({}));
+    let (first, second) = PROMPT.split_at(20);
+    // Parts are joined with a newline, so split at one to compare.
+    let joined = format!("{first}\n{second}");
+    body["messages"] = json!([{"role": "user", "content": [{"type": "text", "text": first}, {"type": "text", "text": second}]}]);
+    let b = post(&s, "/v1/chat/completions", &body).await.json();
+    let c = post(&s, "/v1/chat/completions", &chat(&joined, json!({})))
+        .await
+        .json();
+    assert_eq!(b["choices"], c["choices"]);
+    assert_eq!(b["usage"]["prompt_tokens"], prompt_tokens(&joined));
+}
+
+#[tokio::test]
+async fn a_repeated_prompt_reports_prefix_cache_hits() {
+    let s = state();
+    let body = chat(PROMPT, json!({"max_tokens": 4}));
+    let first = post(&s, "/v1/chat/completions", &body).await.json();
+    assert_eq!(first["usage"]["prompt_cache_hit_tokens"], 0, "{first}");
+    let second = post(&s, "/v1/chat/completions", &body).await.json();
+    let u = &second["usage"];
+    assert_usage_consistent(u, Prices::default());
+    let hit = u["prompt_cache_hit_tokens"].as_u64().unwrap();
+    let p = u["prompt_tokens"].as_u64().unwrap();
+    assert!(hit > 0, "the second identical request hits the cache: {u}");
+    assert_eq!(hit % 16, 0, "hits are whole blocks: {u}");
+    assert!(hit < p, "the last prompt token is always computed: {u}");
+    assert!(
+        u["cost"]["total"].as_f64().unwrap() < first["usage"]["cost"]["total"].as_f64().unwrap()
+            || u["completion_tokens"] != first["usage"]["completion_tokens"],
+        "cache hits are cheaper"
+    );
+    assert!(u["cost"]["input_cache_hit"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn n_choices_are_indexed_and_seeded() {
+    let s = Setup::no_prefix_cache().state();
+    let body = chat(
+        PROMPT,
+        json!({"n": 3, "temperature": 1.0, "seed": 42, "max_tokens": 8}),
+    );
+    let a = post(&s, "/v1/chat/completions", &body).await.json();
+    let choices = a["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{a}");
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+    }
+    let u = &a["usage"];
+    assert_usage_consistent(u, Prices::default());
+    assert_eq!(
+        u["prompt_tokens"],
+        prompt_tokens(PROMPT),
+        "the prompt is billed once"
+    );
+    let b = post(&s, "/v1/chat/completions", &body).await.json();
+    assert_eq!(a["choices"], b["choices"], "same seed, same choices");
+    assert_eq!(
+        a["usage"]["completion_tokens"],
+        b["usage"]["completion_tokens"]
+    );
+
+    // Greedy choices are all the greedy answer.
+    let g = post(&s, "/v1/chat/completions", &chat(PROMPT, json!({"n": 2})))
+        .await
+        .json();
+    assert_eq!(g["choices"][0]["message"], g["choices"][1]["message"]);
+
+    // Streamed, every choice gets its role chunk, its deltas and its finish chunk.
+    let mut sb = chat(PROMPT, json!({"n": 2, "stream": true}));
+    sb["max_tokens"] = json!(8);
+    let r = post(&s, "/v1/chat/completions", &sb).await;
+    let mut finishes = [0, 0];
+    let mut content = [String::new(), String::new()];
+    for e in r.events().iter().filter(|e| *e != "[DONE]") {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let ch = &c["choices"][0];
+        let i = ch["index"].as_u64().unwrap() as usize;
+        content[i] += ch["delta"]["reasoning_content"].as_str().unwrap_or("");
+        finishes[i] += usize::from(ch["finish_reason"].is_string());
+    }
+    assert_eq!(finishes, [1, 1]);
+    assert_eq!(content[0], content[1]);
+}
+
+#[tokio::test]
+async fn greedy_logprobs_put_the_chosen_token_first() {
+    let s = state();
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(
+            PROMPT,
+            json!({"logprobs": true, "top_logprobs": 3, "max_tokens": 6}),
+        ),
+    )
+    .await;
+    let v = r.json();
+    let entries = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        entries.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{v}"
+    );
+    for e in entries {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{e}");
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0);
+        assert_eq!(
+            top[0]["token"], e["token"],
+            "greedy picks the most likely token: {e}"
+        );
+        assert!((top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-6);
+        assert!(top
+            .windows(2)
+            .all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+        assert_eq!(e["bytes"], json!(e["token"].as_str().unwrap().as_bytes()));
+    }
+    // Without logprobs the field is null.
+    let v = post(&s, "/v1/chat/completions", &chat(PROMPT, json!({})))
+        .await
+        .json();
+    assert!(v["choices"][0]["logprobs"].is_null());
+}
+
+#[tokio::test]
+async fn a_stop_string_ends_the_output_before_it() {
+    let s = Setup::no_prefix_cache().state();
+    let free = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"max_tokens": 40, "ignore_eos": true})),
+    )
+    .await
+    .json();
+    let reasoning = free["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chars: Vec<char> = reasoning.chars().collect();
+    assert!(chars.len() >= 8, "the fixture writes some text: {free}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let before = &reasoning[..reasoning.find(&stop).unwrap()];
+    let cut = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(
+            PROMPT,
+            json!({"max_tokens": 40, "ignore_eos": true, "stop": [stop]}),
+        ),
+    )
+    .await
+    .json();
+    let c = &cut["choices"][0];
+    assert_eq!(c["finish_reason"], "stop", "{cut}");
+    assert_eq!(c["message"]["reasoning_content"], before, "stop {stop:?}");
+    assert_eq!(c["message"]["content"], "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Completions
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn completions_take_texts_and_token_ids_and_stream_the_same_text() {
+    let s = Setup::no_prefix_cache().state();
+    let body = json!({"model": MODEL, "prompt": PROMPT, "temperature": 0, "max_tokens": 10});
+    let r = post(&s, "/v1/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    let text = v["choices"][0]["text"].as_str().unwrap().to_string();
+    let u = &v["usage"];
+    assert_usage_consistent(u, Prices::default());
+    let ids = tokenizer().encode(PROMPT, true).unwrap();
+    assert_eq!(u["prompt_tokens"], ids.len(), "raw text, BOS added");
+
+    // The same prompt as token ids.
+    let t = post(
+        &s,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": ids, "temperature": 0, "max_tokens": 10}),
+    )
+    .await
+    .json();
+    assert_eq!(t["choices"][0]["text"], text.as_str());
+
+    // Streamed.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    sb["stream_options"] = json!({"include_usage": true});
+    let events = post(&s, "/v1/completions", &sb).await.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    assert_eq!(chunks.last().unwrap()["usage"], v["usage"]);
+
+    // Default max_tokens is OpenAI's 16.
+    let d = post(
+        &s,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": PROMPT, "temperature": 0, "ignore_eos": true}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        d["usage"]["completion_tokens"],
+        seek_server::DEFAULT_COMPLETION_MAX_TOKENS
+    );
+
+    // Two prompts, two choices each: index = prompt * n + choice; prompts billed once each.
+    let m = post(&s, "/v1/completions", &json!({"model": MODEL, "prompt": [PROMPT, "Hi"], "n": 2, "temperature": 0, "max_tokens": 4})).await.json();
+    let choices = m["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    assert_eq!(choices[0]["text"], choices[1]["text"]);
+    assert_eq!(choices[2]["text"], choices[3]["text"]);
+    let hi = tokenizer().encode("Hi", true).unwrap().len();
+    assert_eq!(m["usage"]["prompt_tokens"], ids.len() + hi);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+fn assert_openai_error(r: &Reply, status: u16, code: Option<&str>, param: Option<&str>) -> String {
+    assert_eq!(r.status, status, "{}", r.text);
+    let v = r.json();
+    let e = &v["error"];
+    for k in ["message", "type", "param", "code"] {
+        assert!(e.get(k).is_some(), "error.{k} missing: {v}");
+    }
+    assert!(!e["message"].as_str().unwrap().is_empty());
+    if let Some(c) = code {
+        assert_eq!(e["code"], c, "{v}");
+    }
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{v}");
+    }
+    e["message"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn bad_json_is_400_in_openai_shape() {
+    let s = state();
+    let r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some("{\"model\": ".into()),
+        None,
+    )
+    .await;
+    assert_openai_error(&r, 400, None, None);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    // Valid JSON of the wrong shape, too.
+    let r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(r#"{"model": 3}"#.into()),
+        None,
+    )
+    .await;
+    assert_openai_error(&r, 400, None, None);
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_400_model_not_found() {
+    let s = state();
+    let mut body = chat(PROMPT, json!({}));
+    body["model"] = json!("gpt-4o");
+    let r = post(&s, "/v1/chat/completions", &body).await;
+    let m = assert_openai_error(&r, 400, Some("model_not_found"), Some("model"));
+    assert!(m.contains("gpt-4o") && m.contains(MODEL), "{m}");
+    let r = post(
+        &s,
+        "/v1/completions",
+        &json!({"model": "nope", "prompt": "x"}),
+    )
+    .await;
+    assert_openai_error(&r, 400, Some("model_not_found"), Some("model"));
+}
+
+#[tokio::test]
+async fn context_overflow_is_400_naming_both_limits() {
+    let s = state();
+    let p = prompt_tokens(PROMPT);
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"max_tokens": 1000})),
+    )
+    .await;
+    let m = assert_openai_error(&r, 400, Some("context_length_exceeded"), Some("max_tokens"));
+    assert!(m.contains(&format!("{CONTEXT} tokens")), "{m}");
+    assert!(m.contains(&format!("{p} prompt tokens")), "{m}");
+    assert!(m.contains("1000 completion tokens"), "{m}");
+    // max_completion_tokens is checked the same way and named.
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"max_completion_tokens": 1000})),
+    )
+    .await;
+    assert_openai_error(
+        &r,
+        400,
+        Some("context_length_exceeded"),
+        Some("max_completion_tokens"),
+    );
+    // Exactly filling the window is fine.
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"max_tokens": CONTEXT - p})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A prompt that fills the window alone.
+    let long = "word ".repeat(400);
+    let mut body = chat(&long, json!({}));
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let r = post(&s, "/v1/chat/completions", &body).await;
+    let m = assert_openai_error(&r, 400, Some("context_length_exceeded"), Some("messages"));
+    assert!(
+        m.contains(&format!("{CONTEXT} tokens"))
+            && m.contains(&format!("{} prompt tokens", prompt_tokens(&long))),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_fields_are_400_naming_the_field() {
+    let s = state();
+    let cases = [
+        (json!({"temperature": 2.5}), "temperature"),
+        (json!({"top_p": 0}), "top_p"),
+        (json!({"n": 0}), "n"),
+        (json!({"n": 17}), "n"),
+        (json!({"max_tokens": 0}), "max_tokens"),
+        (json!({"presence_penalty": 3}), "presence_penalty"),
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+        (
+            json!({"stream_options": {"include_usage": true}}),
+            "stream_options",
+        ),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema"}}),
+            "response_format",
+        ),
+        (json!({"messages": []}), "messages"),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "messages",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            "messages",
+        ),
+    ];
+    for (extra, param) in cases {
+        let r = post(&s, "/v1/chat/completions", &chat(PROMPT, extra.clone())).await;
+        assert_openai_error(&r, 400, None, Some(param));
+    }
+    // json_object with the word JSON in the prompt is accepted (the output is checked, not forced).
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(
+            "Answer in JSON: what is 1+1?",
+            json!({"response_format": {"type": "json_object"}}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Unknown fields are ignored, as OpenAI does.
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(
+            PROMPT,
+            json!({"user": "u1", "metadata": {"a": 1}, "parallel_tool_calls": false}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Unknown routes are OpenAI-shaped 404s.
+    let r = send(&s, "POST", "/v1/embeddings", Some("{}".into()), None).await;
+    assert_openai_error(&r, 404, None, None);
+}
+
+#[tokio::test]
+async fn keys_are_required_and_name_the_tenant() {
+    let mut keys = ApiKeys::none();
+    keys.add_file("team-a:sk-aaaa\nteam-b:sk-bbbb\n").unwrap();
+    let s = Setup {
+        keys,
+        ..Setup::default()
+    }
+    .state();
+    let body = chat(PROMPT, json!({"max_tokens": 2})).to_string();
+    let r = send(&s, "POST", "/v1/chat/completions", Some(body.clone()), None).await;
+    assert_openai_error(&r, 401, Some("invalid_api_key"), None);
+    let r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.clone()),
+        Some("sk-aaab"),
+    )
+    .await;
+    assert_openai_error(&r, 401, Some("invalid_api_key"), None);
+    let r = send(&s, "GET", "/v1/models", None, Some("sk-wrong")).await;
+    assert_openai_error(&r, 401, None, None);
+    let r = send(&s, "GET", "/metrics", None, None).await;
+    assert_eq!(r.status, 401);
+    // Health stays open for load balancers.
+    assert_eq!(send(&s, "GET", "/health", None, None).await.status, 200);
+
+    let r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(body),
+        Some("sk-bbbb"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = send(&s, "GET", "/metrics", None, Some("sk-aaaa")).await;
+    assert_eq!(m.status, 200);
+    assert!(m.text.contains(&format!("seek_requests_total{{endpoint=\"chat\",model=\"{MODEL}\",tenant=\"team-b\",status=\"200\"}} 1")), "{}", m.text);
+    assert!(m.text.contains("seek_requests_total{endpoint=\"chat\",model=\"unknown\",tenant=\"unknown\",status=\"401\"} 2"), "{}", m.text);
+    assert!(!m.text.contains("sk-"), "keys never reach the metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_429_with_retry_after() {
+    // The engine holds still in the first request's prefill, so the queue's state is known.
+    let gate = Arc::new(Gate::default());
+    let s = Setup {
+        engine: EngineConfig {
+            max_running: 1,
+            max_queue: 2,
+            ..EngineConfig::default()
+        },
+        gate: Some(gate.clone()),
+        ..Setup::default()
+    }
+    .state();
+    let body = chat(PROMPT, json!({"max_tokens": 3}));
+    let first = tokio::spawn({
+        let (s, b) = (s.clone(), body.clone());
+        async move { post(&s, "/v1/chat/completions", &b).await }
+    });
+    gate.wait_for_waiter();
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, b) = (s.clone(), body.clone());
+            tokio::spawn(async move { post(&s, "/v1/chat/completions", &b).await })
+        })
+        .collect();
+    let engine = s.models()[0].engine.clone();
+    wait_for(&engine, "two requests queued", |st| st.queued == 2).await;
+    let r = post(&s, "/v1/chat/completions", &body).await;
+    assert_openai_error(&r, 429, Some("rate_limit_exceeded"), None);
+    assert_eq!(r.headers["retry-after"], "1");
+    // n = 2 needs two places: refused whole, nothing left queued.
+    let r = post(&s, "/v1/chat/completions", &chat(PROMPT, json!({"n": 2}))).await;
+    assert_eq!(r.status, 429);
+    gate.open();
+    for h in std::iter::once(first).chain(queued) {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let m = s.metrics_text();
+    assert!(m.contains("status=\"429\"} 2"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_and_draining_are_503() {
+    // Loading: the model is named but not added yet.
+    let loading = AppState::new(ServerConfig {
+        model_names: vec![MODEL.into()],
+        ..ServerConfig::default()
+    });
+    assert_eq!(loading.phase(), Phase::Loading);
+    let r = send(&loading, "GET", "/health", None, None).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["status"].clone()),
+        (503, json!("loading"))
+    );
+    let r = post(&loading, "/v1/chat/completions", &chat(PROMPT, json!({}))).await;
+    assert_openai_error(&r, 503, Some("model_loading"), None);
+
+    // Draining: an in-flight request finishes within the grace period; new ones get 503.
+    let gate = Arc::new(Gate::default());
+    let s = Setup {
+        gate: Some(gate.clone()),
+        ..Setup::default()
+    }
+    .state();
+    assert_eq!(send(&s, "GET", "/health", None, None).await.status, 200);
+    let inflight = tokio::spawn({
+        let s = s.clone();
+        async move {
+            post(
+                &s,
+                "/v1/chat/completions",
+                &chat(PROMPT, json!({"max_tokens": 5})),
+            )
+            .await
+        }
+    });
+    gate.wait_for_waiter();
+    let drain = tokio::spawn({
+        let s = s.clone();
+        async move { s.drain().await }
+    });
+    while s.phase() != Phase::Draining {
+        tokio::task::yield_now().await;
+    }
+    let r = send(&s, "GET", "/health", None, None).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["status"].clone()),
+        (503, json!("draining"))
+    );
+    let r = post(&s, "/v1/chat/completions", &chat(PROMPT, json!({}))).await;
+    assert_openai_error(&r, 503, Some("shutting_down"), None);
+    assert!(s.metrics_text().contains("seek_draining 1"));
+    gate.open();
+    let r = inflight.await.unwrap();
+    assert_eq!(
+        r.status, 200,
+        "finished within the grace period: {}",
+        r.text
+    );
+    drain.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_past_the_grace_period_cancels_in_flight_requests() {
+    let gate = Arc::new(Gate::default());
+    let s = Setup {
+        gate: Some(gate.clone()),
+        grace: Duration::ZERO,
+        ..Setup::default()
+    }
+    .state();
+    let body = chat(PROMPT, json!({"max_tokens": 100, "ignore_eos": true}));
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let streamed = tokio::spawn({
+        let s = s.clone();
+        async move { post(&s, "/v1/chat/completions", &sb).await }
+    });
+    // The streamed request is in its prefill; the plain one waits behind the held engine.
+    gate.wait_for_waiter();
+    let plain = tokio::spawn({
+        let (s, b) = (s.clone(), body.clone());
+        async move { post(&s, "/v1/chat/completions", &b).await }
+    });
+    let engine = s.models()[0].engine.clone();
+    wait_for(&engine, "the plain request queued", |st| st.queued == 1).await;
+    let drain = tokio::spawn({
+        let s = s.clone();
+        async move { s.drain().await }
+    });
+    while !engine.is_shutting_down() {
+        tokio::task::yield_now().await;
+    }
+    gate.open();
+    drain.await.unwrap();
+    let r = plain.await.unwrap();
+    assert_openai_error(&r, 503, Some("shutting_down"), None);
+    let r = streamed.await.unwrap();
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let err: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(err["error"]["code"], "shutting_down", "{events:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models, health, metrics
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn models_lists_the_served_model() {
+    let s = state();
+    let r = send(&s, "GET", "/v1/models", None, None).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], MODEL);
+    assert_eq!(v["data"][0]["object"], "model");
+    assert_eq!(v["data"][0]["max_model_len"], CONTEXT);
+    // DeepSeek's base URL without /v1 works too.
+    assert_eq!(send(&s, "GET", "/models", None, None).await.json(), v);
+}
+
+fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(line_prefix)
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no metric {line_prefix}: {text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_latency_and_cost() {
+    let s = state();
+    let a = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"max_tokens": 5, "ignore_eos": true})),
+    )
+    .await
+    .json();
+    let b = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(
+            PROMPT,
+            json!({"max_tokens": 5, "ignore_eos": true, "stream": true}),
+        ),
+    )
+    .await;
+    assert_eq!(b.status, 200);
+    let _ = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"temperature": 9})),
+    )
+    .await;
+    let r = send(&s, "GET", "/metrics", None, None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let m = r.text;
+    let labels = format!("{{model=\"{MODEL}\",tenant=\"anonymous\"}}");
+    assert_eq!(metric(&m, &format!("seek_requests_total{{endpoint=\"chat\",model=\"{MODEL}\",tenant=\"anonymous\",status=\"200\"}}")), 2.0);
+    assert_eq!(metric(&m, &format!("seek_requests_total{{endpoint=\"chat\",model=\"{MODEL}\",tenant=\"anonymous\",status=\"400\"}}")), 1.0);
+    let p = prompt_tokens(PROMPT) as f64;
+    assert_eq!(
+        metric(&m, &format!("seek_prompt_tokens_total{labels}")),
+        2.0 * p
+    );
+    let completion = metric(&m, &format!("seek_completion_tokens_total{labels}"));
+    assert_eq!(completion, 10.0, "{m}");
+    let hit = metric(&m, &format!("seek_prompt_cache_hit_tokens_total{labels}"));
+    let miss = metric(&m, &format!("seek_prompt_cache_miss_tokens_total{labels}"));
+    assert_eq!(hit + miss, 2.0 * p);
+    assert!(hit > 0.0, "the second request hit the cache: {m}");
+    let cost = metric(&m, &format!("seek_cost_usd_total{labels}"));
+    let first_cost = a["usage"]["cost"]["total"].as_f64().unwrap();
+    assert!(cost > first_cost, "{m}");
+    let pr = Prices::default();
+    let want =
+        (hit * pr.input_cache_hit + miss * pr.input_cache_miss + completion * pr.output) / 1e6;
+    assert!((cost - want).abs() < 1e-12, "cost {cost} want {want}");
+    assert_eq!(
+        metric(
+            &m,
+            &format!("seek_time_to_first_token_seconds_count{{model=\"{MODEL}\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!("seek_inter_token_latency_seconds_count{{model=\"{MODEL}\"}}")
+        ),
+        completion - 2.0,
+        "one gap per token after each choice's first"
+    );
+    assert_eq!(
+        metric(&m, &format!("seek_queue_depth{{model=\"{MODEL}\"}}")),
+        0.0
+    );
+    assert_eq!(
+        metric(&m, &format!("seek_running_sequences{{model=\"{MODEL}\"}}")),
+        0.0
+    );
+    assert!(
+        metric(
+            &m,
+            &format!("seek_prompt_cache_hit_ratio{{model=\"{MODEL}\"}}")
+        ) > 0.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!("seek_price_output_usd_per_million_tokens{{model=\"{MODEL}\"}}")
+        ),
+        2.19
+    );
+    assert_eq!(metric(&m, "seek_draining "), 0.0);
+}
+
+async fn wait_for(engine: &EngineHandle, what: &str, cond: impl Fn(&EngineStats) -> bool) {
+    for _ in 0..60_000 {
+        if cond(&engine.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the engine never reached: {what} ({:?})", engine.stats());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real TCP
+// ---------------------------------------------------------------------------------------------
+
+/// A server on 127.0.0.1:0 in its own runtime; dropping it shuts it down and checks that
+/// `serve` returned cleanly.
+struct Live {
+    rt: tokio::runtime::Runtime,
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), seek_server::ServeError>>>,
+}
+
+impl Live {
+    fn start(state: AppState) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(seek_server::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        Self {
+            rt,
+            url,
+            stop: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let server = self.server.take().unwrap();
+        self.rt.block_on(server).unwrap().unwrap();
+    }
+}
+
+fn ureq_chat(url: &str, body: &Value) -> Value {
+    ureq::post(&format!("{url}/v1/chat/completions"))
+        .send_json(body.clone())
+        .unwrap()
+        .into_json()
+        .unwrap()
+}
+
+/// Reads a streamed chat answer over TCP: (reasoning, content).
+fn ureq_chat_stream(url: &str, body: &Value) -> (String, String) {
+    let r = ureq::post(&format!("{url}/v1/chat/completions"))
+        .send_json(body.clone())
+        .unwrap();
+    let mut text = String::new();
+    r.into_reader().read_to_string(&mut text).unwrap();
+    let events = sse_events(&text);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let (mut reasoning, mut content) = (String::new(), String::new());
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        reasoning += c["choices"][0]["delta"]["reasoning_content"]
+            .as_str()
+            .unwrap_or("");
+        content += c["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+    }
+    (reasoning, content)
+}
+
+#[test]
+fn concurrent_requests_over_tcp_equal_the_same_requests_one_at_a_time() {
+    let state = Setup::no_prefix_cache().state();
+    let engine = state.models()[0].engine.clone();
+    let live = Live::start(state);
+    let prompts: Vec<String> = (0..6)
+        .map(|i| format!("Question {i}: {}", &PROMPT[..20 + 5 * i]))
+        .collect();
+    let body = |p: &str| chat(p, json!({"max_tokens": 24 + 4 * p.len() % 7}));
+    let alone: Vec<(String, String)> = prompts
+        .iter()
+        .map(|p| {
+            let v = ureq_chat(&live.url, &body(p));
+            let m = &v["choices"][0]["message"];
+            (
+                m["reasoning_content"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let before = engine.stats();
+    let barrier = Arc::new(std::sync::Barrier::new(prompts.len()));
+    let together: Vec<(String, String)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (url, barrier, b) = (live.url.clone(), barrier.clone(), body(p));
+                sc.spawn(move || {
+                    barrier.wait();
+                    if i % 2 == 0 {
+                        let v = ureq_chat(&url, &b);
+                        let m = &v["choices"][0]["message"];
+                        (
+                            m["reasoning_content"].as_str().unwrap().to_string(),
+                            m["content"].as_str().unwrap().to_string(),
+                        )
+                    } else {
+                        let mut b = b;
+                        b["stream"] = json!(true);
+                        ureq_chat_stream(&url, &b)
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone, "batched generation equals one at a time");
+    let after = engine.stats();
+    assert_eq!(
+        after.requests_finished - before.requests_finished,
+        prompts.len() as u64
+    );
+    eprintln!(
+        "mean batch while concurrent: {:.2}",
+        (after.batched_sequences - before.batched_sequences) as f64
+            / (after.decode_steps - before.decode_steps).max(1) as f64
+    );
+    // Health and errors over the wire.
+    assert_eq!(
+        ureq::get(&format!("{}/health", live.url))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+    match ureq::post(&format!("{}/v1/chat/completions", live.url)).send_string("{") {
+        Err(ureq::Error::Status(400, r)) => {
+            let v: Value = r.into_json().unwrap();
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    live.shutdown();
+}
+
+/// Sends a raw HTTP request and returns the open connection.
+fn raw_request(url: &str, body: &Value) -> std::net::TcpStream {
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let b = body.to_string();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+        b.len()
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn a_client_that_disconnects_frees_its_sequence() {
+    for stream in [false, true] {
+        let gate = Arc::new(Gate::default());
+        let state = Setup {
+            gate: Some(gate.clone()),
+            ..Setup::no_prefix_cache()
+        }
+        .state();
+        let engine = state.models()[0].engine.clone();
+        let live = Live::start(state.clone());
+        let max_tokens = 150;
+        let body = chat(
+            PROMPT,
+            json!({"max_tokens": max_tokens, "ignore_eos": true, "stream": stream}),
+        );
+        let conn = raw_request(&live.url, &body);
+        if stream {
+            // The role chunk comes before any forward pass.
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while !line.starts_with("data:") {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+            }
+        }
+        gate.wait_for_waiter();
+        conn.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(conn);
+        // The server notices the closed connection and drops the request (recorded as 499),
+        // which aborts the engine request; only then may the engine move.
+        let mut seen = false;
+        for _ in 0..60_000 {
+            if state.metrics_text().contains("status=\"499\"} 1") {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(
+            seen,
+            "the dropped request was never recorded: {}",
+            state.metrics_text()
+        );
+        gate.open();
+        for _ in 0..60_000 {
+            let st = engine.stats();
+            if st.requests_finished == 1 && st.running == 0 && st.queued == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let st = engine.stats();
+        assert_eq!(st.requests_finished, 1, "{st:?}");
+        assert!(
+            st.generated_tokens < 5,
+            "stream={stream}: the sequence was aborted, not run to {max_tokens} tokens: {st:?}"
+        );
+        live.shutdown();
+    }
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_keys() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let s = AppState::new(ServerConfig::default());
+        let e = seek_server::serve(listener, s, async {}).await.unwrap_err();
+        assert!(e.to_string().contains("--api-key"), "{e}");
+    });
+}
