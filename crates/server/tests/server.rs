@@ -1096,6 +1096,9 @@ async fn metrics_count_requests_tokens_latency_and_cost() {
         &chat(PROMPT, json!({"temperature": 9})),
     )
     .await;
+    // The engine stores its running count after the step that finished the requests.
+    let engine = s.models()[0].engine.clone();
+    wait_for(&engine, "idle", |st| st.running == 0 && st.queued == 0).await;
     let r = send(&s, "GET", "/metrics", None, None).await;
     assert_eq!(r.status, 200);
     assert!(r.headers["content-type"]
