@@ -5,6 +5,7 @@
 //! it as ordinary messages.
 #![deny(missing_docs)]
 
+pub mod blocks;
 pub mod chat;
 mod error;
 pub mod generate;

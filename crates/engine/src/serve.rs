@@ -2,17 +2,20 @@
 //!
 //! A synchronous loop (vLLM's `EngineCore.step()`) owns the model and every running
 //! sequence. Each step it takes new requests and aborts from its channel, admits waiting
-//! requests into the running batch, runs one chunk of prefill for at most one sequence (so a
-//! long prompt never stalls the streams already running), and then one decode step for all
-//! running sequences together ([`CausalLm::decode_batch`]: every weight is read once for the
-//! whole batch). Requests join and leave the batch at every step (continuous batching).
+//! requests into the running batch, and runs one forward that holds a prefill chunk of at
+//! most one sequence (so a long prompt never stalls the streams already running) next to one
+//! decode row for every other running sequence: every weight is read once for the whole
+//! batch. Requests join and leave the batch at every step (continuous batching).
 //!
-//! Prefix caching: when a sequence ends, its KV cache is kept, keyed by the tokens it holds;
-//! a new prompt that starts with the same tokens (a shared system prompt, the earlier turns
-//! of a conversation) starts from a copy of that cache, truncated to whole blocks of
-//! [`EngineConfig::block_size`] tokens, and those tokens are reported as cache hits
-//! (DeepSeek's `prompt_cache_hit_tokens`). The kept caches are bounded in tokens and evicted
-//! least recently used first.
+//! KV memory: for models with a paged layout (GGUF on the CPU) a fixed pool of blocks is
+//! shared by all sequences, each with a block table ([`crate::blocks`]). Full blocks are
+//! registered by a hash of their tokens chained to their prefix, so a new prompt that starts
+//! like an earlier one (a shared system prompt, the earlier turns of a conversation) takes
+//! those blocks instead of computing them, and they are reported as cache hits (DeepSeek's
+//! `prompt_cache_hit_tokens`). When the pool runs out, the youngest sequence is preempted:
+//! its blocks are released and it recomputes them later, going on where it was. Other
+//! models keep a cache per sequence, and finished sequences' caches serve as the prefix
+//! cache (copied on reuse, in whole blocks, least recently used evicted first).
 //!
 //! Events reach each request through its own sink; a sink that returns `false` (the client
 //! went away) has its sequence freed at the next step.
@@ -25,11 +28,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
+use seek_models::paged::{KvBlocks, Span};
 use seek_models::{CausalLm, KvCache};
 use seek_reasoning::Delta;
 use seek_tokenizer::Tokenizer;
 use seek_types::{FinishReason, TokenId, Usage};
 
+use crate::blocks::{block_hash, BlockManager};
 use crate::sequence::{Sequence, SequenceParams};
 use crate::EngineError;
 
@@ -44,7 +49,10 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Prefix-cache granularity: hits are counted and reused in whole blocks of this size.
     pub block_size: usize,
-    /// Most tokens the prefix cache keeps across its entries (0 disables it).
+    /// Models with a paged layout (GGUF on the CPU): positions of KV memory, shared by every
+    /// sequence in blocks of `block_size`; full blocks double as the prefix cache.
+    pub kv_cache_tokens: usize,
+    /// Models without one: most tokens the per-sequence prefix cache keeps (0 disables it).
     pub prefix_cache_tokens: usize,
 }
 
@@ -55,6 +63,7 @@ impl Default for EngineConfig {
             max_queue: 64,
             prefill_chunk: 256,
             block_size: 16,
+            kv_cache_tokens: 16 * 1024,
             prefix_cache_tokens: 32 * 1024,
         }
     }
@@ -166,6 +175,9 @@ struct Counters {
     steps: AtomicU64,
     batched_sequences: AtomicU64,
     prefix_cache_tokens: AtomicUsize,
+    kv_blocks_total: AtomicUsize,
+    kv_blocks_in_use: AtomicUsize,
+    preemptions: AtomicU64,
 }
 
 /// A snapshot of the engine's counters.
@@ -191,6 +203,12 @@ pub struct EngineStats {
     pub batched_sequences: u64,
     /// Tokens held by the prefix cache.
     pub prefix_cache_tokens: usize,
+    /// Blocks of paged KV memory (0 without paging).
+    pub kv_blocks_total: usize,
+    /// Of them, blocks referenced by running sequences.
+    pub kv_blocks_in_use: usize,
+    /// Sequences preempted (KV released, recomputed later) because the memory was full.
+    pub preemptions: u64,
 }
 
 enum Msg {
@@ -237,10 +255,21 @@ impl EngineHandle {
         let max_queue = cfg.max_queue;
         let thread = std::thread::Builder::new()
             .name("seek-engine".into())
-            .spawn(move || {
-                let mut lp = Loop::new(model.as_ref(), &tokenizer, cfg, c);
-                lp.run(rx);
-            })
+            .spawn(
+                move || match Loop::new(model.as_ref(), &tokenizer, cfg, c) {
+                    Ok(mut lp) => lp.run(rx),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the engine could not start");
+                        for m in rx.iter() {
+                            if let Msg::Submit { mut sink, .. } = m {
+                                sink(ServeEvent::Failed {
+                                    message: format!("the engine could not start: {e}"),
+                                });
+                            }
+                        }
+                    }
+                },
+            )
             .map_err(|e| EngineError::Request(format!("cannot start the engine thread: {e}")))?;
         Ok(Self {
             tx,
@@ -324,6 +353,9 @@ impl EngineHandle {
             decode_steps: c.steps.load(Ordering::Relaxed),
             batched_sequences: c.batched_sequences.load(Ordering::Relaxed),
             prefix_cache_tokens: c.prefix_cache_tokens.load(Ordering::Relaxed),
+            kv_blocks_total: c.kv_blocks_total.load(Ordering::Relaxed),
+            kv_blocks_in_use: c.kv_blocks_in_use.load(Ordering::Relaxed),
+            preemptions: c.preemptions.load(Ordering::Relaxed),
         }
     }
 
@@ -344,23 +376,49 @@ impl EngineHandle {
     }
 }
 
+/// Where a running sequence's keys and values live.
+enum SeqKv {
+    /// A cache of its own (models without a paged layout).
+    Own(KvCache),
+    /// Blocks of the shared paged memory.
+    Paged {
+        /// Block ids, in position order.
+        table: Vec<u32>,
+        /// Positions written.
+        len: usize,
+        /// Full blocks already registered in the prefix cache, and the hash of the last.
+        registered: usize,
+        hash: u64,
+    },
+}
+
 /// A request inside the engine.
 struct Running<'t> {
     id: u64,
     prompt: Vec<TokenId>,
+    /// Every token fed so far or being fed: the prompt, then generated tokens.
+    fed: Vec<TokenId>,
     seq: Sequence<'t>,
     sink: Sink,
-    cache: KvCache,
+    kv: SeqKv,
     /// Prompt tokens already in the cache (prefill is done when it reaches the prompt).
     prefilled: usize,
     /// The token to feed at the next decode step.
     next: Option<TokenId>,
+    /// Set while a preempted sequence recomputes its KV: the token to feed once it has.
+    resume: Option<TokenId>,
     logprobs: Option<usize>,
     cached_tokens: usize,
     submitted: Instant,
     admitted: Instant,
     first_token: Option<Instant>,
     aborted: bool,
+}
+
+/// The paged KV memory and its block manager.
+struct Paged {
+    blocks: KvBlocks,
+    mgr: BlockManager,
 }
 
 struct Loop<'m> {
@@ -370,8 +428,19 @@ struct Loop<'m> {
     counters: Arc<Counters>,
     waiting: VecDeque<(u64, ServeRequest, Sink, Instant)>,
     running: Vec<Running<'m>>,
+    /// Paged KV (models with a paged layout), or per-sequence caches with `prefix`.
+    paged: Option<Paged>,
     prefix: PrefixCache,
     deadline: Option<Instant>,
+}
+
+/// One sequence's share of a step: which sequence, its tokens, and whether the last row's
+/// logits start (or continue) generation.
+struct Work {
+    index: usize,
+    start: usize,
+    end: usize,
+    decode: bool,
 }
 
 impl<'m> Loop<'m> {
@@ -380,8 +449,23 @@ impl<'m> Loop<'m> {
         tokenizer: &'m Tokenizer,
         cfg: EngineConfig,
         counters: Arc<Counters>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, EngineError> {
+        let paged = match model.paged_layout() {
+            Some(layout) if cfg.kv_cache_tokens > 0 => {
+                let n = cfg.kv_cache_tokens.div_ceil(cfg.block_size);
+                Some(Paged {
+                    blocks: KvBlocks::new(layout, cfg.block_size, n)?,
+                    mgr: BlockManager::new(n, cfg.block_size),
+                })
+            }
+            _ => None,
+        };
+        if let Some(p) = &paged {
+            counters
+                .kv_blocks_total
+                .store(p.blocks.n_blocks(), Ordering::Relaxed);
+        }
+        Ok(Self {
             prefix: PrefixCache::new(cfg.prefix_cache_tokens, cfg.block_size),
             model,
             tokenizer,
@@ -389,8 +473,9 @@ impl<'m> Loop<'m> {
             counters,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            paged,
             deadline: None,
-        }
+        })
     }
 
     fn run(&mut self, rx: Receiver<Msg>) {
@@ -421,18 +506,31 @@ impl<'m> Loop<'m> {
             self.admit();
             if let Err(e) = self.step() {
                 tracing::error!(error = %e, "engine step failed; failing its sequences");
-                for r in self.running.drain(..) {
-                    let mut sink = r.sink;
-                    sink(ServeEvent::Failed {
+                let failed: Vec<Running<'m>> = self.running.drain(..).collect();
+                for mut r in failed {
+                    (r.sink)(ServeEvent::Failed {
                         message: format!("generation failed: {e}"),
                     });
+                    self.release(&mut r);
                 }
             }
-            self.counters
-                .running
-                .store(self.running.len(), Ordering::Relaxed);
+            self.publish();
         }
         self.abort_all();
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let c = &self.counters;
+        c.running.store(self.running.len(), Ordering::Relaxed);
+        let cached = match &self.paged {
+            Some(p) => {
+                c.kv_blocks_in_use.store(p.mgr.in_use(), Ordering::Relaxed);
+                p.mgr.cached() * p.mgr.block_size()
+            }
+            None => self.prefix.tokens(),
+        };
+        c.prefix_cache_tokens.store(cached, Ordering::Relaxed);
     }
 
     fn handle(&mut self, m: Msg) {
@@ -463,11 +561,50 @@ impl<'m> Loop<'m> {
         }
     }
 
-    /// Moves waiting requests into the batch while there is room.
+    /// Moves waiting requests into the batch while there is room (in the batch, and in the
+    /// paged KV memory for their prompt plus a block to generate into).
     fn admit(&mut self) {
         while self.running.len() < self.cfg.max_running {
             let Some((id, req, mut sink, at)) = self.waiting.pop_front() else {
                 break;
+            };
+            let (kv, cached) = match &mut self.paged {
+                Some(p) => {
+                    let bs = p.mgr.block_size();
+                    let reused = p.mgr.reuse(&req.prompt);
+                    let need = (req.prompt.len() + 1).div_ceil(bs) - reused.blocks.len();
+                    if need > p.mgr.available() {
+                        p.mgr.release(&reused.blocks);
+                        if self.running.is_empty() {
+                            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                            sink(ServeEvent::Failed {
+                                message: format!(
+                                    "the prompt needs {} KV blocks of {bs} tokens but the cache holds {}; raise the KV cache size (--kv-cache-tokens)",
+                                    need + reused.blocks.len(),
+                                    p.blocks.n_blocks()
+                                ),
+                            });
+                            continue;
+                        }
+                        // Wait for running sequences to free blocks.
+                        self.waiting.push_front((id, req, sink, at));
+                        break;
+                    }
+                    let n = reused.blocks.len();
+                    (
+                        SeqKv::Paged {
+                            table: reused.blocks,
+                            len: n * bs,
+                            registered: n,
+                            hash: reused.hash,
+                        },
+                        n * bs,
+                    )
+                }
+                None => {
+                    let (cache, cached) = self.prefix.take(self.model, &req.prompt);
+                    (SeqKv::Own(cache), cached)
+                }
             };
             self.counters.queued.fetch_sub(1, Ordering::SeqCst);
             let room = self.model.max_context() - req.prompt.len();
@@ -476,34 +613,35 @@ impl<'m> Loop<'m> {
             let seq = match Sequence::new(self.tokenizer, params) {
                 Ok(s) => s,
                 Err(e) => {
+                    if let (SeqKv::Paged { table, .. }, Some(p)) = (&kv, &mut self.paged) {
+                        p.mgr.release(table);
+                    }
                     sink(ServeEvent::Failed {
                         message: e.to_string(),
                     });
                     continue;
                 }
             };
-            let (cache, cached) = self.prefix.take(self.model, &req.prompt);
             self.counters
                 .prompt_tokens
                 .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
             self.counters
                 .cached_prompt_tokens
                 .fetch_add(cached as u64, Ordering::Relaxed);
-            self.counters
-                .prefix_cache_tokens
-                .store(self.prefix.tokens(), Ordering::Relaxed);
             let alive = sink(ServeEvent::Started {
                 prompt_tokens: req.prompt.len(),
                 cached_tokens: cached,
             });
             self.running.push(Running {
                 id,
+                fed: req.prompt.clone(),
                 prompt: req.prompt,
                 seq,
                 sink,
-                cache,
+                kv,
                 prefilled: cached,
                 next: None,
+                resume: None,
                 logprobs: req.logprobs,
                 cached_tokens: cached,
                 submitted: at,
@@ -514,55 +652,267 @@ impl<'m> Loop<'m> {
         }
     }
 
-    /// One engine step: a prefill chunk for the oldest sequence still prefilling, then one
-    /// decode step for every sequence that has a token to feed.
+    /// One engine step: a prefill chunk for the oldest sequence still prefilling, and one
+    /// decode row for every sequence that has a token to feed, in one forward when the KV is
+    /// paged (in two otherwise).
     fn step(&mut self) -> Result<(), EngineError> {
         self.finish_aborted();
+        if self.paged.is_some() {
+            self.reserve_decode_blocks();
+            self.finish_aborted();
+        }
+        let mut work: Vec<Work> = Vec::new();
         if let Some(i) = self.running.iter().position(|r| r.next.is_none()) {
-            let r = &mut self.running[i];
-            let end = (r.prefilled + self.cfg.prefill_chunk).min(r.prompt.len());
-            let input =
-                Tensor::new(&r.prompt[r.prefilled..end], self.model.device())?.unsqueeze(0)?;
-            // (1, V) -> (V,)
-            let logits = self
-                .model
-                .forward_last(&input, &mut r.cache)?
-                .squeeze(0)?
-                .to_vec1::<f32>()?;
-            r.prefilled = end;
-            if end == r.prompt.len() {
-                self.after_forward(i, logits)?;
+            if let Some(end) = self.prefill_chunk(i) {
+                work.push(Work {
+                    index: i,
+                    start: self.running[i].prefilled,
+                    end,
+                    decode: false,
+                });
             }
         }
-        let decoding: Vec<usize> = (0..self.running.len())
-            .filter(|&i| self.running[i].next.is_some() && !self.running[i].aborted)
-            .collect();
-        if !decoding.is_empty() {
-            let tokens: Vec<TokenId> = decoding
-                .iter()
-                .map(|&i| self.running[i].next.expect("filtered"))
-                .collect();
-            let logits = {
-                let mut caches: Vec<&mut KvCache> = self
-                    .running
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(i, _)| decoding.contains(i))
-                    .map(|(_, r)| &mut r.cache)
-                    .collect();
-                self.model.decode_batch(&tokens, &mut caches)?
-            };
+        for (i, r) in self.running.iter_mut().enumerate() {
+            if let Some(t) = r.next {
+                r.fed.push(t);
+                let at = r.fed.len() - 1;
+                work.push(Work {
+                    index: i,
+                    start: at,
+                    end: at + 1,
+                    decode: true,
+                });
+            }
+        }
+        if work.is_empty() {
+            return Ok(());
+        }
+        let logits = if self.paged.is_some() {
+            self.forward_paged(&work)?
+        } else {
+            self.forward_own(&work)?
+        };
+        let decoded = work.iter().filter(|w| w.decode).count();
+        if decoded > 0 {
             self.counters.steps.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .batched_sequences
-                .fetch_add(decoding.len() as u64, Ordering::Relaxed);
-            // (N, V)
-            let rows = logits.to_vec2::<f32>()?;
-            for (&i, row) in decoding.iter().zip(rows) {
-                self.after_forward(i, row)?;
+                .fetch_add(decoded as u64, Ordering::Relaxed);
+        }
+        for (w, row) in work.iter().zip(logits) {
+            let r = &mut self.running[w.index];
+            if !w.decode {
+                r.prefilled = w.end;
+                if w.end < r.fed.len() {
+                    continue;
+                }
+                // A preempted sequence has its KV back: go on with the token it had.
+                if let Some(t) = r.resume.take() {
+                    r.next = Some(t);
+                    continue;
+                }
+            }
+            self.after_forward(w.index, row)?;
+        }
+        self.finish_done();
+        Ok(())
+    }
+
+    /// Where sequence `i`'s next prefill chunk ends, with paged blocks allocated for it; `None`
+    /// when the memory has no room now (it waits for running sequences to free blocks).
+    fn prefill_chunk(&mut self, i: usize) -> Option<usize> {
+        let chunk = self.cfg.prefill_chunk;
+        let r = &mut self.running[i];
+        let Some(p) = &mut self.paged else {
+            return Some((r.prefilled + chunk).min(r.fed.len()));
+        };
+        let bs = p.mgr.block_size();
+        let SeqKv::Paged {
+            table,
+            len,
+            registered,
+            hash,
+        } = &mut r.kv
+        else {
+            unreachable!("paged mode")
+        };
+        if table.is_empty() && r.resume.is_some() {
+            // Coming back from preemption: its full blocks may still be cached.
+            let reused = p.mgr.reuse(&r.fed);
+            *registered = reused.blocks.len();
+            *hash = reused.hash;
+            *len = reused.blocks.len() * bs;
+            r.prefilled = *len;
+            *table = reused.blocks;
+        }
+        let end = (r.prefilled + chunk).min(r.fed.len());
+        while table.len() * bs < end {
+            table.push(p.mgr.allocate()?);
+        }
+        Some(end)
+    }
+
+    /// Makes sure every decoding sequence has a block for its next position, oldest first:
+    /// when the memory is full, the youngest sequence holding blocks is preempted (its
+    /// blocks released; it recomputes its KV later and goes on where it was, as vLLM does).
+    /// A sequence alone in the batch that still does not fit fails.
+    fn reserve_decode_blocks(&mut self) {
+        let p = self.paged.as_mut().expect("paged mode");
+        let bs = p.mgr.block_size();
+        for i in 0..self.running.len() {
+            if self.running[i].next.is_none() {
+                continue;
+            }
+            loop {
+                let r = &mut self.running[i];
+                let SeqKv::Paged { table, .. } = &mut r.kv else {
+                    unreachable!("paged mode")
+                };
+                if table.len() * bs > r.fed.len() {
+                    break;
+                }
+                if let Some(b) = p.mgr.allocate() {
+                    table.push(b);
+                    continue;
+                }
+                let holds = |r: &Running<'_>| matches!(&r.kv, SeqKv::Paged { table, .. } if !table.is_empty());
+                let victim = (i..self.running.len())
+                    .rev()
+                    .find(|&j| holds(&self.running[j]))
+                    .filter(|&j| j != i || self.running.iter().filter(|r| holds(r)).count() > 1);
+                let Some(j) = victim else {
+                    let r = &mut self.running[i];
+                    (r.sink)(ServeEvent::Failed {
+                        message: format!(
+                            "the KV cache is full ({} blocks of {bs} tokens) with this one sequence; raise --kv-cache-tokens",
+                            p.blocks.n_blocks()
+                        ),
+                    });
+                    r.aborted = true;
+                    r.next = None;
+                    break;
+                };
+                let v = &mut self.running[j];
+                if let SeqKv::Paged {
+                    table,
+                    len,
+                    registered,
+                    hash,
+                } = &mut v.kv
+                {
+                    p.mgr.release(table);
+                    table.clear();
+                    (*len, *registered, *hash) = (0, 0, 0);
+                }
+                v.prefilled = 0;
+                if v.next.is_some() {
+                    v.resume = v.next.take();
+                }
+                tracing::debug!(sequence = v.id, "preempted: the KV memory is full");
+                self.counters.preemptions.fetch_add(1, Ordering::Relaxed);
+                if j == i {
+                    break;
+                }
             }
         }
-        self.finish_done()
+    }
+
+    /// The forward of a step over per-sequence caches: the prefill chunk alone, then every
+    /// decode row batched. Rows of `None` were not computed.
+    fn forward_own(&mut self, work: &[Work]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); work.len()];
+        for (o, w) in out.iter_mut().zip(work).filter(|(_, w)| !w.decode) {
+            let r = &mut self.running[w.index];
+            let SeqKv::Own(cache) = &mut r.kv else {
+                unreachable!("per-sequence mode")
+            };
+            let input =
+                Tensor::new(&r.prompt[w.start..w.end], self.model.device())?.unsqueeze(0)?;
+            // (1, V) -> (V,)
+            *o = self
+                .model
+                .forward_last(&input, cache)?
+                .squeeze(0)?
+                .to_vec1::<f32>()?;
+        }
+        let decoding: Vec<usize> = (0..work.len()).filter(|&k| work[k].decode).collect();
+        if decoding.is_empty() {
+            return Ok(out);
+        }
+        let tokens: Vec<TokenId> = decoding
+            .iter()
+            .map(|&k| self.running[work[k].index].fed[work[k].start])
+            .collect();
+        let rows = {
+            let wanted: Vec<usize> = decoding.iter().map(|&k| work[k].index).collect();
+            let mut caches: Vec<&mut KvCache> = self
+                .running
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| wanted.contains(i))
+                .map(|(_, r)| match &mut r.kv {
+                    SeqKv::Own(c) => c,
+                    SeqKv::Paged { .. } => unreachable!("per-sequence mode"),
+                })
+                .collect();
+            // (N, V)
+            self.model
+                .decode_batch(&tokens, &mut caches)?
+                .to_vec2::<f32>()?
+        };
+        // `iter_mut().filter` kept the running order, which `decoding` follows too.
+        for (&k, row) in decoding.iter().zip(rows) {
+            out[k] = row;
+        }
+        Ok(out)
+    }
+
+    /// The forward of a step over the paged memory: every sequence's rows in one call (the
+    /// blocks were reserved before).
+    fn forward_paged(&mut self, work: &[Work]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let p = self.paged.as_mut().expect("paged mode");
+        let bs = p.mgr.block_size();
+        let spans: Vec<Span<'_>> = work
+            .iter()
+            .map(|w| {
+                let r = &self.running[w.index];
+                let SeqKv::Paged { table, .. } = &r.kv else {
+                    unreachable!("paged mode")
+                };
+                Span {
+                    tokens: &r.fed[w.start..w.end],
+                    start: w.start,
+                    table,
+                }
+            })
+            .collect();
+        // (spans, V)
+        let rows = self
+            .model
+            .forward_paged(&spans, &mut p.blocks)?
+            .to_vec2::<f32>()?;
+        drop(spans);
+        // Register the blocks these positions completed.
+        for w in work.iter() {
+            let r = &mut self.running[w.index];
+            let SeqKv::Paged {
+                table,
+                len,
+                registered,
+                hash,
+            } = &mut r.kv
+            else {
+                unreachable!("paged mode")
+            };
+            *len = w.end;
+            while (*registered + 1) * bs <= *len {
+                let i = *registered;
+                *hash = block_hash(*hash, &r.fed[i * bs..(i + 1) * bs]);
+                p.mgr.register(table[i], *hash);
+                *registered += 1;
+            }
+        }
+        Ok(rows)
     }
 
     /// Samples sequence `i`'s next token from `logits` and streams what it adds.
@@ -601,10 +951,6 @@ impl<'m> Loop<'m> {
         } else {
             step.token
         };
-        if step.finished.is_none() && r.next.is_none() {
-            // A finished-less step always feeds a token; treat anything else as the end.
-            r.seq.finish(FinishReason::Stop)?;
-        }
         Ok(())
     }
 
@@ -612,7 +958,7 @@ impl<'m> Loop<'m> {
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].aborted {
-                let r = self.running.swap_remove(i);
+                let r = self.running.remove(i);
                 self.finish(r, FinishReason::Abort);
             } else {
                 i += 1;
@@ -620,21 +966,40 @@ impl<'m> Loop<'m> {
         }
     }
 
-    fn finish_done(&mut self) -> Result<(), EngineError> {
+    fn finish_done(&mut self) {
         let mut i = 0;
         while i < self.running.len() {
             if let Some(reason) = self.running[i].seq.finished() {
-                let r = self.running.swap_remove(i);
+                let r = self.running.remove(i);
                 self.finish(r, reason);
             } else {
                 i += 1;
             }
         }
         self.finish_aborted();
-        Ok(())
     }
 
-    /// Flushes the sequence's text, reports its usage, and keeps its cache for reuse.
+    /// Gives a sequence's KV back: paged blocks to the manager (full ones stay cached), a
+    /// per-sequence cache to the prefix cache.
+    fn release(&mut self, r: &mut Running<'m>) {
+        match std::mem::replace(&mut r.kv, SeqKv::Own(KvCache::new(0))) {
+            SeqKv::Paged { table, .. } => {
+                if let Some(p) = &mut self.paged {
+                    p.mgr.release(&table);
+                }
+            }
+            SeqKv::Own(cache) => {
+                // What the cache holds: the prompt, then every generated token that was fed.
+                let mut held = std::mem::take(&mut r.fed);
+                held.truncate(cache.seq_len());
+                if held.len() == cache.seq_len() {
+                    self.prefix.insert(held, cache);
+                }
+            }
+        }
+    }
+
+    /// Flushes the sequence's text, reports its usage, and keeps its KV for reuse.
     fn finish(&mut self, mut r: Running<'m>, reason: FinishReason) {
         let tail = match r.seq.finish(reason) {
             Ok(t) => t,
@@ -642,6 +1007,7 @@ impl<'m> Loop<'m> {
                 (r.sink)(ServeEvent::Failed {
                     message: e.to_string(),
                 });
+                self.release(&mut r);
                 return;
             }
         };
@@ -677,15 +1043,7 @@ impl<'m> Loop<'m> {
             usage,
             timings,
         });
-        // What the cache holds: the prompt, then every generated token that was fed.
-        let mut held = r.prompt;
-        held.extend(&r.seq.output);
-        held.truncate(r.cache.seq_len());
-        if held.len() == r.cache.seq_len() {
-            self.prefix.insert(held, r.cache);
-        }
-        c.prefix_cache_tokens
-            .store(self.prefix.tokens(), Ordering::Relaxed);
+        self.release(&mut r);
     }
 }
 

@@ -6,9 +6,11 @@
 //! f16, laid out `[block][kv head][slot][head dim]`, so the rows of one head inside a block
 //! are contiguous and attention walks a sequence block by block. Which block belongs to whom,
 //! and sharing full blocks between sequences with the same prefix, is the engine's business;
-//! this module only stores and reads.
+//! this module only stores and reads. Only full blocks are ever shared, and a sequence only
+//! writes past its shared prefix, so no block is written while another sequence reads it.
 
 use half::f16;
+use half::slice::HalfBitsSliceExt;
 use seek_kernels::vector::Rows;
 
 use crate::{ModelError, Result};
@@ -36,9 +38,10 @@ pub struct KvBlocks {
     layout: PagedLayout,
     block_size: usize,
     n_blocks: usize,
-    /// Per layer: keys and values, `[block][kv head][slot][head dim]`.
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+    /// Per layer: keys and values, `[block][kv head][slot][head dim]`, as f16 bits (a zeroed
+    /// `u16` buffer is lazily backed by the OS; a zeroed `f16` one would be written out).
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
 }
 
 /// The new tokens of one sequence in a paged forward.
@@ -68,12 +71,8 @@ impl KvBlocks {
             layout,
             block_size,
             n_blocks,
-            k: (0..layout.layers)
-                .map(|_| vec![f16::ZERO; per_layer])
-                .collect(),
-            v: (0..layout.layers)
-                .map(|_| vec![f16::ZERO; per_layer])
-                .collect(),
+            k: (0..layout.layers).map(|_| vec![0u16; per_layer]).collect(),
+            v: (0..layout.layers).map(|_| vec![0u16; per_layer]).collect(),
         })
     }
 
@@ -120,13 +119,13 @@ impl KvBlocks {
                 .iter_mut()
                 .zip(&k[h * d..(h + 1) * d])
             {
-                *dst = f16::from_f32(*src);
+                *dst = f16::from_f32(*src).to_bits();
             }
             for (dst, src) in self.v[layer][at..at + d]
                 .iter_mut()
                 .zip(&v[h * d..(h + 1) * d])
             {
-                *dst = f16::from_f32(*src);
+                *dst = f16::from_f32(*src).to_bits();
             }
         }
         Ok(())
@@ -165,12 +164,12 @@ impl KvBlocks {
                 let n = (len - i * bs).min(bs);
                 (
                     Rows {
-                        data: &self.k[layer],
+                        data: self.k[layer].reinterpret_cast::<f16>(),
                         offset,
                         stride: d,
                     },
                     Rows {
-                        data: &self.v[layer],
+                        data: self.v[layer].reinterpret_cast::<f16>(),
                         offset,
                         stride: d,
                     },
@@ -178,23 +177,5 @@ impl KvBlocks {
                 )
             })
             .collect()
-    }
-
-    /// Copies block `src` into block `dst` in every layer (the engine copies a shared block
-    /// before a sequence writes into it).
-    pub fn copy_block(&mut self, src: u32, dst: u32) -> Result<()> {
-        let n = self.n_blocks;
-        if src as usize >= n || dst as usize >= n {
-            return Err(ModelError::Input(format!(
-                "block {src} or {dst} is outside the KV memory ({n} blocks)"
-            )));
-        }
-        let len = self.layout.kv_heads * self.block_size * self.layout.head_dim;
-        let (s, t) = (src as usize * len, dst as usize * len);
-        for l in 0..self.layout.layers {
-            self.k[l].copy_within(s..s + len, t);
-            self.v[l].copy_within(s..s + len, t);
-        }
-        Ok(())
     }
 }
