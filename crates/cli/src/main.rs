@@ -18,6 +18,7 @@ mod bench;
 mod generation;
 mod inspect;
 mod npy;
+mod serve;
 mod source;
 mod tokens;
 
@@ -27,7 +28,7 @@ mod tokens;
 #[command(
     after_help = "MODEL is a .gguf file, a Hugging Face folder (config.json + *.safetensors + tokenizer.json),\n\
 or a Hugging Face repo id such as deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B.\n\n\
-Examples:\n  seek run model.gguf \"What is 17 * 23?\"\n  seek chat model.gguf\n  seek inspect model.gguf"
+Examples:\n  seek run model.gguf \"What is 17 * 23?\"\n  seek chat model.gguf\n  seek inspect model.gguf\n  seek serve model.gguf --port 8000"
 )]
 struct Cli {
     /// CPU threads for tensor work (default: all cores).
@@ -51,6 +52,8 @@ enum Command {
     Logits(tokens::LogitsArgs),
     /// Time prefill, decode and time to first token; measure peak memory and the bandwidth bound.
     Bench(bench::BenchArgs),
+    /// Serve models over an OpenAI/DeepSeek-compatible HTTP API (continuous batching, API keys, metrics, cost).
+    Serve(serve::ServeArgs),
 }
 
 /// The model argument shared by every command.
@@ -73,12 +76,19 @@ impl ModelArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A server's request log is its main output; other commands stay quiet.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,seek_server=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEEK_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // Escape codes only for a terminal, not for a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(n) = cli.threads {
         if n == 0 {
@@ -95,6 +105,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokens::tokenize(a),
         Command::Logits(a) => tokens::logits(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -294,7 +294,7 @@ impl StreamState {
         self.pending
             .push_back(serde_json::to_string(&body).expect("error bodies serialize"));
         self.pending.push_back("[DONE]".into());
-        self.rec.finish(e.status().as_u16(), None);
+        self.rec.finish_with(e.status().as_u16(), None, Some(&e));
         self.ended = true;
     }
 }
@@ -684,16 +684,15 @@ impl RequestRecord {
     }
 
     fn fail(&mut self, e: AppError) -> Response {
-        if e.status().is_server_error() {
-            tracing::warn!(request_id = %self.id, error = %e, "request failed");
-        } else {
-            tracing::info!(request_id = %self.id, error = %e, "request refused");
-        }
-        self.finish(e.status().as_u16(), None);
+        self.finish_with(e.status().as_u16(), None, Some(&e));
         e.into_response()
     }
 
     fn finish(&mut self, status: u16, usage: Option<&wire::Usage>) {
+        self.finish_with(status, usage, None);
+    }
+
+    fn finish_with(&mut self, status: u16, usage: Option<&wire::Usage>, error: Option<&AppError>) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
@@ -709,7 +708,7 @@ impl RequestRecord {
             request_id = %self.id,
             tenant = %self.tenant,
             model = %self.model,
-            endpoint = self.endpoint,
+            endpoint = %self.endpoint,
             status,
             prompt_tokens = u.map(|u| u.prompt_tokens),
             cached_tokens = u.map(|u| u.prompt_cache_hit_tokens),
@@ -717,6 +716,7 @@ impl RequestRecord {
             reasoning_tokens = u.map(|u| u.completion_tokens_details.reasoning_tokens),
             cost_usd = u.map(|u| u.cost.total),
             latency_ms = (secs * 1e3).round() as u64,
+            error = error.map(tracing::field::display),
             "request"
         );
     }

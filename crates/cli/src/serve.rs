@@ -1,0 +1,472 @@
+//! `seek serve`: flags -> `seek_server` configs, models loaded behind a listening server.
+//!
+//! ```text
+//! seek serve models/SmolLM2-135M-Instruct-Q4_1.gguf --port 8000
+//! curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \
+//!   -d '{"model":"SmolLM2-135M-Instruct-Q4_1","messages":[{"role":"user","content":"Hi"}]}'
+//! ```
+//!
+//! The socket is bound first, so `/health` answers 503 while the models load; each model gets
+//! its own engine thread. SIGINT or SIGTERM drains (see `seek_server::serve`); a second one
+//! exits at once.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+use clap::Args;
+use seek_engine::serve::{EngineConfig, EngineHandle};
+use seek_server::{ApiKeys, AppState, Prices, ServedModel, ServerConfig};
+
+use crate::source::open;
+use crate::ModelArg;
+
+/// `seek serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Models to serve, each a .gguf file, a Hugging Face folder or a repo id (one engine each).
+    #[arg(value_name = "MODEL", required = true)]
+    models: Vec<String>,
+    /// Git revision when a MODEL is a repo id.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Address to bind. Anything but loopback requires API keys (or --insecure-no-auth).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to bind (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The name clients pass as `model`, once per MODEL in order
+    /// (default: the file stem, the folder name, or the repo id).
+    #[arg(long = "served-model-name", value_name = "NAME")]
+    served_model_names: Vec<String>,
+    /// Most sequences decoded together, per model.
+    #[arg(long, default_value_t = 8)]
+    max_running: usize,
+    /// Most requests waiting for a place in the batch, per model; more get 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Most prompt tokens prefilled per engine step, so long prompts do not stall streams.
+    #[arg(long, default_value_t = 256)]
+    prefill_chunk: usize,
+    /// Most tokens the prefix cache keeps, per model (0 disables it).
+    #[arg(long, default_value_t = 32 * 1024)]
+    prefix_cache_tokens: usize,
+    /// An API key clients must send as `Authorization: Bearer KEY` (repeatable; tenant "default").
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "SEEK_API_KEY",
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// A file of API keys: one `tenant:key` (or bare `key`) per line; `#` starts a comment.
+    #[arg(long, value_name = "FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// Serve a non-loopback address without API keys (only on a network you trust completely).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Seconds in-flight requests may run after SIGINT/SIGTERM before they are cancelled.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    shutdown_grace: f64,
+    /// US dollars per million prompt tokens served from the prefix cache
+    /// (default: DeepSeek-R1's launch price, for comparison).
+    #[arg(long, value_name = "USD", default_value_t = Prices::DEEPSEEK_R1_LAUNCH.input_cache_hit)]
+    price_input_hit: f64,
+    /// US dollars per million prompt tokens computed (default: DeepSeek-R1's launch price).
+    #[arg(long, value_name = "USD", default_value_t = Prices::DEEPSEEK_R1_LAUNCH.input_cache_miss)]
+    price_input_miss: f64,
+    /// US dollars per million generated tokens (default: DeepSeek-R1's launch price).
+    #[arg(long, value_name = "USD", default_value_t = Prices::DEEPSEEK_R1_LAUNCH.output)]
+    price_output: f64,
+    /// Per-model prices, a JSON object:
+    /// {"NAME": {"input_cache_hit": 0.14, "input_cache_miss": 0.55, "output": 2.19}, ...};
+    /// models it leaves out use the --price-* flags.
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn keys(&self) -> anyhow::Result<ApiKeys> {
+        let mut keys = ApiKeys::none();
+        for k in &self.api_keys {
+            keys.add(seek_server::auth::DEFAULT_TENANT, k)
+                .context("--api-key")?;
+        }
+        if let Some(f) = &self.api_keys_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the keys file {}", f.display()))?;
+            keys.add_file(&text)
+                .with_context(|| format!("{}", f.display()))?;
+            ensure!(
+                !keys.is_empty(),
+                "{}: the keys file has no keys; write one `tenant:key` per line",
+                f.display()
+            );
+        }
+        Ok(keys)
+    }
+
+    fn names(&self) -> anyhow::Result<Vec<String>> {
+        let names: Vec<String> = if self.served_model_names.is_empty() {
+            self.models.iter().map(|m| default_name(m)).collect()
+        } else {
+            ensure!(
+                self.served_model_names.len() == self.models.len(),
+                "--served-model-name is given {} times for {} models; give it once per MODEL, in order",
+                self.served_model_names.len(),
+                self.models.len()
+            );
+            self.served_model_names.clone()
+        };
+        for (i, n) in names.iter().enumerate() {
+            ensure!(!n.is_empty(), "a served model name is empty");
+            if names[..i].contains(n) {
+                bail!("two models would be served as {n:?}; name them with --served-model-name");
+            }
+        }
+        Ok(names)
+    }
+
+    fn price_table(&self, names: &[String]) -> anyhow::Result<Vec<Prices>> {
+        let flags = Prices {
+            input_cache_hit: self.price_input_hit,
+            input_cache_miss: self.price_input_miss,
+            output: self.price_output,
+        };
+        flags.check().context("--price-* flags")?;
+        let mut table: HashMap<String, Prices> = match &self.prices {
+            None => HashMap::new(),
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the prices file {}", f.display()))?;
+                serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{}: expected {{\"MODEL\": {{\"input_cache_hit\": .., \"input_cache_miss\": .., \"output\": ..}}}} in US dollars per million tokens",
+                        f.display()
+                    )
+                })?
+            }
+        };
+        for (name, p) in &table {
+            ensure!(
+                names.contains(name),
+                "the prices file names {name:?}, which is not served (served: {})",
+                names.join(", ")
+            );
+            p.check().with_context(|| format!("prices of {name}"))?;
+        }
+        Ok(names
+            .iter()
+            .map(|n| table.remove(n).unwrap_or(flags))
+            .collect())
+    }
+
+    fn address(&self) -> anyhow::Result<SocketAddr> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .with_context(|| {
+                format!(
+                    "--host {}: not an address or a name that resolves",
+                    self.host
+                )
+            })?
+            .next()
+            .with_context(|| format!("--host {} resolves to no address", self.host))
+    }
+}
+
+/// The default served name: a file's stem, a folder's name, or the repo id as given.
+fn default_name(model: &str) -> String {
+    let p = Path::new(model);
+    let name = if p.is_file() {
+        p.file_stem()
+    } else if p.is_dir() {
+        p.file_name()
+    } else {
+        None
+    };
+    name.map_or_else(|| model.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// `seek serve`.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let keys = args.keys()?;
+    let addr = args.address()?;
+    // Refuse before spending minutes on loading.
+    seek_server::auth::check_exposure(&addr, &keys, args.insecure_no_auth)?;
+    if keys.is_empty() && !seek_server::auth::is_loopback(&addr) {
+        tracing::warn!(%addr, "serving a non-loopback address without API keys (--insecure-no-auth)");
+    }
+    let names = args.names()?;
+    let prices = args.price_table(&names)?;
+    ensure!(
+        args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0,
+        "--shutdown-grace must be 0 or more seconds"
+    );
+    let engine = EngineConfig {
+        max_running: args.max_running,
+        max_queue: args.max_queue,
+        prefill_chunk: args.prefill_chunk,
+        prefix_cache_tokens: args.prefix_cache_tokens,
+        ..EngineConfig::default()
+    };
+    ensure!(
+        engine.max_running >= 1 && engine.prefill_chunk >= 1,
+        "--max-running and --prefill-chunk must be at least 1"
+    );
+    let cfg = ServerConfig {
+        api_keys: keys,
+        insecure_no_auth: args.insecure_no_auth,
+        model_names: names.clone(),
+        shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
+    };
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let models: Vec<(String, ModelArg, Prices)> = names
+        .into_iter()
+        .zip(&args.models)
+        .zip(prices)
+        .map(|((name, model), p)| {
+            let arg = ModelArg {
+                model: model.clone(),
+                revision: args.revision.clone(),
+            };
+            (name, arg, p)
+        })
+        .collect();
+    rt.block_on(run(addr, cfg, models, engine))
+}
+
+async fn run(
+    addr: SocketAddr,
+    cfg: ServerConfig,
+    models: Vec<(String, ModelArg, Prices)>,
+    engine: EngineConfig,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let state = AppState::new(cfg);
+    eprintln!(
+        "seek: listening on http://{local} ({} model{} loading; /health says 503 until ready)",
+        models.len(),
+        if models.len() == 1 { "" } else { "s" }
+    );
+    let mut server = tokio::spawn(seek_server::serve(
+        listener,
+        state.clone(),
+        shutdown_signal(),
+    ));
+    let loader = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            for (name, arg, prices) in models {
+                let cfg = engine.clone();
+                let n = name.clone();
+                let served = tokio::task::spawn_blocking(move || load(n, &arg, prices, cfg))
+                    .await
+                    .context("the loading thread panicked")??;
+                state.add_model(served);
+            }
+            anyhow::Ok(())
+        })
+    };
+    tokio::select! {
+        r = &mut server => return Ok(r.context("the server task panicked")??),
+        r = loader => r.context("the loading task panicked")??,
+    }
+    let names: Vec<String> = state.models().iter().map(|m| m.name.clone()).collect();
+    eprintln!("seek: ready; serving {}", names.join(", "));
+    server.await.context("the server task panicked")??;
+    eprintln!("seek: stopped");
+    Ok(())
+}
+
+fn load(
+    name: String,
+    arg: &ModelArg,
+    prices: Prices,
+    cfg: EngineConfig,
+) -> anyhow::Result<ServedModel> {
+    let opened = open(arg).with_context(|| format!("loading {}", arg.model))?;
+    let s = &opened.loaded.info;
+    eprintln!(
+        "seek: loaded {name} ({}, {} context tokens) in {:.1} s",
+        s.architecture, s.context_length, opened.load_s
+    );
+    let tokenizer = Arc::new(opened.tokenizer);
+    let engine = EngineHandle::start(opened.loaded.model, tokenizer.clone(), cfg)
+        .with_context(|| format!("starting the engine for {name}"))?;
+    Ok(ServedModel::new(name, engine, tokenizer, prices))
+}
+
+/// Completes at the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    eprintln!("seek: draining: finishing in-flight requests (again to quit at once)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("seek: quitting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ServeArgs,
+    }
+
+    fn args(a: &[&str]) -> ServeArgs {
+        T::try_parse_from(std::iter::once("serve").chain(a.iter().copied()))
+            .unwrap()
+            .a
+    }
+
+    #[test]
+    fn names_default_to_stems_folders_and_repo_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("My-Model.Q4_K_M.gguf");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(default_name(file.to_str().unwrap()), "My-Model.Q4_K_M");
+        assert_eq!(
+            default_name(&format!("{}/", dir.path().display())),
+            dir.path().file_name().unwrap().to_str().unwrap()
+        );
+        assert_eq!(
+            default_name("deepseek-ai/DeepSeek-R1"),
+            "deepseek-ai/DeepSeek-R1"
+        );
+        // Two files with the same stem in different folders.
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("m.gguf"), b"").unwrap();
+        }
+        let (a, b) = (a.join("m.gguf"), b.join("m.gguf"));
+        let two = args(&[a.to_str().unwrap(), b.to_str().unwrap()]);
+        let e = two.names().unwrap_err().to_string();
+        assert!(
+            e.contains("--served-model-name") && e.contains("\"m\""),
+            "{e}"
+        );
+        let a = args(&[
+            "a/x",
+            "b/x",
+            "--served-model-name",
+            "one",
+            "--served-model-name",
+            "two",
+        ]);
+        assert_eq!(a.names().unwrap(), ["one", "two"]);
+        let a = args(&["a/x", "b/x", "--served-model-name", "one"]);
+        assert!(a.names().is_err());
+    }
+
+    #[test]
+    fn prices_come_from_flags_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("prices.json");
+        std::fs::write(
+            &f,
+            r#"{"big": {"input_cache_hit": 1, "input_cache_miss": 2, "output": 3}}"#,
+        )
+        .unwrap();
+        let a = args(&["x", "--price-output", "5", "--prices", f.to_str().unwrap()]);
+        let names = vec!["big".to_string(), "small".to_string()];
+        let t = a.price_table(&names).unwrap();
+        assert_eq!(
+            t[0],
+            Prices {
+                input_cache_hit: 1.0,
+                input_cache_miss: 2.0,
+                output: 3.0
+            }
+        );
+        assert_eq!(
+            t[1],
+            Prices {
+                output: 5.0,
+                ..Prices::DEEPSEEK_R1_LAUNCH
+            }
+        );
+        // A name that is not served is a typo.
+        assert!(a.price_table(&["other".to_string()]).is_err());
+        let a = args(&["x", "--price-input-hit=-1"]);
+        assert!(a.price_table(&names).is_err());
+    }
+
+    #[test]
+    fn keys_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("keys");
+        std::fs::write(&f, "# team keys\nteam-a:sk-a\n").unwrap();
+        let a = args(&[
+            "x",
+            "--api-key",
+            "sk-1",
+            "--api-keys-file",
+            f.to_str().unwrap(),
+        ]);
+        let k = a.keys().unwrap();
+        assert_eq!(k.tenants().collect::<Vec<_>>(), ["default", "team-a"]);
+        std::fs::write(&f, "# nothing\n").unwrap();
+        let a = args(&["x", "--api-keys-file", f.to_str().unwrap()]);
+        assert!(a.keys().is_err());
+    }
+
+    #[test]
+    fn a_public_address_without_keys_is_refused_before_loading() {
+        let e = serve(args(&[
+            "/nonexistent/model.gguf",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--insecure-no-auth") && e.contains("--api-key"),
+            "{e}"
+        );
+    }
+}
