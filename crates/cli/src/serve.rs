@@ -27,12 +27,10 @@ use crate::ModelArg;
 /// `seek serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Models to serve, each a .gguf file, a Hugging Face folder or a repo id (one engine each).
+    /// Models to serve, each a local .gguf file or Hugging Face folder (one engine each). The
+    /// server makes no outbound connections, so repo ids are not fetched: download them first.
     #[arg(value_name = "MODEL", required = true)]
     models: Vec<String>,
-    /// Git revision when a MODEL is a repo id.
-    #[arg(long, default_value = "main")]
-    revision: String,
     /// Address to bind. Anything but loopback requires API keys (or --insecure-no-auth).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -179,7 +177,20 @@ impl ServeArgs {
     }
 }
 
-/// The default served name: a file's stem, a folder's name, or the repo id as given.
+/// Refuses a MODEL that is not a local file or folder (serving never downloads).
+fn check_local(models: &[String]) -> anyhow::Result<()> {
+    for m in models {
+        ensure!(
+            Path::new(m).exists(),
+            "{m}: no such file or folder. `seek serve` makes no outbound connections, so it does not \
+             fetch repo ids; download the model first (e.g. `huggingface-cli download {m} --local-dir DIR`) \
+             and pass the local path"
+        );
+    }
+    Ok(())
+}
+
+/// The default served name: a file's stem, a folder's name, or the argument as given.
 fn default_name(model: &str) -> String {
     let p = Path::new(model);
     let name = if p.is_file() {
@@ -201,6 +212,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if keys.is_empty() && !seek_server::auth::is_loopback(&addr) {
         tracing::warn!(%addr, "serving a non-loopback address without API keys (--insecure-no-auth)");
     }
+    check_local(&args.models)?;
     let names = args.names()?;
     let prices = args.price_table(&names)?;
     ensure!(
@@ -237,7 +249,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(|((name, model), p)| {
             let arg = ModelArg {
                 model: model.clone(),
-                revision: args.revision.clone(),
+                revision: "main".into(),
             };
             (name, arg, p)
         })
@@ -451,6 +463,14 @@ mod tests {
         std::fs::write(&f, "# nothing\n").unwrap();
         let a = args(&["x", "--api-keys-file", f.to_str().unwrap()]);
         assert!(a.keys().is_err());
+    }
+
+    #[test]
+    fn repo_ids_are_not_fetched() {
+        let e = serve(args(&["deepseek-ai/DeepSeek-R1", "--port", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no outbound connections"), "{e}");
     }
 
     #[test]

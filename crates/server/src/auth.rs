@@ -132,10 +132,10 @@ impl ApiKeys {
                 "no API key: send it as `Authorization: Bearer KEY`".into(),
             ));
         };
-        let given = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .map(|k| k.trim_ascii())
+        // The scheme is case-insensitive (RFC 9110).
+        let v = value.as_bytes();
+        let given = (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .then(|| v[7..].trim_ascii())
             .ok_or_else(|| {
                 AppError::Unauthorized("the Authorization header must be `Bearer KEY`".into())
             })?;
@@ -200,6 +200,7 @@ mod tests {
             ["team-a", "default", "team_b"]
         );
         assert_eq!(k.check(&headers("Bearer sk-aaa")).unwrap(), "team-a");
+        assert_eq!(k.check(&headers("bearer  sk-aaa ")).unwrap(), "team-a");
         assert_eq!(k.check(&headers("Bearer sk-bare")).unwrap(), "default");
         assert_eq!(k.check(&headers("Bearer sk-bbb")).unwrap(), "team_b");
     }
