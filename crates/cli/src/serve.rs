@@ -254,7 +254,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (name, arg, p)
         })
         .collect();
-    rt.block_on(run(addr, cfg, models, engine))
+    let result = rt.block_on(run(addr, cfg, models, engine));
+    // A signal during loading leaves a loading thread behind; do not wait for it.
+    rt.shutdown_background();
+    result
 }
 
 async fn run(
