@@ -50,8 +50,12 @@ pub struct ServeArgs {
     /// Most prompt tokens prefilled per engine step, so long prompts do not stall streams.
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
-    /// Most tokens the prefix cache keeps, per model (0 disables it).
-    #[arg(long, default_value_t = 32 * 1024)]
+    /// KV memory in tokens, per model with paged KV (GGUF llama/qwen2 on the CPU): shared by
+    /// running sequences in blocks; blocks no sequence holds serve as the prefix cache.
+    #[arg(long, default_value_t = EngineConfig::default().kv_cache_tokens)]
+    kv_cache_tokens: usize,
+    /// Most tokens the prefix cache keeps, per model without paged KV (0 disables it).
+    #[arg(long, default_value_t = EngineConfig::default().prefix_cache_tokens)]
     prefix_cache_tokens: usize,
     /// An API key clients must send as `Authorization: Bearer KEY` (repeatable; tenant "default").
     #[arg(
@@ -223,6 +227,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_running: args.max_running,
         max_queue: args.max_queue,
         prefill_chunk: args.prefill_chunk,
+        kv_cache_tokens: args.kv_cache_tokens,
         prefix_cache_tokens: args.prefix_cache_tokens,
         ..EngineConfig::default()
     };

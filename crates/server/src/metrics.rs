@@ -220,7 +220,7 @@ impl Metrics {
             }
         });
         type Gauge = fn(&EngineGauges<'_>) -> f64;
-        let gauges: [(&str, &str, &str, Gauge); 10] = [
+        let gauges: [(&str, &str, &str, Gauge); 13] = [
             (
                 "seek_queue_depth",
                 "gauge",
@@ -236,7 +236,7 @@ impl Metrics {
             (
                 "seek_prefix_cache_tokens",
                 "gauge",
-                "Tokens held by the prefix cache.",
+                "Tokens held by the per-sequence prefix cache (models without paged KV).",
                 |g| g.stats.prefix_cache_tokens as f64,
             ),
             (
@@ -274,6 +274,24 @@ impl Metrics {
                 "counter",
                 "Sequences decoded, summed over steps (over decode steps: the mean batch).",
                 |g| g.stats.batched_sequences as f64,
+            ),
+            (
+                "seek_kv_blocks_total",
+                "gauge",
+                "Blocks of paged KV memory (0 for a model with per-sequence caches).",
+                |g| g.stats.kv_blocks_total as f64,
+            ),
+            (
+                "seek_kv_blocks_in_use",
+                "gauge",
+                "Blocks of paged KV memory held by running sequences.",
+                |g| g.stats.kv_blocks_in_use as f64,
+            ),
+            (
+                "seek_engine_preemptions_total",
+                "counter",
+                "Sequences whose KV blocks were released to make room (they recompute later).",
+                |g| g.stats.preemptions as f64,
             ),
             (
                 "seek_model_max_context_tokens",

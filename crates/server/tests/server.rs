@@ -18,6 +18,7 @@ use axum::http::{Request, StatusCode};
 use candle_core::{Device, Tensor};
 use seek_engine::chat::render_chat;
 use seek_engine::serve::{EngineConfig, EngineHandle, EngineStats};
+use seek_models::paged::{KvBlocks, PagedLayout, Span};
 use seek_models::{CausalLm, KvCache};
 use seek_server::{app, ApiKeys, AppState, Phase, Prices, ServedModel, ServerConfig};
 use seek_tokenizer::Tokenizer;
@@ -116,6 +117,17 @@ impl CausalLm for Gated {
     ) -> Result<Tensor, seek_models::ModelError> {
         self.gate.pass();
         self.inner.decode_batch(tokens, caches)
+    }
+    fn paged_layout(&self) -> Option<PagedLayout> {
+        self.inner.paged_layout()
+    }
+    fn forward_paged(
+        &self,
+        spans: &[Span<'_>],
+        blocks: &mut KvBlocks,
+    ) -> Result<Tensor, seek_models::ModelError> {
+        self.gate.pass();
+        self.inner.forward_paged(spans, blocks)
     }
     fn new_cache(&self) -> KvCache {
         self.inner.new_cache()
@@ -1411,4 +1423,75 @@ fn serve_refuses_a_public_address_without_keys() {
         let e = seek_server::serve(listener, s, async {}).await.unwrap_err();
         assert!(e.to_string().contains("--api-key"), "{e}");
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A model with paged KV memory
+// ---------------------------------------------------------------------------------------------
+
+/// SmolLM2 (GGUF, llama) keeps its KV in the engine's shared blocks, whose full blocks are the
+/// prefix cache: the server gets batched = alone and cache hits on that path too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_model_batches_and_reports_prefix_hits() {
+    let dir = std::env::var_os("SEEK_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    let path = dir.join("SmolLM2-135M-Instruct-Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-sample-models.sh first",
+        path.display()
+    );
+    let loaded = seek_models::load(&path, &Default::default()).unwrap();
+    assert!(
+        loaded.model.paged_layout().is_some(),
+        "SmolLM2 runs on paged KV"
+    );
+    let tok = match &loaded.format {
+        seek_models::ModelFormat::Gguf(f) => Arc::new(Tokenizer::from_gguf(f).unwrap()),
+        other => panic!("not a GGUF: {other:?}"),
+    };
+    let engine = EngineHandle::start(loaded.model, tok.clone(), EngineConfig::default()).unwrap();
+    let s = AppState::with_models(
+        ServerConfig::default(),
+        vec![ServedModel::new("smol", engine, tok, Prices::default())],
+    );
+    let body = |i: usize| {
+        let mut b = chat(
+            &format!("Question {i}: name a colour of the sky, in one word."),
+            json!({"max_tokens": 12}),
+        );
+        b["model"] = json!("smol");
+        b
+    };
+    let mut alone = Vec::new();
+    for i in 0..4 {
+        let r = post(&s, "/v1/chat/completions", &body(i)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let v = r.json();
+        assert!(
+            v["choices"][0]["message"]["reasoning_content"].is_null(),
+            "not a reasoning model"
+        );
+        assert_usage_consistent(&v["usage"], Prices::default());
+        let content = v["choices"][0]["message"]["content"].clone();
+        assert!(!content.as_str().unwrap().trim().is_empty(), "{v}");
+        alone.push(content);
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (s, b) = (s.clone(), body(i));
+            tokio::spawn(async move { post(&s, "/v1/chat/completions", &b).await })
+        })
+        .collect();
+    let mut together = Vec::new();
+    for h in handles {
+        let v = h.await.unwrap().json();
+        assert!(
+            v["usage"]["prompt_cache_hit_tokens"].as_u64().unwrap() > 0,
+            "the prompt was served before: {v}"
+        );
+        together.push(v["choices"][0]["message"]["content"].clone());
+    }
+    assert_eq!(together, alone, "batched with cached prefixes = alone");
 }
