@@ -56,6 +56,14 @@ pub struct BenchArgs {
     /// 0 skips the bandwidth measurement and the bound).
     #[arg(long, value_name = "MIB")]
     bandwidth_mib: Option<usize>,
+    /// Also time decode steps of N sequences at once (comma-separated N): the batched
+    /// throughput a server gets, every weight read once per step for all of them.
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// The machine's price per hour in USD: prints what a million output tokens cost at each
+    /// measured decode speed.
+    #[arg(long, value_name = "USD")]
+    hourly_price: Option<f64>,
     /// Print one JSON object with every figure.
     #[arg(long)]
     json: bool,
@@ -69,6 +77,8 @@ struct BenchPlan {
     repeats: usize,
     warmup: usize,
     bandwidth_bytes: Option<usize>,
+    batch: Vec<usize>,
+    hourly_price: Option<f64>,
 }
 
 impl BenchPlan {
@@ -90,6 +100,17 @@ impl BenchPlan {
             a.repeats > 0,
             "--repeats must be at least 1 (got 0): it is the number of timed runs"
         );
+        ensure!(
+            a.batch.iter().all(|&b| (1..=1024).contains(&b)),
+            "--batch: every size must be between 1 and 1024 sequences (got {:?})",
+            a.batch
+        );
+        if let Some(p) = a.hourly_price {
+            ensure!(
+                p.is_finite() && p > 0.0,
+                "--hourly-price must be a positive amount of USD per hour (got {p})"
+            );
+        }
         let bandwidth_bytes = match a.bandwidth_mib {
             Some(0) => None,
             Some(mib) => Some(mib << 20),
@@ -102,6 +123,8 @@ impl BenchPlan {
             repeats: a.repeats,
             warmup: a.warmup,
             bandwidth_bytes,
+            batch: a.batch.clone(),
+            hourly_price: a.hourly_price,
         })
     }
 }
@@ -173,6 +196,21 @@ struct DecodeResult {
     bound_tokens_per_s: Option<f64>,
     /// Median tokens/s as a percentage of the bound.
     percent_of_bound: Option<f64>,
+    /// USD per million output tokens at the median speed and `--hourly-price`.
+    cost_per_million_output_usd: Option<f64>,
+}
+
+/// Decode steps of several sequences at once.
+#[derive(Debug, Serialize)]
+struct BatchedResult {
+    /// Sequences per step.
+    sequences: usize,
+    /// Tokens per second summed over the sequences.
+    tokens_per_s: Stats,
+    /// Milliseconds per step.
+    ms_per_step: Stats,
+    /// USD per million output tokens at the median throughput and `--hourly-price`.
+    cost_per_million_output_usd: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -230,6 +268,9 @@ struct Report {
     kv_bytes_per_token: u64,
     prefill: Vec<PrefillResult>,
     decode: Vec<DecodeResult>,
+    batched: Vec<BatchedResult>,
+    /// `--hourly-price`, USD.
+    hourly_price_usd: Option<f64>,
     memory: Memory,
     bandwidth: Option<Bandwidth>,
 }
@@ -363,15 +404,31 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             bytes_read_per_token,
             bound_tokens_per_s: None,
             percent_of_bound: None,
+            cost_per_million_output_usd: None,
         };
         if result.skipped.is_none() {
             let secs = time_decode(model, &ids, c, n, &plan, &mut kv_peak, &progress)
                 .with_context(|| format!("decode at a context of {c} tokens"))?;
             result.ms_per_token =
                 Some(Stats::of(secs.iter().map(|s| 1e3 * s / n as f64).collect()));
-            result.tokens_per_s = Some(Stats::of(secs.iter().map(|s| n as f64 / s).collect()));
+            let tps = Stats::of(secs.iter().map(|s| n as f64 / s).collect());
+            result.cost_per_million_output_usd =
+                plan.hourly_price.map(|p| cost_per_million(p, tps.median));
+            result.tokens_per_s = Some(tps);
         }
         decode.push(result);
+    }
+    let mut batched = Vec::new();
+    for &b in &plan.batch {
+        let secs = time_batched(model, &ids, b, n, &plan, &progress)
+            .with_context(|| format!("decode of {b} sequences at once"))?;
+        let tps = Stats::of(secs.iter().map(|s| (b * n) as f64 / s).collect());
+        batched.push(BatchedResult {
+            sequences: b,
+            cost_per_million_output_usd: plan.hourly_price.map(|p| cost_per_million(p, tps.median)),
+            tokens_per_s: tps,
+            ms_per_step: Stats::of(secs.iter().map(|s| 1e3 * s / n as f64).collect()),
+        });
     }
 
     // Read the peak before the bandwidth buffer inflates it.
@@ -419,6 +476,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         kv_bytes_per_token: loaded.info.kv_bytes_per_token,
         prefill,
         decode,
+        batched,
+        hourly_price_usd: plan.hourly_price,
         memory,
         bandwidth,
     };
@@ -476,6 +535,52 @@ fn time_decode(
 }
 
 /// `n` greedy single-token steps from `token`; the argmax is part of each step.
+/// USD per million output tokens for a machine at `hourly` USD/h producing `tokens_per_s`.
+fn cost_per_million(hourly: f64, tokens_per_s: f64) -> f64 {
+    hourly / 3600.0 / tokens_per_s.max(1e-12) * 1e6
+}
+
+/// Seconds of each timed run of `n` decode steps of `b` sequences at once, each sequence
+/// started from a one-token prompt of its own.
+fn time_batched(
+    model: &dyn CausalLm,
+    ids: &[TokenId],
+    b: usize,
+    n: usize,
+    plan: &BenchPlan,
+    progress: &Progress,
+) -> anyhow::Result<Vec<f64>> {
+    let mut secs = Vec::new();
+    for run in 0..plan.warmup + plan.repeats {
+        progress.say(format_args!("batch {b}: run {}", run + 1));
+        let mut caches: Vec<KvCache> = (0..b).map(|_| model.new_cache()).collect();
+        let mut tokens: Vec<TokenId> = (0..b).map(|i| ids[i % ids.len()]).collect();
+        let start = Instant::now();
+        for _ in 0..n {
+            let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+            // (B, V)
+            let logits = model.decode_batch(&tokens, &mut refs)?.to_vec2::<f32>()?;
+            for (t, row) in tokens.iter_mut().zip(&logits) {
+                *t = row
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv {
+                            (i, v)
+                        } else {
+                            (bi, bv)
+                        }
+                    })
+                    .0 as TokenId;
+            }
+        }
+        if run >= plan.warmup {
+            secs.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(secs)
+}
+
 fn decode_run(
     model: &dyn CausalLm,
     cache: &mut KvCache,
@@ -810,6 +915,41 @@ fn print_table(r: &Report) {
             ),
             _ => {}
         }
+    }
+    if !r.batched.is_empty() {
+        println!();
+        println!(
+            "{:<9} {:>7}  {:<24} {:<22}",
+            "batched", "seqs", "tok/s (all sequences)", "ms/step"
+        );
+        for b in &r.batched {
+            println!(
+                "{:<9} {:>7}  {:<24} {:<22}",
+                "",
+                b.sequences,
+                fmt_stats(&b.tokens_per_s),
+                fmt_stats(&b.ms_per_step)
+            );
+        }
+    }
+    if let Some(price) = r.hourly_price_usd {
+        let rows: Vec<String> = r
+            .decode
+            .iter()
+            .filter_map(|d| {
+                d.cost_per_million_output_usd
+                    .map(|c| format!("1 stream @{} ${c:.2}", d.context))
+            })
+            .chain(r.batched.iter().filter_map(|b| {
+                b.cost_per_million_output_usd
+                    .map(|c| format!("{} streams ${c:.2}", b.sequences))
+            }))
+            .collect();
+        println!();
+        println!(
+            "cost      per million output tokens at ${price}/h: {} (DeepSeek-R1 API at launch: $2.19)",
+            rows.join(" · ")
+        );
     }
     println!();
     let m = &r.memory;

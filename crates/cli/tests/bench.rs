@@ -229,3 +229,53 @@ fn bad_flags_are_rejected_before_loading() {
         );
     }
 }
+
+/// `--batch` times decode steps of several sequences at once, and `--hourly-price` turns
+/// each measured speed into the cost of a million output tokens.
+#[test]
+fn batched_decode_and_cost_per_million_tokens_are_reported() {
+    let model = tiny();
+    let o = seek(&[
+        "--threads",
+        "1",
+        "bench",
+        model.to_str().unwrap(),
+        "--prefill",
+        "8",
+        "--decode-context",
+        "0",
+        "--decode-tokens",
+        "4",
+        "--repeats",
+        "2",
+        "--bandwidth-mib",
+        "0",
+        "--batch",
+        "1,3",
+        "--hourly-price",
+        "2.5",
+        "--json",
+    ]);
+    assert!(o.status.success(), "seek bench failed: {}", stderr(&o));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let batched = j["batched"].as_array().unwrap();
+    assert_eq!(batched.len(), 2);
+    for (b, n) in batched.iter().zip([1u64, 3]) {
+        assert_eq!(b["sequences"], n);
+        check_stats(&b["tokens_per_s"], 2, "batched tok/s");
+        // $2.5/h at T tok/s: 2.5 / 3600 / T * 1e6 dollars per million.
+        let want = 2.5 / 3600.0 / f(&b["tokens_per_s"]["median"]) * 1e6;
+        assert!((f(&b["cost_per_million_output_usd"]) - want).abs() < 1e-9 * want.max(1.0));
+    }
+    let d = &j["decode"][0];
+    let want = 2.5 / 3600.0 / f(&d["tokens_per_s"]["median"]) * 1e6;
+    assert!((f(&d["cost_per_million_output_usd"]) - want).abs() < 1e-9 * want.max(1.0));
+    assert_eq!(f(&j["hourly_price_usd"]), 2.5);
+
+    let o = seek(&["bench", model.to_str().unwrap(), "--hourly-price=0"]);
+    assert!(
+        stderr(&o).contains("--hourly-price must be a positive"),
+        "{}",
+        stderr(&o)
+    );
+}
