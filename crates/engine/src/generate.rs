@@ -107,6 +107,7 @@ pub fn generate(
             ignore_eos: req.ignore_eos,
             starts_in_reasoning: req.starts_in_reasoning,
             max_reasoning_tokens: req.max_reasoning_tokens,
+            split_reasoning: true,
         },
     )?;
     let mut out = GenerateOutput {

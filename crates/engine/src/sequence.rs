@@ -29,6 +29,9 @@ pub struct SequenceParams {
     pub starts_in_reasoning: bool,
     /// Most sampled tokens inside the reasoning block before [`THINK_CLOSE`] is inserted.
     pub max_reasoning_tokens: Option<usize>,
+    /// Split `<think>` blocks out of the text as reasoning (chat); `false` keeps every piece
+    /// of text, tags included, as content (raw completions).
+    pub split_reasoning: bool,
 }
 
 /// One step's outcome for a sequence.
@@ -50,7 +53,8 @@ pub struct Sequence<'t> {
     sampler: Sampler,
     detok: IncrementalDetokenizer<'t>,
     stops: StopMatcher,
-    splitter: ReasoningSplitter,
+    /// `None` when the text is not split (see [`SequenceParams::split_reasoning`]).
+    splitter: Option<ReasoningSplitter>,
     close_ids: Vec<TokenId>,
     /// Tokens to feed without sampling (the budget's closing tag), last first.
     pending: Vec<TokenId>,
@@ -70,7 +74,9 @@ impl<'t> Sequence<'t> {
             sampler: Sampler::new(params.sampling.clone()),
             detok: IncrementalDetokenizer::new(tokenizer, true),
             stops: StopMatcher::new(params.stop.clone()),
-            splitter: ReasoningSplitter::new(params.starts_in_reasoning),
+            splitter: params
+                .split_reasoning
+                .then(|| ReasoningSplitter::new(params.starts_in_reasoning)),
             close_ids: tokenizer.encode(THINK_CLOSE, false)?,
             pending: Vec::new(),
             output: Vec::new(),
@@ -89,18 +95,13 @@ impl<'t> Sequence<'t> {
 
     /// Picks the next token from `logits` (of the last fed position) and turns it into text.
     pub fn step(&mut self, logits: &mut [f32], prompt: &[TokenId]) -> Result<Step, EngineError> {
-        let mut done = |reason: FinishReason, token, delta| {
-            self.finished = Some(reason);
-            Ok(Step {
-                token,
-                delta,
-                finished: Some(reason),
-            })
-        };
         if self.output.len() >= self.params.max_tokens {
-            return done(FinishReason::Length, None, Delta::default());
+            return Ok(self.done(FinishReason::Length, None, Delta::default()));
         }
-        let in_reasoning = self.splitter.in_reasoning() && !self.splitter.reasoning_closed();
+        let in_reasoning = self
+            .splitter
+            .as_ref()
+            .is_some_and(|s| s.in_reasoning() && !s.reasoning_closed());
         let budget_spent = in_reasoning
             && self
                 .params
@@ -114,7 +115,7 @@ impl<'t> Sequence<'t> {
             None => (self.sampler.sample(logits, prompt, &self.output), true),
         };
         if !self.params.ignore_eos && self.tokenizer.eos_token_ids().contains(&token) {
-            return done(FinishReason::Stop, None, Delta::default());
+            return Ok(self.done(FinishReason::Stop, None, Delta::default()));
         }
         self.output.push(token);
         if in_reasoning {
@@ -126,12 +127,12 @@ impl<'t> Sequence<'t> {
             StopOutcome::Continue { emit } => (emit, false),
             StopOutcome::Stopped { emit, .. } => (emit, true),
         };
-        let delta = self.splitter.push(&text);
+        let delta = self.split(&text);
         if stopped {
-            return done(FinishReason::Stop, Some(token), delta);
+            return Ok(self.done(FinishReason::Stop, Some(token), delta));
         }
         if self.output.len() >= self.params.max_tokens {
-            return done(FinishReason::Length, Some(token), delta);
+            return Ok(self.done(FinishReason::Length, Some(token), delta));
         }
         Ok(Step {
             token: Some(token),
@@ -154,14 +155,35 @@ impl<'t> Sequence<'t> {
                     emit
                 }
             };
-            out.append(self.splitter.push(&text));
+            out.append(self.split(&text));
         }
-        out.append(self.splitter.finish());
+        if let Some(s) = &mut self.splitter {
+            out.append(s.finish());
+        }
         Ok(out)
+    }
+
+    fn done(&mut self, reason: FinishReason, token: Option<TokenId>, delta: Delta) -> Step {
+        self.finished = Some(reason);
+        Step {
+            token,
+            delta,
+            finished: Some(reason),
+        }
+    }
+
+    fn split(&mut self, text: &str) -> Delta {
+        match &mut self.splitter {
+            Some(s) => s.push(text),
+            None => Delta {
+                reasoning: String::new(),
+                content: text.to_string(),
+            },
+        }
     }
 
     /// Whether any reasoning was seen (or the prompt opened the block).
     pub fn has_reasoning(&self) -> bool {
-        self.params.starts_in_reasoning || self.splitter.in_reasoning()
+        self.params.starts_in_reasoning || self.splitter.as_ref().is_some_and(|s| s.in_reasoning())
     }
 }

@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -225,7 +225,7 @@ enum Msg {
 /// A cheap, cloneable handle to the engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
     counters: Arc<Counters>,
     next_id: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
@@ -246,9 +246,9 @@ impl EngineHandle {
                 "max_running, prefill_chunk and block_size must be at least 1".into(),
             ));
         }
-        // Submissions are bounded by `max_queue` already; the channel only needs headroom
-        // for aborts on top.
-        let (tx, rx) = mpsc::sync_channel(cfg.max_queue + 1024);
+        // Submissions are bounded by `max_queue` (checked in `submit`); aborts must never
+        // block the async task that sends them, so the channel itself is unbounded.
+        let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let max_context = model.max_context();
         let c = counters.clone();
@@ -319,17 +319,11 @@ impl EngineHandle {
             sink,
             at: Instant::now(),
         };
-        match self.tx.try_send(msg) {
+        match self.tx.send(msg) {
             Ok(()) => Ok(id),
-            Err(e) => {
+            Err(_) => {
                 self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::QueueFull {
-                        queued,
-                        limit: self.max_queue,
-                    },
-                    TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
-                })
+                Err(SubmitError::ShuttingDown)
             }
         }
     }
@@ -508,6 +502,9 @@ impl<'m> Loop<'m> {
                 tracing::error!(error = %e, "engine step failed; failing its sequences");
                 let failed: Vec<Running<'m>> = self.running.drain(..).collect();
                 for mut r in failed {
+                    self.counters
+                        .requests_finished
+                        .fetch_add(1, Ordering::Relaxed);
                     (r.sink)(ServeEvent::Failed {
                         message: format!("generation failed: {e}"),
                     });

@@ -54,6 +54,7 @@ fn params(max_tokens: usize) -> SequenceParams {
         ignore_eos: false,
         starts_in_reasoning: false,
         max_reasoning_tokens: None,
+        split_reasoning: true,
     }
 }
 

@@ -199,6 +199,7 @@ impl ValidRequest {
                     ignore_eos: req.ignore_eos.unwrap_or(false),
                     starts_in_reasoning: rendered.starts_in_reasoning,
                     max_reasoning_tokens: None,
+                    split_reasoning: true,
                 },
             }],
             model,
@@ -318,6 +319,8 @@ impl ValidRequest {
                     ignore_eos: req.ignore_eos.unwrap_or(false),
                     starts_in_reasoning: false,
                     max_reasoning_tokens: None,
+                    // Raw completions return the text as the model wrote it, tags included.
+                    split_reasoning: false,
                 },
             });
         }
