@@ -29,27 +29,9 @@ use crate::llama::{causal_mask, config_err, Linear, RmsNorm};
 use crate::weights::{Embedding, Matmul, Weights};
 use crate::{CausalLm, KvCache, ModelError, Result};
 
-/// `rope_scaling` (transformers v4) / `rope_parameters` (v5) of a DeepSeek config.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RopeScaling {
-    /// `yarn` (V3, R1) or `default`.
-    #[serde(alias = "type")]
-    pub rope_type: Option<String>,
-    /// RoPE base (v5 keeps it here).
-    pub rope_theta: Option<f64>,
-    /// Context extension factor (V3: 40).
-    pub factor: Option<f64>,
-    /// Pre-training context (V3: 4096).
-    pub original_max_position_embeddings: Option<usize>,
-    /// Rotations above which dimensions are extrapolated (default 32).
-    pub beta_fast: Option<f64>,
-    /// Rotations below which dimensions are interpolated (default 1).
-    pub beta_slow: Option<f64>,
-    /// Numerator of the cos/sin attention factor.
-    pub mscale: Option<f64>,
-    /// Denominator of the cos/sin factor, and the softmax-scale correction.
-    pub mscale_all_dim: Option<f64>,
-}
+/// `rope_scaling` (transformers v4) / `rope_parameters` (v5) of a DeepSeek config: `yarn`
+/// (V3, R1) or `default`; the same fields as the Llama family's.
+pub type RopeScaling = crate::llama::RopeParameters;
 
 /// Hugging Face `config.json` of DeepSeek-V3 / R1 / V2 (field names as in
 /// `configuration_deepseek_v3.py`).

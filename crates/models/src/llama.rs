@@ -38,8 +38,16 @@ pub struct RopeParameters {
     pub low_freq_factor: Option<f64>,
     /// Llama 3: high-frequency factor.
     pub high_freq_factor: Option<f64>,
-    /// Llama 3: the context length the model was pre-trained with.
+    /// Llama 3 and YaRN: the context length the model was pre-trained with.
     pub original_max_position_embeddings: Option<usize>,
+    /// YaRN: rotations above which dimensions are extrapolated (default 32).
+    pub beta_fast: Option<f64>,
+    /// YaRN: rotations below which dimensions are interpolated (default 1).
+    pub beta_slow: Option<f64>,
+    /// YaRN: numerator of the cos/sin attention factor.
+    pub mscale: Option<f64>,
+    /// YaRN: its denominator, and DeepSeek's softmax-scale correction.
+    pub mscale_all_dim: Option<f64>,
 }
 
 /// Hugging Face `config.json` of a Llama model (field names as in `LlamaConfig`).
