@@ -29,8 +29,20 @@ use crate::ModelArg;
 pub struct ServeArgs {
     /// Models to serve, each a local .gguf file or Hugging Face folder (one engine each). The
     /// server makes no outbound connections, so repo ids are not fetched: download them first.
-    #[arg(value_name = "MODEL", required = true)]
+    #[arg(value_name = "MODEL", required_unless_present = "upstream")]
     models: Vec<String>,
+    /// Gateway mode: serve the model of another OpenAI-compatible server (a vLLM or SGLang
+    /// cluster, a hosted API; e.g. http://10.0.0.5:8000/v1) instead of local models, behind
+    /// this server's keys, guard, audit and cost accounting. The only outbound connection
+    /// `seek serve` ever makes.
+    #[arg(long, value_name = "URL", conflicts_with = "models")]
+    upstream: Option<String>,
+    /// The model name the upstream serves (default: the served name).
+    #[arg(long, value_name = "NAME", requires = "upstream")]
+    upstream_model: Option<String>,
+    /// The environment variable that holds the upstream's API key, if it needs one.
+    #[arg(long, value_name = "VAR", default_value = "SEEK_UPSTREAM_API_KEY")]
+    upstream_api_key_env: String,
     /// Address to bind. Anything but loopback requires API keys (or --insecure-no-auth).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -113,6 +125,16 @@ impl ServeArgs {
     }
 
     fn names(&self) -> anyhow::Result<Vec<String>> {
+        if self.upstream.is_some() {
+            return match (self.served_model_names.as_slice(), &self.upstream_model) {
+                ([], Some(m)) => Ok(vec![m.clone()]),
+                ([name], _) => Ok(vec![name.clone()]),
+                ([], None) => bail!(
+                    "gateway mode needs a name for the upstream model: --served-model-name NAME (or --upstream-model NAME)"
+                ),
+                _ => bail!("gateway mode serves one upstream model: give --served-model-name once"),
+            };
+        }
         let names: Vec<String> = if self.served_model_names.is_empty() {
             self.models.iter().map(|m| default_name(m)).collect()
         } else {
@@ -247,28 +269,48 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let models: Vec<(String, ModelArg, Prices)> = names
-        .into_iter()
-        .zip(&args.models)
-        .zip(prices)
-        .map(|((name, model), p)| {
-            let arg = ModelArg {
-                model: model.clone(),
-                revision: "main".into(),
-            };
-            (name, arg, p)
-        })
-        .collect();
+    let models: Vec<(String, Source, Prices)> = match &args.upstream {
+        Some(url) => {
+            let name = names[0].clone();
+            let key = std::env::var(&args.upstream_api_key_env).ok();
+            let model = args.upstream_model.clone().unwrap_or_else(|| name.clone());
+            vec![(
+                name,
+                Source::Upstream(seek_server::Upstream::new(url, model, key)),
+                prices[0],
+            )]
+        }
+        None => names
+            .into_iter()
+            .zip(&args.models)
+            .zip(prices)
+            .map(|((name, model), p)| {
+                let arg = ModelArg {
+                    model: model.clone(),
+                    revision: "main".into(),
+                };
+                (name, Source::Local(arg), p)
+            })
+            .collect(),
+    };
     let result = rt.block_on(run(addr, cfg, models, engine));
     // A signal during loading leaves a loading thread behind; do not wait for it.
     rt.shutdown_background();
     result
 }
 
+/// Where a served model comes from.
+enum Source {
+    /// A local file or folder, loaded here.
+    Local(ModelArg),
+    /// Gateway mode.
+    Upstream(seek_server::Upstream),
+}
+
 async fn run(
     addr: SocketAddr,
     cfg: ServerConfig,
-    models: Vec<(String, ModelArg, Prices)>,
+    models: Vec<(String, Source, Prices)>,
     engine: EngineConfig,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -289,12 +331,23 @@ async fn run(
     let loader = {
         let state = state.clone();
         tokio::spawn(async move {
-            for (name, arg, prices) in models {
-                let cfg = engine.clone();
-                let n = name.clone();
-                let served = tokio::task::spawn_blocking(move || load(n, &arg, prices, cfg))
-                    .await
-                    .context("the loading thread panicked")??;
+            for (name, source, prices) in models {
+                let served = match source {
+                    Source::Upstream(up) => {
+                        eprintln!(
+                            "seek: {name} is served by {} (model {:?}, gateway mode)",
+                            up.base_url, up.model
+                        );
+                        ServedModel::upstream(name, up, prices)
+                    }
+                    Source::Local(arg) => {
+                        let cfg = engine.clone();
+                        let n = name.clone();
+                        tokio::task::spawn_blocking(move || load(n, &arg, prices, cfg))
+                            .await
+                            .context("the loading thread panicked")??
+                    }
+                };
                 state.add_model(served);
             }
             anyhow::Ok(())

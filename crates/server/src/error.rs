@@ -52,6 +52,9 @@ pub enum AppError {
     /// Something failed inside the server (500); the message is safe to show (no internals).
     #[error("{0}")]
     Internal(String),
+    /// Gateway mode: the upstream model server failed or cannot be reached (502).
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl AppError {
@@ -74,6 +77,7 @@ impl AppError {
             AppError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -87,6 +91,7 @@ impl AppError {
             AppError::Busy { .. } => ("requests", None, Some("rate_limit_exceeded")),
             AppError::Unavailable { code, .. } => ("server_error", None, Some(*code)),
             AppError::Internal(_) => ("server_error", None, Some("internal_error")),
+            AppError::Upstream(_) => ("server_error", None, Some("upstream_error")),
         };
         ErrorBody {
             message: self.to_string(),

@@ -12,8 +12,9 @@
 //! ```no_run
 //! # async fn f(state: seek_server::AppState) -> Result<(), seek_server::ServeError> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! let (_stop, stopped) = tokio::sync::oneshot::channel::<()>(); // the CLI waits for SIGINT/SIGTERM
 //! seek_server::serve(listener, state, async {
-//!     let _ = tokio::signal::ctrl_c().await;
+//!     let _ = stopped.await;
 //! })
 //! .await
 //! # }
@@ -27,6 +28,7 @@ pub mod price;
 mod routes;
 mod run;
 mod state;
+pub mod upstream;
 mod valid;
 pub mod wire;
 
@@ -39,7 +41,8 @@ use axum::Router;
 pub use auth::ApiKeys;
 pub use error::AppError;
 pub use price::Prices;
-pub use state::{AppState, Phase, ServedModel, ServerConfig};
+pub use state::{AppState, Backend, Phase, ServedModel, ServerConfig};
+pub use upstream::Upstream;
 pub use valid::{DEFAULT_COMPLETION_MAX_TOKENS, MAX_N};
 
 /// The routes. DeepSeek's base URL works with and without `/v1`, so both are served.

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
 use crate::run::{ChoiceEvent, ChoiceOutput, Running};
-use crate::state::{unix_now, AppState, Phase};
+use crate::state::{unix_now, AppState, Backend, Phase};
 use crate::valid::ValidRequest;
 use crate::wire::{self, ChunkUsage};
 
@@ -69,7 +69,7 @@ pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
                     object: "model".into(),
                     created: m.created,
                     owned_by: "seek".into(),
-                    max_model_len: m.engine.max_context(),
+                    max_model_len: m.max_context(),
                 })
                 .collect();
             rec.finish(200, None);
@@ -154,7 +154,8 @@ async fn generate_inner(
         Endpoint::Chat => {
             let req: wire::ChatCompletionRequest = parse_json(&body)?;
             rec.set_model(state, &req.model);
-            ValidRequest::chat(req, state)?
+            let raw: serde_json::Value = parse_json(&body)?;
+            ValidRequest::chat(req, raw, state)?
         }
         Endpoint::Completion => {
             let req: wire::CompletionRequest = parse_json(&body)?;
@@ -162,7 +163,18 @@ async fn generate_inner(
             ValidRequest::completion(req, state)?
         }
     };
-    let running = Running::submit(&valid.model.engine, valid.engine_requests())?;
+    let running = match (&valid.model.backend, &valid.upstream_body) {
+        (Backend::Upstream(up), Some(body)) => {
+            Running::upstream(up.chat(body.clone(), valid.n).await?, valid.n)
+        }
+        (Backend::Local { engine, .. }, _) => Running::submit(engine, valid.engine_requests())?,
+        (Backend::Upstream(_), None) => {
+            return Err(AppError::bad(
+                "model",
+                "this model is served by an upstream server (gateway mode), which takes chat completions only",
+            ))
+        }
+    };
     let out = Output::new(&valid, endpoint, rec.id.clone(), rec.start);
     if valid.stream {
         Ok(stream(state.clone(), running, out, rec.detach()))
@@ -323,7 +335,7 @@ struct Output {
 
 impl Output {
     fn new(v: &ValidRequest, endpoint: Endpoint, id: String, start: Instant) -> Self {
-        let choices = v.prompts.len() * v.n;
+        let choices = v.choices();
         Self {
             endpoint,
             id,

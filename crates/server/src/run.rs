@@ -24,7 +24,9 @@ pub(crate) struct ChoiceEvent {
 /// The engine requests of one HTTP request.
 pub(crate) struct Running {
     rx: mpsc::UnboundedReceiver<ChoiceEvent>,
-    engine: EngineHandle,
+    /// The engine to abort unfinished requests on (none upstream: dropping `rx` stops the
+    /// upstream reader, which closes the connection).
+    engine: Option<EngineHandle>,
     ids: Vec<u64>,
     done: Vec<bool>,
     left: usize,
@@ -58,11 +60,22 @@ impl Running {
         let n = ids.len();
         Ok(Self {
             rx,
-            engine: engine.clone(),
+            engine: Some(engine.clone()),
             ids,
             done: vec![false; n],
             left: n,
         })
+    }
+
+    /// The events of `n` choices coming from an upstream server (gateway mode).
+    pub fn upstream(rx: mpsc::UnboundedReceiver<ChoiceEvent>, n: usize) -> Self {
+        Self {
+            rx,
+            engine: None,
+            ids: Vec::new(),
+            done: vec![false; n],
+            left: n,
+        }
     }
 
     /// The next event, or `None` once every choice has finished or failed.
@@ -84,9 +97,10 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        let Some(engine) = &self.engine else { return };
         for (&id, &done) in self.ids.iter().zip(&self.done) {
             if !done {
-                self.engine.abort(id);
+                engine.abort(id);
             }
         }
     }

@@ -14,6 +14,7 @@ use crate::auth::ApiKeys;
 use crate::error::AppError;
 use crate::metrics::{EngineGauges, Metrics};
 use crate::price::Prices;
+use crate::upstream::Upstream;
 
 /// Settings of the HTTP server.
 #[derive(Debug, Clone, Default)]
@@ -30,14 +31,25 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
+/// Where a served model runs.
+pub enum Backend {
+    /// On this machine: its engine, tokenizer and chat template.
+    Local {
+        /// The engine thread.
+        engine: EngineHandle,
+        /// The tokenizer and chat template.
+        tokenizer: Arc<Tokenizer>,
+    },
+    /// Gateway mode: another OpenAI-compatible server.
+    Upstream(Arc<Upstream>),
+}
+
 /// One model behind the server.
 pub struct ServedModel {
     /// The name clients pass as `model`.
     pub name: String,
-    /// Its engine.
-    pub engine: EngineHandle,
-    /// Its tokenizer and chat template.
-    pub tokenizer: Arc<Tokenizer>,
+    /// Where it runs.
+    pub backend: Backend,
     /// What its tokens cost.
     pub prices: Prices,
     /// Sampling when the request leaves a setting out (DeepSeek's for R1 models).
@@ -60,11 +72,36 @@ impl ServedModel {
             name: name.into(),
             defaults: default_sampling(&tokenizer),
             reasoning: is_reasoning_model(&tokenizer),
-            engine,
-            tokenizer,
+            backend: Backend::Local { engine, tokenizer },
             prices,
             created: unix_now(),
         }
+    }
+
+    /// A model served by an upstream OpenAI-compatible server (gateway mode). Its replies
+    /// may carry reasoning, so `reasoning_content` is passed on when the upstream sends it.
+    pub fn upstream(name: impl Into<String>, upstream: Upstream, prices: Prices) -> Self {
+        Self {
+            name: name.into(),
+            defaults: SamplingParams::default(),
+            reasoning: true,
+            backend: Backend::Upstream(Arc::new(upstream)),
+            prices,
+            created: unix_now(),
+        }
+    }
+
+    /// The local engine, unless the model is upstream.
+    pub fn engine(&self) -> Option<&EngineHandle> {
+        match &self.backend {
+            Backend::Local { engine, .. } => Some(engine),
+            Backend::Upstream(_) => None,
+        }
+    }
+
+    /// The context window, when known (a local model's).
+    pub fn max_context(&self) -> Option<usize> {
+        self.engine().map(EngineHandle::max_context)
     }
 }
 
@@ -200,9 +237,9 @@ impl AppState {
             .iter()
             .map(|m| EngineGauges {
                 name: &m.name,
-                stats: m.engine.stats(),
+                stats: m.engine().map(|e| e.stats()).unwrap_or_default(),
                 prices: m.prices,
-                max_context: m.engine.max_context(),
+                max_context: m.max_context().unwrap_or(0),
             })
             .collect();
         self.inner
@@ -221,7 +258,13 @@ impl AppState {
         let stops: Vec<_> = self
             .models()
             .into_iter()
-            .map(|m| tokio::task::spawn_blocking(move || m.engine.shutdown(grace)))
+            .map(|m| {
+                tokio::task::spawn_blocking(move || {
+                    if let Some(e) = m.engine() {
+                        e.shutdown(grace)
+                    }
+                })
+            })
             .collect();
         for s in stops {
             let _ = s.await;

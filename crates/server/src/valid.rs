@@ -21,7 +21,7 @@ use seek_tokenizer::TokenizerError;
 use seek_types::{ChatMessage, SamplingParams, TokenId};
 
 use crate::error::AppError;
-use crate::state::{AppState, ServedModel};
+use crate::state::{AppState, Backend, ServedModel};
 use crate::wire::{
     ChatCompletionRequest, CompletionRequest, MessageContent, Prompt, ResponseFormat, Stop,
     StreamOptions,
@@ -58,9 +58,20 @@ pub(crate) struct ValidRequest {
     pub logprobs: Option<usize>,
     /// `response_format: json_object`.
     pub json_object: bool,
+    /// Gateway mode: the body to forward to the upstream (the client's JSON, its checked
+    /// messages in place); the prompts are then empty.
+    pub upstream_body: Option<serde_json::Value>,
 }
 
 impl ValidRequest {
+    /// Choices in the response: `n` per prompt (an upstream request counts as one prompt).
+    pub fn choices(&self) -> usize {
+        self.prompts
+            .len()
+            .max(usize::from(self.upstream_body.is_some()))
+            * self.n
+    }
+
     /// The engine requests: prompt `i`'s choice `j` at index `i * n + j`, seeded `seed + j`.
     pub fn engine_requests(&self) -> Vec<ServeRequest> {
         let mut out = Vec::with_capacity(self.prompts.len() * self.n);
@@ -79,7 +90,11 @@ impl ValidRequest {
     }
 
     /// Checks a chat request.
-    pub fn chat(req: ChatCompletionRequest, state: &AppState) -> Result<Self, AppError> {
+    pub fn chat(
+        req: ChatCompletionRequest,
+        mut raw: serde_json::Value,
+        state: &AppState,
+    ) -> Result<Self, AppError> {
         let model = state.model(&req.model)?;
         if req.messages.is_empty() {
             return Err(AppError::bad(
@@ -182,8 +197,37 @@ impl ValidRequest {
             },
         )?;
         let stop = stops(req.stop)?;
+        let tokenizer = match &model.backend {
+            Backend::Local { tokenizer, .. } => tokenizer.clone(),
+            Backend::Upstream(_) => {
+                if logprobs.is_some() {
+                    return Err(AppError::bad(
+                        "logprobs",
+                        "log-probabilities are not passed through in gateway mode",
+                    ));
+                }
+                // The checked messages (text parts joined) replace the client's.
+                raw["messages"] = serde_json::to_value(
+                    messages
+                        .iter()
+                        .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+                        .collect::<Vec<_>>(),
+                )
+                .expect("messages serialize");
+                return Ok(Self {
+                    prompts: Vec::new(),
+                    model,
+                    n,
+                    stream,
+                    include_usage,
+                    logprobs,
+                    json_object,
+                    upstream_body: Some(raw),
+                });
+            }
+        };
         let rendered =
-            render_chat(&model.tokenizer, &messages).map_err(|e| render_error("messages", e))?;
+            render_chat(&tokenizer, &messages).map_err(|e| render_error("messages", e))?;
         let (param, max_tokens) = match (req.max_completion_tokens, req.max_tokens) {
             (Some(m), _) => ("max_completion_tokens", Some(m)),
             (None, m) => ("max_tokens", m),
@@ -208,12 +252,20 @@ impl ValidRequest {
             include_usage,
             logprobs,
             json_object,
+            upstream_body: None,
         })
     }
 
     /// Checks a completion request.
     pub fn completion(req: CompletionRequest, state: &AppState) -> Result<Self, AppError> {
         let model = state.model(&req.model)?;
+        let Backend::Local { tokenizer, .. } = &model.backend else {
+            return Err(AppError::bad(
+                "model",
+                "this model is served by an upstream server (gateway mode), which takes chat completions only",
+            ));
+        };
+        let tokenizer = tokenizer.clone();
         if req.echo.unwrap_or(false) {
             return Err(AppError::bad(
                 "echo",
@@ -258,7 +310,7 @@ impl ValidRequest {
             },
         )?;
         let stop = stops(req.stop)?;
-        let vocab = model.tokenizer.vocab_size();
+        let vocab = tokenizer.vocab_size();
         let check_ids = |ids: Vec<u32>| -> Result<Vec<TokenId>, AppError> {
             match ids.iter().find(|&&t| t as usize >= vocab) {
                 Some(t) => Err(AppError::bad(
@@ -269,7 +321,7 @@ impl ValidRequest {
             }
         };
         let encode = |text: &str| -> Result<Vec<TokenId>, AppError> {
-            render_raw(&model.tokenizer, text)
+            render_raw(&tokenizer, text)
                 .map(|r| r.ids)
                 .map_err(|e| render_error("prompt", e))
         };
@@ -332,6 +384,7 @@ impl ValidRequest {
             include_usage,
             logprobs,
             json_object: false,
+            upstream_body: None,
         })
     }
 }
@@ -458,7 +511,7 @@ fn fit_context(
     requested: Option<u64>,
     default: Option<usize>,
 ) -> Result<usize, AppError> {
-    let n_ctx = model.engine.max_context();
+    let n_ctx = model.max_context().unwrap_or(usize::MAX);
     let room = n_ctx.saturating_sub(prompt_tokens);
     let overflow = |asked: String| {
         AppError::BadRequest {

@@ -468,7 +468,8 @@ pub struct Model {
     /// `seek`.
     pub owned_by: String,
     /// vLLM's field: the context window in tokens.
-    pub max_model_len: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
 }
 
 /// The body of every error response.

@@ -935,7 +935,7 @@ async fn a_full_queue_is_429_with_retry_after() {
             tokio::spawn(async move { post(&s, "/v1/chat/completions", &b).await })
         })
         .collect();
-    let engine = s.models()[0].engine.clone();
+    let engine = s.models()[0].engine().expect("a local model").clone();
     wait_for(&engine, "two requests queued", |st| st.queued == 2).await;
     let r = post(&s, "/v1/chat/completions", &body).await;
     assert_openai_error(&r, 429, Some("rate_limit_exceeded"), None);
@@ -1035,7 +1035,7 @@ async fn draining_past_the_grace_period_cancels_in_flight_requests() {
         let (s, b) = (s.clone(), body.clone());
         async move { post(&s, "/v1/chat/completions", &b).await }
     });
-    let engine = s.models()[0].engine.clone();
+    let engine = s.models()[0].engine().expect("a local model").clone();
     wait_for(&engine, "the plain request queued", |st| st.queued == 1).await;
     let drain = tokio::spawn({
         let s = s.clone();
@@ -1109,7 +1109,7 @@ async fn metrics_count_requests_tokens_latency_and_cost() {
     )
     .await;
     // The engine stores its running count after the step that finished the requests.
-    let engine = s.models()[0].engine.clone();
+    let engine = s.models()[0].engine().expect("a local model").clone();
     wait_for(&engine, "idle", |st| st.running == 0 && st.queued == 0).await;
     let r = send(&s, "GET", "/metrics", None, None).await;
     assert_eq!(r.status, 200);
@@ -1262,7 +1262,7 @@ fn ureq_chat_stream(url: &str, body: &Value) -> (String, String) {
 #[test]
 fn concurrent_requests_over_tcp_equal_the_same_requests_one_at_a_time() {
     let state = Setup::no_prefix_cache().state();
-    let engine = state.models()[0].engine.clone();
+    let engine = state.models()[0].engine().expect("a local model").clone();
     let live = Live::start(state);
     let prompts: Vec<String> = (0..6)
         .map(|i| format!("Question {i}: {}", &PROMPT[..20 + 5 * i]))
@@ -1358,7 +1358,7 @@ fn a_client_that_disconnects_frees_its_sequence() {
             ..Setup::no_prefix_cache()
         }
         .state();
-        let engine = state.models()[0].engine.clone();
+        let engine = state.models()[0].engine().expect("a local model").clone();
         let live = Live::start(state.clone());
         let max_tokens = 150;
         let body = chat(
@@ -1494,4 +1494,134 @@ async fn a_paged_model_batches_and_reports_prefix_hits() {
         together.push(v["choices"][0]["message"]["content"].clone());
     }
     assert_eq!(together, alone, "batched with cached prefixes = alone");
+}
+
+/// Gateway mode: a second server in front of the first (`seek serve --upstream URL`) answers
+/// with the upstream's text, streamed or not, with its own keys and its own prices applied to
+/// the upstream's token counts; the upstream's refusals keep their meaning, and an upstream
+/// that cannot be reached is 502.
+#[test]
+#[allow(clippy::result_large_err)] // ureq's error, in a test
+fn gateway_mode_fronts_another_openai_compatible_server() {
+    let upstream = Live::start(Setup::no_prefix_cache().state());
+    let gw_prices = Prices {
+        input_cache_hit: 1.0,
+        input_cache_miss: 2.0,
+        output: 3.0,
+    };
+    let mut keys = ApiKeys::none();
+    keys.add("team-a", "sk-gateway").unwrap();
+    let gw_state = AppState::with_models(
+        ServerConfig {
+            api_keys: keys,
+            insecure_no_auth: false,
+            model_names: vec![],
+            shutdown_grace: Duration::from_secs(60),
+        },
+        vec![ServedModel::upstream(
+            "front",
+            seek_server::Upstream::new(&upstream.url, MODEL, None),
+            gw_prices,
+        )],
+    );
+    let gateway = Live::start(gw_state);
+    let body = chat(
+        "Tell me about the sea.",
+        json!({"max_tokens": 12, "temperature": 0}),
+    );
+    let direct = ureq_chat(&upstream.url, &body);
+
+    let mut via = body.clone();
+    via["model"] = json!("front");
+    let post = |b: &Value| {
+        ureq::post(&format!("{}/v1/chat/completions", gateway.url))
+            .set("Authorization", "Bearer sk-gateway")
+            .send_json(b.clone())
+    };
+    let got: Value = post(&via).unwrap().into_json().unwrap();
+    let (d, g) = (
+        &direct["choices"][0]["message"],
+        &got["choices"][0]["message"],
+    );
+    assert_eq!(g["content"], d["content"], "{got}");
+    assert_eq!(g["reasoning_content"], d["reasoning_content"], "{got}");
+    assert_eq!(got["model"], "front");
+    assert_eq!(
+        got["usage"]["prompt_tokens"],
+        direct["usage"]["prompt_tokens"]
+    );
+    assert_eq!(
+        got["usage"]["completion_tokens"],
+        direct["usage"]["completion_tokens"]
+    );
+    assert_usage_consistent(&got["usage"], gw_prices);
+
+    // Streamed through the gateway: the same text.
+    let mut streamed = via.clone();
+    streamed["stream"] = json!(true);
+    let r = post(&streamed).unwrap();
+    let mut text = String::new();
+    r.into_reader().read_to_string(&mut text).unwrap();
+    let events = sse_events(&text);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let content: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(content, d["content"].as_str().unwrap());
+
+    // The gateway's own key is required; the upstream's refusal keeps its status.
+    match ureq::post(&format!("{}/v1/chat/completions", gateway.url)).send_json(via.clone()) {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // An upstream that refuses (it serves no model by that name) is a 400, with its words.
+    let wrong = Live::start(AppState::with_models(
+        ServerConfig::default(),
+        vec![ServedModel::upstream(
+            "front",
+            seek_server::Upstream::new(&upstream.url, "no-such-model", None),
+            Prices::default(),
+        )],
+    ));
+    match ureq::post(&format!("{}/v1/chat/completions", wrong.url)).send_json(via.clone()) {
+        Err(ureq::Error::Status(400, r)) => {
+            let v: Value = r.into_json().unwrap();
+            assert_eq!(v["error"]["code"], "upstream_rejected", "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no-such-model"),
+                "{v}"
+            );
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    wrong.shutdown();
+    gateway.shutdown();
+    upstream.shutdown();
+
+    // Nobody listens at the upstream address any more: 502 in OpenAI's shape.
+    let dead = Live::start(AppState::with_models(
+        ServerConfig::default(),
+        vec![ServedModel::upstream(
+            "front",
+            seek_server::Upstream::new("http://127.0.0.1:9", MODEL, None),
+            Prices::default(),
+        )],
+    ));
+    match ureq::post(&format!("{}/v1/chat/completions", dead.url)).send_json(via) {
+        Err(ureq::Error::Status(502, r)) => {
+            let v: Value = r.into_json().unwrap();
+            assert_eq!(v["error"]["code"], "upstream_error", "{v}");
+        }
+        other => panic!("expected 502, got {other:?}"),
+    }
+    dead.shutdown();
 }

@@ -81,6 +81,8 @@ pub enum FinishReason {
     Length,
     /// The request was aborted.
     Abort,
+    /// A guardrail stopped the output (OpenAI's `content_filter`).
+    ContentFilter,
 }
 
 impl std::fmt::Display for FinishReason {
@@ -89,6 +91,7 @@ impl std::fmt::Display for FinishReason {
             Self::Stop => "stop",
             Self::Length => "length",
             Self::Abort => "abort",
+            Self::ContentFilter => "content_filter",
         })
     }
 }
