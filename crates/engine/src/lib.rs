@@ -10,6 +10,7 @@ pub mod chat;
 mod error;
 pub mod generate;
 pub mod sampler;
+pub mod score;
 pub mod sequence;
 pub mod serve;
 pub mod stop;

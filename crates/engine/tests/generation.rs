@@ -159,3 +159,25 @@ fn max_tokens_abort_and_determinism() {
     .unwrap_err();
     assert!(e.to_string().contains("context is 32768"), "{e}");
 }
+
+/// Natural prose is far more likely to a language model than a random-looking blob of the
+/// same length (what the perplexity guardrail relies on).
+#[test]
+fn perplexity_separates_prose_from_noise() {
+    let path = model("SmolLM2-135M-Instruct-Q4_1.gguf");
+    let loaded = seek_models::load(&path, &Default::default()).unwrap();
+    let tok = Tokenizer::from_gguf(&seek_gguf::GgufFile::open(&path).unwrap()).unwrap();
+    let prose = "The weather was pleasant today, so we took a long walk along the river and had lunch in the park.";
+    let noise = "xq7 Zv!! kTq9 ]]p3 wVb =-= Qz0p rR4s^ mK8 vv%% Lp2 zz8q }{ 7Tt Xw$ pQ1 bn3 ;;q";
+    let p = seek_engine::score::perplexity(loaded.model.as_ref(), &tok, prose, 512)
+        .unwrap()
+        .unwrap();
+    let n = seek_engine::score::perplexity(loaded.model.as_ref(), &tok, noise, 512)
+        .unwrap()
+        .unwrap();
+    assert!(p < 100.0 && n > 5.0 * p, "prose {p:.1}, noise {n:.1}");
+    assert_eq!(
+        seek_engine::score::perplexity(loaded.model.as_ref(), &tok, "a", 512).unwrap(),
+        None
+    );
+}
