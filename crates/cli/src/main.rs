@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod audit;
 mod bench;
 mod generation;
 mod inspect;
@@ -54,6 +55,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve models over an OpenAI/DeepSeek-compatible HTTP API (continuous batching, API keys, metrics, cost).
     Serve(serve::ServeArgs),
+    /// Read the audit trail: list, show, export (JSONL) and summarise entries; purge old ones.
+    Audit(audit::AuditArgs),
 }
 
 /// The model argument shared by every command.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => tokens::logits(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Audit(a) => audit::audit(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
