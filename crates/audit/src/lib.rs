@@ -445,7 +445,9 @@ impl AuditLog {
 
     /// Writes the entries `f` selects to `out` as JSON Lines (one [`AuditEntry`] per line,
     /// times as RFC 3339 UTC), oldest first; returns how many. Entries are read one at a time,
-    /// so an export of the whole trail does not hold it in memory.
+    /// so an export of the whole trail does not hold it in memory. The handle is locked
+    /// until the export ends: export through a handle of its own (as `seek audit` does), not
+    /// the one a server records through.
     pub fn export_jsonl(&self, f: &Filter, out: &mut dyn Write) -> Result<usize, AuditError> {
         let conn = self.lock();
         let mut n = 0;
@@ -471,18 +473,37 @@ impl AuditLog {
 
     /// Deletes the entries (and their rails) with `time_ms < cutoff_ms`; returns how many
     /// entries went. Ids are not reused afterwards.
+    ///
+    /// Deletes in batches of [`PURGE_BATCH`] entries, each its own transaction, so a
+    /// retention run over a large trail never holds the write lock for long: a server
+    /// recording meanwhile waits for one batch at most, well inside its busy timeout.
     pub fn purge_before(&self, cutoff_ms: i64) -> Result<usize, AuditError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM rails WHERE entry_id IN (SELECT id FROM entries WHERE time_ms < ?1)",
-            [cutoff_ms],
-        )?;
-        let n = tx.execute("DELETE FROM entries WHERE time_ms < ?1", [cutoff_ms])?;
-        tx.commit()?;
-        Ok(n)
+        const VICTIMS: &str =
+            "SELECT id FROM entries WHERE time_ms < ?1 ORDER BY time_ms, id LIMIT ?2";
+        let batch = PURGE_BATCH as i64;
+        let mut total = 0;
+        loop {
+            let mut conn = self.lock();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                &format!("DELETE FROM rails WHERE entry_id IN ({VICTIMS})"),
+                params![cutoff_ms, batch],
+            )?;
+            let n = tx.execute(
+                &format!("DELETE FROM entries WHERE id IN ({VICTIMS})"),
+                params![cutoff_ms, batch],
+            )?;
+            tx.commit()?;
+            total += n;
+            if n < PURGE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 }
+
+/// How many entries [`AuditLog::purge_before`] deletes per transaction.
+pub const PURGE_BATCH: usize = 1000;
 
 /// Now, in unix milliseconds.
 pub fn now_ms() -> i64 {

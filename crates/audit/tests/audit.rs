@@ -505,6 +505,31 @@ fn purge_deletes_by_age_with_their_rails_and_never_reuses_ids() {
     assert_eq!(log.purge_older_than(Duration::MAX).unwrap(), 0);
 }
 
+#[test]
+fn purge_goes_through_more_entries_than_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let config = AuditConfig {
+        synchronous: seek_audit::Synchronous::Normal, // Only to make the setup quick.
+        ..AuditConfig::default()
+    };
+    let log = AuditLog::open_with(&path, &config).unwrap();
+    let n = 2 * seek_audit::PURGE_BATCH + 7;
+    for i in 0..n + 3 {
+        log.record(&AuditEntry {
+            time_ms: T0 + i as i64,
+            rails: vec![rail("pii", "input", "redact", true)],
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    assert_eq!(log.purge_before(T0 + n as i64).unwrap(), n);
+    let left = log.list(&Filter::default()).unwrap();
+    let times: Vec<i64> = left.iter().map(|e| e.time_ms - T0).collect();
+    assert_eq!(times, [n as i64, n as i64 + 1, n as i64 + 2]);
+    assert_eq!(rail_rows(&path), 3);
+}
+
 fn rail_rows(path: &Path) -> i64 {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.query_row("SELECT COUNT(*) FROM rails", [], |r| r.get(0))
