@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 mod audit;
 mod bench;
 mod generation;
+mod guard;
 mod inspect;
 mod npy;
 mod serve;
@@ -55,6 +56,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve models over an OpenAI/DeepSeek-compatible HTTP API (continuous batching, API keys, metrics, cost).
     Serve(serve::ServeArgs),
+    /// Check a text against a guard policy offline (`seek guard check POLICY --text ...`; exit 3 when blocked).
+    Guard(guard::GuardArgs),
     /// Read the audit trail: list, show, export (JSONL) and summarise entries; purge old ones.
     Audit(audit::AuditArgs),
 }
@@ -109,6 +112,11 @@ fn main() -> ExitCode {
         Command::Logits(a) => tokens::logits(a),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
+        // The only command with an exit status of its own: 3 when a rail blocked.
+        Command::Guard(a) => match guard::guard(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Audit(a) => audit::audit(a),
     };
     match result {

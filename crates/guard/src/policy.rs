@@ -372,6 +372,36 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     (!key.is_empty()).then_some(key)
 }
 
+/// The allowed field (listed in toml's message as `a`, `b`, ...) nearest to a misspelt one,
+/// if it is at most two edits away.
+fn closest(field: &str, message: &str) -> Option<String> {
+    let (_, expected) = message.split_once("expected")?;
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for j in 0..b.len() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != b[j]))
+                    .min(row[j] + 1)
+                    .min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|c| (distance(field, c), c))
+        .filter(|&(d, _)| d <= 2)
+        .min()
+        .map(|(_, c)| c.to_string())
+}
+
 /// Builds errors for one policy text.
 struct Errors<'a> {
     text: &'a str,
@@ -407,24 +437,31 @@ impl Errors<'_> {
                 .map(str::to_string)
         };
         let (field, fix) = if let Some(f) = named("unknown field") {
-            (
-                f,
-                "remove it or correct its spelling (the fields allowed here are listed above)",
-            )
+            let fix = match closest(&f, &message) {
+                Some(c) => format!("did you mean `{c}`? Otherwise remove it"),
+                None => {
+                    "remove it or correct its spelling (the fields allowed here are listed above)"
+                        .into()
+                }
+            };
+            (f, fix)
         } else if let Some(f) = named("missing field") {
-            (f, "add it to this table")
+            (f, "add it to this table".into())
         } else if message.starts_with("unknown variant") {
             (
                 key_at(self.text, span.start).unwrap_or_else(|| "value".into()),
-                "use one of the values listed",
+                "use one of the values listed".into(),
             )
         } else if message.starts_with("invalid type") {
             (
                 key_at(self.text, span.start).unwrap_or_else(|| "value".into()),
-                "write the value in the type expected (strings in quotes, lists in [ ])",
+                "write the value in the type expected (strings in quotes, lists in [ ])".into(),
             )
         } else {
-            ("syntax".to_string(), "correct the TOML at this position")
+            (
+                "syntax".to_string(),
+                "correct the TOML at this position".into(),
+            )
         };
         self.at(span, &field, message, fix)
     }
@@ -933,6 +970,7 @@ fn build_rail(
             return build_model_rail(err, stage, w, kind, name, action, channels).map(Built::Model);
         }
     };
+    rule.prepare();
     Ok(Built::Rule(RuleRail {
         name,
         action,
