@@ -96,6 +96,21 @@ pub struct ServeArgs {
     /// US dollars per million generated tokens (default: DeepSeek-R1's launch price).
     #[arg(long, value_name = "USD", default_value_t = Prices::DEEPSEEK_R1_LAUNCH.output)]
     price_output: f64,
+    /// The guard policy (TOML; see examples/policies/) applied to every request whose tenant
+    /// has none of its own.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// A tenant's own policy, as TENANT=FILE (repeatable); needs --policy for the others.
+    #[arg(
+        long = "tenant-policy",
+        value_name = "TENANT=FILE",
+        requires = "policy"
+    )]
+    tenant_policies: Vec<String>,
+    /// Write every request to this SQLite audit log (WAL; created if missing); read it with
+    /// `seek audit --db PATH`.
+    #[arg(long, value_name = "PATH", env = "SEEK_AUDIT_DB")]
+    audit_db: Option<PathBuf>,
     /// Per-model prices, a JSON object:
     /// {"NAME": {"input_cache_hit": 0.14, "input_cache_miss": 0.55, "output": 2.19}, ...};
     /// models it leaves out use the --price-* flags.
@@ -257,11 +272,45 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine.max_running >= 1 && engine.prefill_chunk >= 1,
         "--max-running and --prefill-chunk must be at least 1"
     );
+    let guard = match &args.policy {
+        Some(default) => {
+            let mut per_tenant = Vec::new();
+            for t in &args.tenant_policies {
+                let (tenant, file) = t
+                    .split_once('=')
+                    .with_context(|| format!("--tenant-policy {t:?}: write it as TENANT=FILE"))?;
+                per_tenant.push((tenant.to_string(), PathBuf::from(file)));
+            }
+            let set = seek_guard::PolicySet::load(default, &per_tenant)?;
+            eprintln!(
+                "seek: guard policy {:?} for every tenant{}",
+                set.default_policy().name(),
+                if per_tenant.is_empty() {
+                    String::new()
+                } else {
+                    format!(" but {}", set.tenants().join(", "))
+                }
+            );
+            Some(Arc::new(set))
+        }
+        None => None,
+    };
+    let audit = match &args.audit_db {
+        Some(path) => {
+            let log = seek_audit::AuditLog::open(path)
+                .with_context(|| format!("cannot open the audit log {}", path.display()))?;
+            eprintln!("seek: auditing every request to {}", path.display());
+            Some(Arc::new(log))
+        }
+        None => None,
+    };
     let cfg = ServerConfig {
         api_keys: keys,
         insecure_no_auth: args.insecure_no_auth,
         model_names: names.clone(),
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
+        guard,
+        audit,
     };
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -18,12 +18,18 @@ pub fn perplexity(
     max_tokens: usize,
 ) -> Result<Option<f64>, EngineError> {
     let mut ids = tokenizer.encode(text, false)?;
-    ids.truncate(max_tokens.min(model.max_context()));
+    ids.truncate(max_tokens);
+    perplexity_of_ids(model, &ids)
+}
+
+/// [`perplexity`] of token ids (cut to the model's context window).
+pub fn perplexity_of_ids(model: &dyn CausalLm, ids: &[u32]) -> Result<Option<f64>, EngineError> {
+    let ids = &ids[..ids.len().min(model.max_context())];
     if ids.len() < 2 {
         return Ok(None);
     }
     // (T, V)
-    let logits = all_logits(model, &ids)?.to_vec2::<f32>()?;
+    let logits = all_logits(model, ids)?.to_vec2::<f32>()?;
     let mut nll = 0f64;
     for (row, &next) in logits.iter().zip(&ids[1..]) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -220,6 +220,12 @@ enum Msg {
     },
     Abort(u64),
     Shutdown(Instant),
+    /// Perplexity of a token sequence under the model (a guardrail's check), answered
+    /// between steps.
+    Perplexity {
+        ids: Vec<TokenId>,
+        reply: mpsc::Sender<Result<Option<f64>, String>>,
+    },
 }
 
 /// A cheap, cloneable handle to the engine thread.
@@ -331,6 +337,23 @@ impl EngineHandle {
     /// Stops a request at the next step (its sink hears `Finished` with `abort`).
     pub fn abort(&self, id: u64) {
         let _ = self.tx.send(Msg::Abort(id));
+    }
+
+    /// The perplexity of `ids` under the engine's model (see [`crate::score::perplexity`]),
+    /// computed on the engine thread between two steps. Blocks until it is done: call it from
+    /// a blocking thread. `None` for fewer than two tokens.
+    pub fn perplexity(&self, ids: Vec<TokenId>) -> Result<Option<f64>, SubmitError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let (reply, answer) = mpsc::channel();
+        self.tx
+            .send(Msg::Perplexity { ids, reply })
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        answer
+            .recv()
+            .map_err(|_| SubmitError::ShuttingDown)?
+            .map_err(SubmitError::Invalid)
     }
 
     /// The engine's counters now.
@@ -544,6 +567,11 @@ impl<'m> Loop<'m> {
                 }
             }
             Msg::Shutdown(d) => self.deadline = Some(d),
+            Msg::Perplexity { ids, reply } => {
+                let r =
+                    crate::score::perplexity_of_ids(self.model, &ids).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
         }
     }
 

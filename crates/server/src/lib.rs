@@ -23,6 +23,7 @@
 
 pub mod auth;
 mod error;
+mod guarded;
 mod metrics;
 pub mod price;
 mod routes;

@@ -22,10 +22,12 @@ use seek_types::FinishReason;
 use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
+use crate::guarded::{self, AuditDraft, Guarded};
 use crate::run::{ChoiceEvent, ChoiceOutput, Running};
 use crate::state::{unix_now, AppState, Backend, Phase};
 use crate::valid::ValidRequest;
 use crate::wire::{self, ChunkUsage};
+use seek_guard::Stage;
 
 /// The largest request body accepted, bytes.
 pub(crate) const BODY_LIMIT: usize = 8 << 20;
@@ -150,19 +152,98 @@ async fn generate_inner(
             }
         }
     })?;
+    let policy = state
+        .config()
+        .guard
+        .as_ref()
+        .map(|g| g.for_tenant(&rec.tenant));
+    if let Some(p) = &policy {
+        rec.audit.policy = Some(p.name().to_string());
+        rec.audit.mode = Some(p.audit_mode());
+    }
+    let mut input: Option<guarded::GuardedInput> = None;
     let valid = match endpoint {
         Endpoint::Chat => {
-            let req: wire::ChatCompletionRequest = parse_json(&body)?;
+            let mut req: wire::ChatCompletionRequest = parse_json(&body)?;
             rec.set_model(state, &req.model);
             let raw: serde_json::Value = parse_json(&body)?;
+            rec.audit.prompt = Some(guarded::prompt_text(&req.messages));
+            if let Some(p) = &policy {
+                let (g, blocked) = guarded::guard_messages(p.clone(), &mut req.messages);
+                rec.audit.prompt_redacted = Some(guarded::prompt_text(&req.messages));
+                rec.audit.rails.extend(g.results.iter().cloned());
+                if let Some(rail) = blocked {
+                    rec.audit.finish_reason = Some("content_filter".into());
+                    return Err(guarded::blocked_error(p, &rail));
+                }
+                input = Some(g);
+            }
             ValidRequest::chat(req, raw, state)?
         }
         Endpoint::Completion => {
-            let req: wire::CompletionRequest = parse_json(&body)?;
+            let mut req: wire::CompletionRequest = parse_json(&body)?;
             rec.set_model(state, &req.model);
+            if let Some(wire::Prompt::Text(t)) = &req.prompt {
+                rec.audit.prompt = Some(t.clone());
+            }
+            if let Some(p) = &policy {
+                let mut texts = match req.prompt.take() {
+                    Some(wire::Prompt::Text(t)) => vec![t],
+                    Some(wire::Prompt::Texts(ts)) => ts,
+                    other => {
+                        req.prompt = other;
+                        Vec::new()
+                    }
+                };
+                let one = req.prompt.is_none() && texts.len() == 1;
+                let (g, blocked) = guarded::guard_prompts(p.clone(), &mut texts);
+                rec.audit.prompt_redacted = Some(texts.join("\n"));
+                rec.audit.rails.extend(g.results.iter().cloned());
+                if let Some(rail) = blocked {
+                    rec.audit.finish_reason = Some("content_filter".into());
+                    return Err(guarded::blocked_error(p, &rail));
+                }
+                if req.prompt.is_none() {
+                    req.prompt = Some(if one {
+                        wire::Prompt::Text(texts.remove(0))
+                    } else {
+                        wire::Prompt::Texts(texts)
+                    });
+                }
+                input = Some(g);
+            }
             ValidRequest::completion(req, state)?
         }
     };
+    // The model rails (a hazard judge, a perplexity check) on what the model will see.
+    if let Some(g) = input.take() {
+        let has_model_rails = g
+            .policy
+            .model_rails()
+            .iter()
+            .any(|r| r.stage() == Stage::Input);
+        input = Some(if has_model_rails {
+            let text = rec.audit.prompt_redacted.clone().unwrap_or_default();
+            let model = valid.model.clone();
+            let others = state.models();
+            let before = g.results.len();
+            let (g, blocked) = tokio::task::spawn_blocking(move || {
+                let mut g = g;
+                let b = guarded::run_input_model_rails(&mut g, &text, &model, &others);
+                (g, b)
+            })
+            .await
+            .map_err(|_| AppError::Internal("a guard rail panicked".into()))?;
+            rec.audit.rails.extend(g.results[before..].iter().cloned());
+            if let Some(rail) = blocked {
+                rec.audit.finish_reason = Some("content_filter".into());
+                return Err(guarded::blocked_error(&g.policy, &rail));
+            }
+            g
+        } else {
+            g
+        });
+    }
     let running = match (&valid.model.backend, &valid.upstream_body) {
         (Backend::Upstream(up), Some(body)) => {
             Running::upstream(up.chat(body.clone(), valid.n).await?, valid.n)
@@ -176,6 +257,7 @@ async fn generate_inner(
         }
     };
     let out = Output::new(&valid, endpoint, rec.id.clone(), rec.start);
+    let running = Guarded::new(running, input.as_ref(), valid.choices());
     if valid.stream {
         Ok(stream(state.clone(), running, out, rec.detach()))
     } else {
@@ -194,13 +276,14 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
 /// Waits for every choice and answers with one JSON body.
 async fn collect(
     state: &AppState,
-    mut running: Running,
+    mut running: Guarded,
     mut out: Output,
     rec: &mut RequestRecord,
 ) -> Result<Response, AppError> {
     while let Some(ChoiceEvent { choice, at, event }) = running.next().await {
         out.outputs[choice].take(at, &event);
     }
+    rec.audit_outputs(&running, &out);
     drop(running);
     out.record_latencies(state);
     out.check_outcome(&rec.id)?;
@@ -215,7 +298,7 @@ async fn collect(
 
 /// Answers with server-sent events: one chunk per delta, a finish chunk per choice, the usage
 /// chunk when asked, then `[DONE]`.
-fn stream(state: AppState, running: Running, out: Output, rec: RequestRecord) -> Response {
+fn stream(state: AppState, running: Guarded, out: Output, rec: RequestRecord) -> Response {
     let pending: VecDeque<String> = out.start_chunks().into();
     let st = StreamState {
         state,
@@ -244,7 +327,7 @@ fn stream(state: AppState, running: Running, out: Output, rec: RequestRecord) ->
 
 struct StreamState {
     state: AppState,
-    running: Running,
+    running: Guarded,
     out: Output,
     rec: RequestRecord,
     pending: VecDeque<String>,
@@ -284,6 +367,7 @@ impl StreamState {
     }
 
     fn on_end(&mut self) {
+        self.rec.audit_outputs(&self.running, &self.out);
         if let Err(e) = self.out.check_outcome(&self.rec.id) {
             return self.error(e);
         }
@@ -301,6 +385,7 @@ impl StreamState {
 
     /// Ends the stream with an error event (OpenAI's clients raise it) and `[DONE]`.
     fn error(&mut self, e: AppError) {
+        self.rec.audit_outputs(&self.running, &self.out);
         self.out.record_latencies(&self.state);
         let body = wire::ErrorResponse { error: e.body() };
         self.pending
@@ -658,6 +743,8 @@ pub(crate) struct RequestRecord {
     pub tenant: String,
     model: String,
     done: bool,
+    /// What the audit entry will say.
+    pub audit: AuditDraft,
 }
 
 impl RequestRecord {
@@ -670,7 +757,25 @@ impl RequestRecord {
             tenant: "unknown".into(),
             model: "unknown".into(),
             done: false,
+            audit: AuditDraft::default(),
         }
+    }
+
+    /// Takes the texts and output rails of a finished (or failed) request into the draft.
+    fn audit_outputs(&mut self, running: &Guarded, out: &Output) {
+        let (rails, raw_reasoning, raw_content) = running.audit_parts();
+        self.audit.rails.extend(rails);
+        let sent = |f: fn(&ChoiceOutput) -> &str| guarded::join_choices(out.outputs.iter().map(f));
+        let reasoning = sent(|o| o.reasoning.as_str());
+        self.audit.reasoning = Some(raw_reasoning).filter(|r| !r.is_empty());
+        self.audit.reasoning_redacted = Some(reasoning).filter(|r| !r.is_empty());
+        self.audit.answer = Some(raw_content);
+        self.audit.answer_redacted = Some(sent(|o| o.content.as_str()));
+        self.audit.finish_reason = out
+            .outputs
+            .first()
+            .and_then(|o| o.finish)
+            .map(|f| f.to_string());
     }
 
     /// Labels the record with the requested model, if it is one this server serves (the
@@ -692,6 +797,7 @@ impl RequestRecord {
             tenant: self.tenant.clone(),
             model: self.model.clone(),
             done: false,
+            audit: std::mem::take(&mut self.audit),
         }
     }
 
@@ -731,6 +837,19 @@ impl RequestRecord {
             error = error.map(tracing::field::display),
             "request"
         );
+        if let Some(log) = &self.state.config().audit {
+            let entry = std::mem::take(&mut self.audit).entry(guarded::AuditMeta {
+                request_id: &self.id,
+                tenant: &self.tenant,
+                model: &self.model,
+                endpoint: self.endpoint,
+                status,
+                usage,
+                latency_ms: secs * 1e3,
+                error: error.map(|e| e.to_string()),
+            });
+            guarded::record(log.clone(), entry);
+        }
     }
 }
 

@@ -78,6 +78,14 @@ impl Running {
         }
     }
 
+    /// Stops generating choice `choice` (a guard blocked it); the engine still reports its
+    /// end. Upstream choices cannot be stopped one by one: their text is dropped instead.
+    pub fn abort_choice(&self, choice: usize) {
+        if let (Some(engine), Some(&id)) = (&self.engine, self.ids.get(choice)) {
+            engine.abort(id);
+        }
+    }
+
     /// The next event, or `None` once every choice has finished or failed.
     pub async fn next(&mut self) -> Option<ChoiceEvent> {
         if self.left == 0 {

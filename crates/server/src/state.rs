@@ -15,6 +15,8 @@ use crate::error::AppError;
 use crate::metrics::{EngineGauges, Metrics};
 use crate::price::Prices;
 use crate::upstream::Upstream;
+use seek_audit::AuditLog;
+use seek_guard::PolicySet;
 
 /// Settings of the HTTP server.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +31,10 @@ pub struct ServerConfig {
     pub model_names: Vec<String>,
     /// How long draining lets in-flight requests finish before they are cancelled.
     pub shutdown_grace: Duration,
+    /// Guard policies: a default and one per tenant (none: no rails).
+    pub guard: Option<Arc<PolicySet>>,
+    /// The audit log every request is written to (none: no audit trail).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// Where a served model runs.
