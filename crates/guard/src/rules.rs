@@ -400,7 +400,7 @@ fn touches(hay: &str, a: usize, b: usize, f: impl Fn(char) -> bool) -> bool {
 /// The length in bytes of the valid IBAN at the start of a candidate (which may run on into
 /// the next word when written in capitals), or `None`.
 fn iban_end(cand: &str) -> Option<usize> {
-    let want = validate::iban_length(&cand[..2])?;
+    let want = validate::iban_length(cand.get(..2)?)?;
     let mut compact = String::with_capacity(want);
     let mut end = 0;
     for (i, c) in cand.char_indices() {
@@ -570,7 +570,7 @@ impl Secrets {
 const JAILBREAKS: &[(&str, &str)] = &[
     (
         "ignore_previous",
-        r"\b(?:ignore|disregard|forget|override|bypass|abandon)\s+(?:(?:all|any|every|of|the|these|those|my)\s+){0,3}(?:your|previous|prior|above|earlier|preceding|former|original|initial|system|safety|developer|all)\s+(?:[a-z]+\s+){0,2}(?:instructions?|prompts?|rules|directives?|guidelines|guardrails|constraints|programming|restrictions|policy|policies|messages?|context)\b",
+        r"\b(?:ignore|disregard|forget|override|bypass|abandon)\s+(?:(?:all|any|every|of|the|these|those)\s+){0,3}(?:your|previous|prior|above|earlier|preceding|former|original|initial|system|safety|developer|all)\s+(?:[a-z]+\s+){0,2}(?:instructions?|prompts?|rules|directives?|guidelines|guardrails|constraints|programming|restrictions|policy|policies|messages?|context)\b",
     ),
     (
         "dan",
@@ -881,6 +881,33 @@ mod tests {
     }
 
     #[test]
+    fn regexes_see_the_normalised_text() {
+        let patterns = |case_sensitive: bool| {
+            let re = RegexBuilder::new(r"project \w+")
+                .case_insensitive(!case_sensitive)
+                .build()
+                .unwrap();
+            Rule::Regex(Patterns {
+                patterns: vec![("codename".into(), re)],
+            })
+        };
+        // Cyrillic о and е, a zero-width space and a line break inside the phrase.
+        let text = "the Prоj\u{200B}еct\n  Falcon plan";
+        assert_eq!(
+            hits(&patterns(false), text),
+            [(
+                "regex:codename".to_string(),
+                "Prоj\u{200B}еct\n  Falcon".to_string()
+            )]
+        );
+        assert!(
+            hits(&patterns(true), text).is_empty(),
+            "case-sensitive: P is not p"
+        );
+        assert_eq!(hits(&patterns(true), "a project x").len(), 1);
+    }
+
+    #[test]
     fn pii_kinds_with_validators() {
         let r = pii();
         let text = "mail bob.smith+x@example.co.uk, card 4111 1111 1111 1111, iban DE89 3704 0044 0532 0130 00, \
@@ -1038,6 +1065,7 @@ mod tests {
         }
         for clean in [
             "How can I kill a Python process?",
+            "Ignore my previous instructions, I meant Celsius.",
             "Ignore the noise and focus on the signal.",
             "What is a system prompt?",
             "Dan and I went to the mall.",

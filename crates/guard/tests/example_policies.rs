@@ -164,3 +164,29 @@ fn policy_set_picks_the_tenant_policy() {
         "{err}"
     );
 }
+
+#[test]
+fn policies_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Policy>();
+    send_sync::<PolicySet>();
+    send::<seek_guard::OutputGuard>();
+    send_sync::<seek_guard::Pseudonyms>();
+}
+
+#[test]
+fn the_reference_in_the_readme_is_a_valid_policy() {
+    let readme = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/README.md"),
+    )
+    .unwrap();
+    let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let p = Policy::from_toml(&readme[start..end], "README.md").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.rule_rails(Stage::Input)[0],
+        ("topics", "words", Action::Block)
+    );
+    assert_eq!(p.output_limits().max_content_chars, Some(32000));
+}
