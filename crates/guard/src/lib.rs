@@ -41,6 +41,7 @@ mod normalize;
 mod policy;
 mod pseudonym;
 mod rules;
+mod schema;
 mod set;
 mod stream;
 mod validate;
@@ -52,6 +53,7 @@ pub use model_rail::{
 pub use policy::{AuditMode, OutputLimits, Policy, PolicyError, DEFAULT_OVERLAP};
 pub use pseudonym::{PseudonymConflict, Pseudonyms};
 pub use rules::{InjectionCheck, PiiKind, SecretKind};
+pub use schema::{validate_json, SchemaViolation};
 pub use set::PolicySet;
 pub use stream::{OutputGuard, StreamStep};
 pub use validate::{credit_card_valid, iban_valid, luhn_valid, us_ssn_valid};

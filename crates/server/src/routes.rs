@@ -287,7 +287,8 @@ async fn collect(
     drop(running);
     out.record_latencies(state);
     out.check_outcome(&rec.id)?;
-    out.check_json(state);
+    let checks = out.check_json(state);
+    rec.audit.rails.extend(checks);
     let usage = out.usage();
     rec.finish(200, Some(&usage));
     Ok(match out.endpoint {
@@ -372,7 +373,8 @@ impl StreamState {
             return self.error(e);
         }
         self.out.record_latencies(&self.state);
-        self.out.check_json(&self.state);
+        let checks = self.out.check_json(&self.state);
+        self.rec.audit.rails.extend(checks);
         let usage = self.out.usage();
         if self.out.include_usage {
             let c = self.out.usage_chunk(usage);
@@ -414,6 +416,7 @@ struct Output {
     logprobs: bool,
     reasoning: bool,
     json_object: bool,
+    json_schema: Option<serde_json::Value>,
     prices: crate::price::Prices,
     outputs: Vec<ChoiceOutput>,
 }
@@ -432,6 +435,7 @@ impl Output {
             logprobs: v.logprobs.is_some(),
             reasoning: v.model.reasoning && endpoint == Endpoint::Chat,
             json_object: v.json_object,
+            json_schema: v.json_schema.clone(),
             prices: v.model.prices,
             outputs: (0..choices).map(|_| ChoiceOutput::default()).collect(),
         }
@@ -496,18 +500,57 @@ impl Output {
         }
     }
 
-    fn check_json(&self, state: &AppState) {
+    /// Validates each finished answer as `response_format` asks (JSON, or JSON matching the
+    /// schema): an invalid one is logged and counted, and the audit gets one result per choice.
+    fn check_json(&self, state: &AppState) -> Vec<(String, seek_guard::RailResult)> {
         if !self.json_object {
-            return;
+            return Vec::new();
         }
+        let mut results = Vec::new();
         for (i, o) in self.outputs.iter().enumerate() {
-            if o.finish == Some(FinishReason::Stop)
-                && serde_json::from_str::<serde_json::Value>(o.content.trim()).is_err()
-            {
-                tracing::warn!(request_id = %self.id, choice = i, "response_format json_object: the content is not valid JSON");
+            if o.finish != Some(FinishReason::Stop) {
+                continue;
+            }
+            let started = Instant::now();
+            let violations: Vec<String> = match &self.json_schema {
+                Some(schema) => seek_guard::validate_json(&o.content, schema)
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect(),
+                None => serde_json::from_str::<serde_json::Value>(o.content.trim())
+                    .err()
+                    .map(|e| vec![format!("the answer is not JSON: {e}")])
+                    .unwrap_or_default(),
+            };
+            if !violations.is_empty() {
+                tracing::warn!(request_id = %self.id, choice = i, violations = %violations.join("; "), "response_format: the answer does not match");
                 state.metrics().json_invalid(&self.model);
             }
+            results.push((
+                "output:content".to_string(),
+                seek_guard::RailResult {
+                    rail: if self.json_schema.is_some() {
+                        "json_schema"
+                    } else {
+                        "json_object"
+                    }
+                    .into(),
+                    kind: "schema",
+                    action: seek_guard::Action::Flag,
+                    triggered: !violations.is_empty(),
+                    findings: violations
+                        .into_iter()
+                        .map(|what| seek_guard::Finding {
+                            what,
+                            start: 0,
+                            end: 0,
+                        })
+                        .collect(),
+                    latency_us: started.elapsed().as_micros() as u64,
+                },
+            ));
         }
+        results
     }
 
     fn chunk_usage(&self) -> ChunkUsage {

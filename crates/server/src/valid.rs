@@ -56,8 +56,10 @@ pub(crate) struct ValidRequest {
     pub include_usage: bool,
     /// `Some(k)`: log-probabilities with the `k` best alternatives.
     pub logprobs: Option<usize>,
-    /// `response_format: json_object`.
+    /// `response_format: json_object` (or `json_schema`).
     pub json_object: bool,
+    /// `response_format: json_schema`: the schema each answer is validated against.
+    pub json_schema: Option<serde_json::Value>,
     /// Gateway mode: the body to forward to the upstream (the client's JSON, its checked
     /// messages in place); the prompts are then empty.
     pub upstream_body: Option<serde_json::Value>,
@@ -150,8 +152,9 @@ impl ValidRequest {
                 reasoning_content: m.reasoning_content,
             });
         }
-        let json_object = response_format(req.response_format.as_ref())?;
+        let (json_object, json_schema) = response_format(req.response_format.as_ref())?;
         if json_object
+            && json_schema.is_none()
             && !messages
                 .iter()
                 .any(|m| m.content.to_ascii_lowercase().contains("json"))
@@ -222,6 +225,7 @@ impl ValidRequest {
                     include_usage,
                     logprobs,
                     json_object,
+                    json_schema,
                     upstream_body: Some(raw),
                 });
             }
@@ -252,6 +256,7 @@ impl ValidRequest {
             include_usage,
             logprobs,
             json_object,
+            json_schema,
             upstream_body: None,
         })
     }
@@ -384,6 +389,7 @@ impl ValidRequest {
             include_usage,
             logprobs,
             json_object: false,
+            json_schema: None,
             upstream_body: None,
         })
     }
@@ -486,17 +492,34 @@ fn stops(stop: Option<Stop>) -> Result<Vec<String>, AppError> {
     Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
-fn response_format(f: Option<&ResponseFormat>) -> Result<bool, AppError> {
+/// `(json_object, json_schema)`: whether the answer must be JSON, and the schema it must match.
+fn response_format(
+    f: Option<&ResponseFormat>,
+) -> Result<(bool, Option<serde_json::Value>), AppError> {
     match f.map(|f| f.kind.as_str()) {
-        None | Some("text") => Ok(false),
-        Some("json_object") => Ok(true),
-        Some("json_schema") => Err(AppError::bad(
-            "response_format",
-            "response_format json_schema is not supported (decoding is not constrained); use json_object and describe the schema in the prompt",
-        )),
+        None | Some("text") => Ok((false, None)),
+        Some("json_object") => Ok((true, None)),
+        Some("json_schema") => {
+            let schema = f
+                .and_then(|f| f.json_schema.as_ref())
+                .and_then(|j| j.schema.clone())
+                .ok_or_else(|| {
+                    AppError::bad(
+                        "response_format",
+                        "response_format json_schema needs `json_schema.schema`: the JSON Schema the answer must match",
+                    )
+                })?;
+            if !(schema.is_object() || schema.is_boolean()) {
+                return Err(AppError::bad(
+                    "response_format",
+                    "response_format.json_schema.schema must be a JSON Schema object",
+                ));
+            }
+            Ok((true, Some(schema)))
+        }
         Some(other) => Err(AppError::bad(
             "response_format",
-            format!("response_format.type is {other:?}; use text or json_object"),
+            format!("response_format.type is {other:?}; use text, json_object or json_schema"),
         )),
     }
 }

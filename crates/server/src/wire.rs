@@ -109,9 +109,23 @@ pub enum Stop {
 /// `response_format`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ResponseFormat {
-    /// `text`, `json_object` (or `json_schema`, which is refused: decoding is not constrained).
+    /// `text`, `json_object` or `json_schema` (checked after decoding, which is not
+    /// constrained).
     #[serde(rename = "type")]
     pub kind: String,
+    /// With `json_schema`: `{"name", "schema", "strict"}`.
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct JsonSchemaFormat {
+    /// The schema's name.
+    pub name: Option<String>,
+    /// The JSON Schema the answer must match.
+    pub schema: Option<serde_json::Value>,
+    /// OpenAI's strict mode (accepted; the answer is validated either way).
+    pub strict: Option<bool>,
 }
 
 /// `POST /v1/completions`.

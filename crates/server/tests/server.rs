@@ -1885,3 +1885,42 @@ on_error = "block"
     .await;
     assert_openai_error(&r, 400, Some("content_filter"), Some("messages"));
 }
+
+/// `response_format: json_schema`: the answer is validated against the schema after decoding
+/// (which is not constrained), and the verdict is the audit's `json_schema` rail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_answers_are_validated_into_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let s = guarded_smol("name = \"plain\"\n[audit]\nstore = \"full\"\n", &db);
+    let schema =
+        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+    let body = smol_chat(
+        "Reply with a JSON object with one key, city, naming the capital of France.",
+        json!({"max_tokens": 40, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "capital", "schema": schema.clone(), "strict": true}}}),
+    );
+    let r = post(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let v = r.json();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let finished = v["choices"][0]["finish_reason"] == "stop";
+    let entries = audit_entries(&db, 1).await;
+    let rail = entries[0].rails.iter().find(|r| r.rail == "json_schema");
+    if finished {
+        let rail = rail.expect("a json_schema verdict for a finished answer");
+        let violations = seek_guard::validate_json(content, &schema);
+        assert_eq!(
+            rail.triggered,
+            !violations.is_empty(),
+            "{content:?}: {violations:?}"
+        );
+    } else {
+        assert!(rail.is_none(), "an answer cut by max_tokens is not judged");
+    }
+    // A schema that is not an object is refused up front.
+    let mut bad = body.clone();
+    bad["response_format"]["json_schema"]["schema"] = json!(3);
+    let r = post(&s, "/v1/chat/completions", &bad).await;
+    assert_openai_error(&r, 400, None, Some("response_format"));
+}
