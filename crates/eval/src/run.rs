@@ -1,0 +1,188 @@
+//! Running a suite's items: several at once, each result appended to `samples.jsonl` as soon
+//! as it is done (so a killed run loses at most the items in flight), items already in the
+//! file skipped when the run is started again, a budget in requests or tokens, and a progress
+//! line with an ETA on stderr.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::EvalError;
+
+/// How a suite runs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Where `samples.jsonl`, `summary.json` and `report.html` go.
+    pub out: PathBuf,
+    /// Items evaluated at once.
+    pub concurrency: usize,
+    /// Stop after this many target requests (this run).
+    pub max_requests: Option<usize>,
+    /// Stop after this many generated tokens (this run).
+    pub max_tokens_total: Option<usize>,
+    /// Print progress on stderr.
+    pub progress: bool,
+}
+
+/// A suite's item: a key that names it in the samples file (for resuming), and the work.
+pub trait Item: Send + Sync {
+    /// Unique within the suite run.
+    fn key(&self) -> String;
+}
+
+/// A finished sample: what `samples.jsonl` holds, one per line.
+pub trait Sample: Serialize + DeserializeOwned + Send {
+    /// The item's key.
+    fn key(&self) -> &str;
+    /// Target requests it took and tokens it generated (for the budget).
+    fn cost(&self) -> (usize, usize);
+}
+
+/// The samples already in `dir/samples.jsonl` (a previous, possibly killed, run). A torn last
+/// line (the process died while writing it) is dropped.
+pub fn load_samples<S: Sample>(dir: &Path) -> Result<Vec<S>, EvalError> {
+    let path = dir.join("samples.jsonl");
+    let Ok(f) = File::open(&path) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line.map_err(|e| EvalError::io(&path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<S>(&line) {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "skipping a torn or foreign line")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `work` on every item not already done, `cfg.concurrency` at a time, appending each
+/// sample to `samples.jsonl`. Returns every sample (old and new), in item order.
+pub fn run_items<I: Item, S: Sample>(
+    cfg: &RunConfig,
+    items: &[I],
+    work: impl Fn(&I) -> Result<S, EvalError> + Sync,
+) -> Result<Vec<S>, EvalError> {
+    std::fs::create_dir_all(&cfg.out).map_err(|e| EvalError::io(&cfg.out, e))?;
+    let done: Vec<S> = load_samples(&cfg.out)?;
+    let done_keys: HashSet<String> = done.iter().map(|s| s.key().to_string()).collect();
+    let todo: Vec<&I> = items
+        .iter()
+        .filter(|i| !done_keys.contains(&i.key()))
+        .collect();
+    if !done.is_empty() && cfg.progress {
+        eprintln!(
+            "resuming: {} of {} items already done in {}",
+            items.len() - todo.len(),
+            items.len(),
+            cfg.out.display()
+        );
+    }
+    let path = cfg.out.join("samples.jsonl");
+    let file = Mutex::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| EvalError::io(&path, e))?,
+    );
+    let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let requests = AtomicUsize::new(0);
+    let tokens = AtomicUsize::new(0);
+    let fresh: Mutex<Vec<S>> = Mutex::new(Vec::new());
+    let error: Mutex<Option<EvalError>> = Mutex::new(None);
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let over_budget = || {
+        cfg.max_requests
+            .is_some_and(|m| requests.load(Ordering::SeqCst) >= m)
+            || cfg
+                .max_tokens_total
+                .is_some_and(|m| tokens.load(Ordering::SeqCst) >= m)
+    };
+    std::thread::scope(|s| {
+        for _ in 0..cfg.concurrency.max(1) {
+            s.spawn(|| loop {
+                if over_budget() || error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(item) = todo.get(i) else { return };
+                match work(item) {
+                    Ok(sample) => {
+                        let (r, t) = sample.cost();
+                        requests.fetch_add(r, Ordering::SeqCst);
+                        tokens.fetch_add(t, Ordering::SeqCst);
+                        let line = serde_json::to_string(&sample).expect("samples serialize");
+                        if let Ok(mut f) = file.lock() {
+                            // One write per line, flushed: a kill loses at most this line.
+                            let _ = f.write_all(format!("{line}\n").as_bytes());
+                            let _ = f.flush();
+                        }
+                        if let Ok(mut v) = fresh.lock() {
+                            v.push(sample);
+                        }
+                        let n = finished.fetch_add(1, Ordering::SeqCst) + 1;
+                        if cfg.progress {
+                            let el = start.elapsed().as_secs_f64();
+                            let eta = el / n as f64 * (todo.len() - n) as f64;
+                            let msg = format!(
+                                "{n}/{} items · {:.0} s elapsed · ETA {:.0} s",
+                                todo.len(),
+                                el,
+                                eta
+                            );
+                            if tty {
+                                eprint!("\r{msg}   ");
+                            } else if n % 10 == 0 || n == todo.len() {
+                                eprintln!("{msg}");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut slot) = error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if cfg.progress && tty {
+        eprintln!();
+    }
+    if let Some(e) = error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut all: Vec<S> = done;
+    all.extend(fresh.into_inner().unwrap_or_default());
+    let order: std::collections::HashMap<String, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.key(), i))
+        .collect();
+    all.retain(|s| order.contains_key(s.key()));
+    all.sort_by_key(|s| order[s.key()]);
+    Ok(all)
+}
+
+/// Writes `value` as pretty JSON to `dir/name`.
+pub fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<(), EvalError> {
+    let path = dir.join(name);
+    let text = serde_json::to_string_pretty(value).expect("summaries serialize");
+    std::fs::write(&path, text + "\n").map_err(|e| EvalError::io(&path, e))
+}
