@@ -11,6 +11,7 @@
 pub mod data;
 pub mod run;
 pub mod target;
+pub mod verify;
 
 use std::path::Path;
 
