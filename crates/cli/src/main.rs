@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod audit;
 mod bench;
+mod eval;
 mod generation;
 mod guard;
 mod inspect;
@@ -60,6 +61,8 @@ enum Command {
     Guard(guard::GuardArgs),
     /// Read the audit trail: list, show, export (JSONL) and summarise entries; purge old ones.
     Audit(audit::AuditArgs),
+    /// Evaluate a model or endpoint: red-team ASR (answer and reasoning, guard off and on).
+    Eval(eval::EvalArgs),
 }
 
 /// The model argument shared by every command.
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Audit(a) => audit::audit(a),
+        Command::Eval(a) => eval::eval(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

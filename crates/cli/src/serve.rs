@@ -232,7 +232,7 @@ fn check_local(models: &[String]) -> anyhow::Result<()> {
 }
 
 /// The default served name: a file's stem, a folder's name, or the argument as given.
-fn default_name(model: &str) -> String {
+pub(crate) fn default_name(model: &str) -> String {
     let p = Path::new(model);
     let name = if p.is_file() {
         p.file_stem()

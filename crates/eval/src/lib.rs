@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod data;
+pub mod redteam;
 pub mod run;
 pub mod target;
 pub mod verify;

@@ -1,0 +1,279 @@
+//! `seek eval`: red-team, bias and reliability suites against a local model (through Seek's
+//! own engine, guard on or off) or any OpenAI-compatible URL.
+//!
+//! ```text
+//! seek eval redteam --model models/SmolLM2-135M-Instruct-Q4_1.gguf \
+//!     --policy examples/policies/harm-screen.toml --attacks direct,prefix_injection,base64 \
+//!     --judge-model models/Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf --out eval-out
+//! seek eval redteam --url http://127.0.0.1:8000/v1 --served-model smol --out eval-out --limit 20
+//! ```
+//!
+//! Results go to `OUT/<suite>/samples.jsonl` (one line per judged reply, written as soon as it
+//! is done: a killed run resumes where it stopped) and `OUT/<suite>/summary.json`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use seek_engine::serve::{EngineConfig, EngineHandle};
+use seek_eval::redteam::{redteam, RedteamOptions};
+use seek_eval::run::RunConfig;
+use seek_eval::target::{LocalTarget, Target, UrlTarget};
+
+use crate::source::open;
+use crate::ModelArg;
+
+/// `seek eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand, Debug)]
+enum Suite {
+    /// HarmBench-style attack success rate, answer and reasoning judged apart, guard off and on.
+    Redteam(RedteamArgs),
+}
+
+/// What every suite is run against, and how.
+#[derive(Args, Debug)]
+struct TargetArgs {
+    /// A local model (.gguf or Hugging Face folder), run through Seek's engine.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "url",
+        required_unless_present = "url"
+    )]
+    model: Option<String>,
+    /// An OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// The `model` name to send to --url.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    served_model: String,
+    /// The endpoint's key (or SEEK_EVAL_API_KEY).
+    #[arg(long, env = "SEEK_EVAL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Also run everything with this guard policy in front of the local model (guard on and
+    /// off in the same run).
+    #[arg(long, value_name = "FILE", requires = "model")]
+    policy: Option<PathBuf>,
+    /// Where results go.
+    #[arg(long, value_name = "DIR", default_value = "eval-out")]
+    out: PathBuf,
+    /// Requests in flight at once (a local engine batches them).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Stop after this many requests to the target.
+    #[arg(long, value_name = "N")]
+    max_requests: Option<usize>,
+    /// Stop after this many generated tokens.
+    #[arg(long, value_name = "N")]
+    max_tokens_total: Option<usize>,
+    /// At most this many items (a repeatable sample, see --seed).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Seed of the sample and of sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tokens per reply.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+}
+
+#[derive(Args, Debug)]
+struct RedteamArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// harmbench, advbench or jailbreakbench.
+    #[arg(long, default_value = "harmbench")]
+    dataset: String,
+    /// HarmBench split.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// HarmBench functional categories (standard, contextual, copyright).
+    #[arg(long, value_delimiter = ',', default_value = "standard")]
+    functional: Vec<String>,
+    /// Attacks (direct, prefix_injection, refusal_suppression, roleplay, dan, base64, rot13,
+    /// leetspeak, payload_splitting).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,prefix_injection,refusal_suppression"
+    )]
+    attacks: Vec<String>,
+    /// A local model that judges with HarmBench's classifier prompt ("same": the model under
+    /// test); without one, only the refusal-string rule judges.
+    #[arg(long, value_name = "PATH", conflicts_with = "judge_url")]
+    judge_model: Option<String>,
+    /// An OpenAI-compatible judge endpoint.
+    #[arg(long, value_name = "URL")]
+    judge_url: Option<String>,
+    /// The judge endpoint's model name.
+    #[arg(long, value_name = "NAME", default_value = "judge")]
+    judge_served_model: String,
+    /// Human-labelled generations (HarmBench) the judge's agreement is measured on.
+    #[arg(long, default_value_t = 100)]
+    judge_check: usize,
+    /// Only measure the judge's agreement with the human labels; the refusal rule judges
+    /// the replies (for a judge model too small to trust, or to save time).
+    #[arg(long)]
+    judge_agreement_only: bool,
+}
+
+/// `seek eval`.
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    match args.suite {
+        Suite::Redteam(a) => run_redteam(a),
+    }
+}
+
+/// A local engine for `path`.
+fn local(
+    path: &str,
+    label: &str,
+) -> anyhow::Result<(EngineHandle, Arc<seek_tokenizer::Tokenizer>)> {
+    let opened = open(&ModelArg {
+        model: path.to_string(),
+        revision: "main".into(),
+    })
+    .with_context(|| format!("loading {path}"))?;
+    let tok = Arc::new(opened.tokenizer);
+    let engine = EngineHandle::start(opened.loaded.model, tok.clone(), EngineConfig::default())
+        .with_context(|| format!("starting the engine for {label}"))?;
+    Ok((engine, tok))
+}
+
+fn run_redteam(a: RedteamArgs) -> anyhow::Result<()> {
+    let t = &a.target;
+    let cfg = RunConfig {
+        out: t.out.clone(),
+        concurrency: t.concurrency.max(1),
+        max_requests: t.max_requests,
+        max_tokens_total: t.max_tokens_total,
+        progress: true,
+    };
+    let mut targets: Vec<(String, Box<dyn Target>)> = Vec::new();
+    let mut engines = Vec::new();
+    match (&t.model, &t.url) {
+        (Some(path), _) => {
+            let label = crate::serve::default_name(path);
+            let (engine, tok) = local(path, &label)?;
+            targets.push((
+                "guard off".into(),
+                Box::new(LocalTarget {
+                    label: label.clone(),
+                    engine: engine.clone(),
+                    tokenizer: tok.clone(),
+                    policy: None,
+                }),
+            ));
+            if let Some(p) = &t.policy {
+                let policy = seek_guard::Policy::load(p)?;
+                targets.push((
+                    "guard on".into(),
+                    Box::new(LocalTarget {
+                        label,
+                        engine: engine.clone(),
+                        tokenizer: tok.clone(),
+                        policy: Some(Arc::new(policy)),
+                    }),
+                ));
+            }
+            engines.push((engine, tok));
+        }
+        (None, Some(url)) => targets.push((
+            "guard off".into(),
+            Box::new(UrlTarget::new(url, &t.served_model, t.api_key.clone())),
+        )),
+        (None, None) => bail!("give --model PATH or --url URL"),
+    }
+    let judge: Option<Box<dyn Target>> = match (&a.judge_model, &a.judge_url) {
+        (Some(m), _) if m == "same" => {
+            let (engine, tok) = engines
+                .first()
+                .cloned()
+                .context("--judge-model same needs --model")?;
+            Some(Box::new(LocalTarget {
+                label: "judge".into(),
+                engine,
+                tokenizer: tok,
+                policy: None,
+            }))
+        }
+        (Some(m), _) => {
+            let (engine, tok) = local(m, "the judge")?;
+            Some(Box::new(LocalTarget {
+                label: crate::serve::default_name(m),
+                engine,
+                tokenizer: tok,
+                policy: None,
+            }))
+        }
+        (None, Some(url)) => Some(Box::new(UrlTarget::new(
+            url,
+            &a.judge_served_model,
+            t.api_key.clone(),
+        ))),
+        (None, None) => None,
+    };
+    let refs: Vec<(&str, &dyn Target)> = targets
+        .iter()
+        .map(|(l, t)| (l.as_str(), t.as_ref()))
+        .collect();
+    let opts = RedteamOptions {
+        dataset: a.dataset.clone(),
+        split: a.split.clone(),
+        functional: a.functional.clone(),
+        attacks: a.attacks.clone(),
+        limit: t.limit,
+        seed: t.seed,
+        max_tokens: t.max_tokens,
+        judge_check: a.judge_check,
+        judge_samples: !a.judge_agreement_only,
+    };
+    let s = redteam(&refs, judge.as_deref(), &cfg, &opts)?;
+    println!(
+        "{} · {} behaviors x {} attacks · {:.0} s",
+        s.target,
+        s.behaviors,
+        s.attacks.len(),
+        s.elapsed_s
+    );
+    println!(
+        "{:<10} {:>12} {:>15} {:>14} {:>8}",
+        "run", "ASR answer", "ASR reasoning", "ASR (rule)", "blocked"
+    );
+    for r in &s.runs {
+        println!(
+            "{:<10} {:>11.1}% {:>14.1}% {:>13.1}% {:>8}",
+            r.label,
+            100.0 * r.asr_answer,
+            100.0 * r.asr_reasoning,
+            100.0 * r.overall.answer_rule,
+            r.overall.blocked
+        );
+        for (attack, x) in &r.by_attack {
+            println!(
+                "  {attack:<20} answer {:>5.1}%  (n {})",
+                100.0 * x.answer,
+                x.n
+            );
+        }
+    }
+    if let Some(j) = &s.judge {
+        println!(
+            "judge: {} · agreement with HarmBench's human labels {:.1}% (kappa {:.2}) on {} generations; the refusal rule {:.1}%",
+            j.name,
+            100.0 * j.agreement,
+            j.cohen_kappa,
+            j.n,
+            100.0 * j.rule_agreement
+        );
+    }
+    println!("samples and summary in {}", t.out.join("redteam").display());
+    Ok(())
+}
