@@ -91,6 +91,7 @@ pub fn run_items<I: Item, S: Sample>(
         );
     }
     let path = cfg.out.join("samples.jsonl");
+    drop_torn_tail(&path)?;
     let file = Mutex::new(
         OpenOptions::new()
             .create(true)
@@ -147,7 +148,7 @@ pub fn run_items<I: Item, S: Sample>(
                             );
                             if tty {
                                 eprint!("\r{msg}   ");
-                            } else if n % 10 == 0 || n == todo.len() {
+                            } else if n.is_multiple_of(10) || n == todo.len() {
                                 eprintln!("{msg}");
                             }
                         }
@@ -178,6 +179,23 @@ pub fn run_items<I: Item, S: Sample>(
     all.retain(|s| order.contains_key(s.key()));
     all.sort_by_key(|s| order[s.key()]);
     Ok(all)
+}
+
+/// Cuts a last line that a killed run left without its newline, so that new samples start on
+/// a line of their own (appending after it would glue the first new sample to the torn one).
+fn drop_torn_tail(path: &Path) -> Result<(), EvalError> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Ok(());
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| EvalError::io(path, e))?;
+    f.set_len(keep as u64).map_err(|e| EvalError::io(path, e))
 }
 
 /// Writes `value` as pretty JSON to `dir/name`.
