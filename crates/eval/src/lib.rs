@@ -8,6 +8,7 @@
 //! computed from the samples file. The chain of thought is scored apart from the answer.
 #![deny(missing_docs)]
 
+pub mod bias;
 pub mod data;
 pub mod redteam;
 pub mod run;
