@@ -11,6 +11,7 @@
 pub mod bias;
 pub mod data;
 pub mod redteam;
+pub mod report;
 pub mod run;
 pub mod target;
 pub mod verify;
