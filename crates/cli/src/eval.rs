@@ -35,6 +35,52 @@ pub struct EvalArgs {
 enum Suite {
     /// HarmBench-style attack success rate, answer and reasoning judged apart, guard off and on.
     Redteam(RedteamArgs),
+    /// GSM8K and MATH-500 accuracy with rule-based answer verification, consistency across
+    /// seeds, reasoning length and how often the budget is hit.
+    Reliability(ReliabilityArgs),
+    /// XSTest: refusal rate on safe prompts (over-refusal) and on their unsafe contrasts.
+    Overrefusal(SuiteArgs),
+    /// BBQ: accuracy and the paper's bias scores in ambiguous and disambiguated contexts.
+    Bias(BiasArgs),
+    /// Write OUT/report.html from the summaries of the suites run with this --out.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct SuiteArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReliabilityArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// gsm8k, math500 (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "gsm8k,math500")]
+    datasets: Vec<String>,
+    /// Runs per problem (sampling seeds 0..N): consistency and majority vote.
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
+    /// Sampling temperature (DeepSeek recommends 0.6 for R1).
+    #[arg(long, default_value_t = 0.6)]
+    temperature: f32,
+}
+
+#[derive(Args, Debug)]
+struct BiasArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// BBQ categories (file stems in data/bbq; default: every shipped one).
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The folder the suites wrote to.
+    #[arg(long, value_name = "DIR", default_value = "eval-out")]
+    out: PathBuf,
 }
 
 /// What every suite is run against, and how.
@@ -126,36 +172,104 @@ struct RedteamArgs {
 
 /// `seek eval`.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    match args.suite {
-        Suite::Redteam(a) => run_redteam(a),
+    let out = match &args.suite {
+        Suite::Redteam(a) => {
+            run_redteam(a)?;
+            a.target.out.clone()
+        }
+        Suite::Reliability(a) => {
+            for_each_target(&a.target, |t, cfg| {
+                let mut datasets = Vec::new();
+                for d in &a.datasets {
+                    datasets.push(seek_eval::reliability::Dataset::parse(d).with_context(
+                        || format!("--datasets: unknown dataset {d:?}; use gsm8k or math500"),
+                    )?);
+                }
+                let opts = seek_eval::reliability::ReliabilityOptions {
+                    datasets,
+                    limit: a.target.limit,
+                    sample_seed: a.target.seed,
+                    seeds: a.seeds.max(1),
+                    max_tokens: a.target.max_tokens,
+                    temperature: a.temperature,
+                };
+                let s = seek_eval::reliability::reliability(t, cfg, &opts)?;
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                Ok(())
+            })?;
+            a.target.out.clone()
+        }
+        Suite::Overrefusal(a) => {
+            for_each_target(&a.target, |t, cfg| {
+                let opts = seek_eval::overrefusal::OverRefusalOptions {
+                    limit: a.target.limit,
+                    sample_seed: a.target.seed,
+                    max_tokens: a.target.max_tokens,
+                    seed: a.target.seed,
+                    ..Default::default()
+                };
+                let s = seek_eval::overrefusal::overrefusal(t, cfg, &opts)?;
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                Ok(())
+            })?;
+            a.target.out.clone()
+        }
+        Suite::Bias(a) => {
+            for_each_target(&a.target, |t, cfg| {
+                let opts = seek_eval::bias::BiasOptions {
+                    limit: a.target.limit,
+                    seed: a.target.seed,
+                    categories: a.categories.clone(),
+                    max_tokens: a.target.max_tokens,
+                    ..Default::default()
+                };
+                let s = seek_eval::bias::bias(t, cfg, &opts)?;
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                Ok(())
+            })?;
+            a.target.out.clone()
+        }
+        Suite::Report(a) => a.out.clone(),
+    };
+    let report = seek_eval::report::write_report(&out)?;
+    eprintln!("report: {}", report.display());
+    Ok(())
+}
+
+/// Runs `suite` on the target (guard off, in OUT) and, with --policy, on the guarded target
+/// too (in OUT/guard-on).
+fn for_each_target(
+    t: &TargetArgs,
+    suite: impl Fn(&dyn Target, &RunConfig) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (targets, _judge_engines) = build_targets(t)?;
+    for (label, target) in &targets {
+        let out = if label == "guard on" {
+            t.out.join("guard-on")
+        } else {
+            t.out.clone()
+        };
+        eprintln!("{label}: {}", target.name());
+        suite(target.as_ref(), &run_config(t, out))?;
     }
+    Ok(())
 }
 
-/// A local engine for `path`.
-fn local(
-    path: &str,
-    label: &str,
-) -> anyhow::Result<(EngineHandle, Arc<seek_tokenizer::Tokenizer>)> {
-    let opened = open(&ModelArg {
-        model: path.to_string(),
-        revision: "main".into(),
-    })
-    .with_context(|| format!("loading {path}"))?;
-    let tok = Arc::new(opened.tokenizer);
-    let engine = EngineHandle::start(opened.loaded.model, tok.clone(), EngineConfig::default())
-        .with_context(|| format!("starting the engine for {label}"))?;
-    Ok((engine, tok))
-}
-
-fn run_redteam(a: RedteamArgs) -> anyhow::Result<()> {
-    let t = &a.target;
-    let cfg = RunConfig {
-        out: t.out.clone(),
+fn run_config(t: &TargetArgs, out: PathBuf) -> RunConfig {
+    RunConfig {
+        out,
         concurrency: t.concurrency.max(1),
         max_requests: t.max_requests,
         max_tokens_total: t.max_tokens_total,
         progress: true,
-    };
+    }
+}
+
+type Engines = Vec<(EngineHandle, Arc<seek_tokenizer::Tokenizer>)>;
+type Targets = Vec<(String, Box<dyn Target>)>;
+
+/// The target ("guard off"), and with --policy the same model behind the guard ("guard on").
+fn build_targets(t: &TargetArgs) -> anyhow::Result<(Targets, Engines)> {
     let mut targets: Vec<(String, Box<dyn Target>)> = Vec::new();
     let mut engines = Vec::new();
     match (&t.model, &t.url) {
@@ -191,6 +305,29 @@ fn run_redteam(a: RedteamArgs) -> anyhow::Result<()> {
         )),
         (None, None) => bail!("give --model PATH or --url URL"),
     }
+    Ok((targets, engines))
+}
+
+/// A local engine for `path`.
+fn local(
+    path: &str,
+    label: &str,
+) -> anyhow::Result<(EngineHandle, Arc<seek_tokenizer::Tokenizer>)> {
+    let opened = open(&ModelArg {
+        model: path.to_string(),
+        revision: "main".into(),
+    })
+    .with_context(|| format!("loading {path}"))?;
+    let tok = Arc::new(opened.tokenizer);
+    let engine = EngineHandle::start(opened.loaded.model, tok.clone(), EngineConfig::default())
+        .with_context(|| format!("starting the engine for {label}"))?;
+    Ok((engine, tok))
+}
+
+fn run_redteam(a: &RedteamArgs) -> anyhow::Result<()> {
+    let t = &a.target;
+    let cfg = run_config(t, t.out.clone());
+    let (targets, engines) = build_targets(t)?;
     let judge: Option<Box<dyn Target>> = match (&a.judge_model, &a.judge_url) {
         (Some(m), _) if m == "same" => {
             let (engine, tok) = engines

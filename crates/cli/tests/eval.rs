@@ -18,6 +18,7 @@ impl Drop for Server {
     }
 }
 
+#[allow(clippy::zombie_processes)] // `Server`'s drop kills and waits for it
 fn start_server() -> (Server, String) {
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/deepseek/dsv3-qlora-yarn");

@@ -10,7 +10,9 @@
 
 pub mod bias;
 pub mod data;
+pub mod overrefusal;
 pub mod redteam;
+pub mod reliability;
 pub mod report;
 pub mod run;
 pub mod target;
