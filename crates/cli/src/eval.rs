@@ -34,14 +34,14 @@ pub struct EvalArgs {
 #[derive(Subcommand, Debug)]
 enum Suite {
     /// HarmBench-style attack success rate, answer and reasoning judged apart, guard off and on.
-    Redteam(RedteamArgs),
+    Redteam(Box<RedteamArgs>),
     /// GSM8K and MATH-500 accuracy with rule-based answer verification, consistency across
     /// seeds, reasoning length and how often the budget is hit.
-    Reliability(ReliabilityArgs),
+    Reliability(Box<ReliabilityArgs>),
     /// XSTest: refusal rate on safe prompts (over-refusal) and on their unsafe contrasts.
-    Overrefusal(SuiteArgs),
+    Overrefusal(Box<SuiteArgs>),
     /// BBQ: accuracy and the paper's bias scores in ambiguous and disambiguated contexts.
-    Bias(BiasArgs),
+    Bias(Box<BiasArgs>),
     /// Write OUT/report.html from the summaries of the suites run with this --out.
     Report(ReportArgs),
 }
@@ -168,6 +168,19 @@ struct RedteamArgs {
     /// the replies (for a judge model too small to trust, or to save time).
     #[arg(long)]
     judge_agreement_only: bool,
+    /// The attacker model of the iterative `pair` attack ("same": the model under test).
+    #[arg(long, value_name = "PATH", conflicts_with = "attacker_url")]
+    attacker_model: Option<String>,
+    /// An OpenAI-compatible attacker endpoint.
+    #[arg(long, value_name = "URL")]
+    attacker_url: Option<String>,
+    /// The attacker endpoint's model name.
+    #[arg(long, value_name = "NAME", default_value = "attacker")]
+    attacker_served_model: String,
+    /// Rounds of the `pair` attack (the attacker rewrites the prompt until the judge says the
+    /// model complied).
+    #[arg(long, default_value_t = 3)]
+    pair_rounds: usize,
 }
 
 /// `seek eval`.
@@ -357,6 +370,35 @@ fn run_redteam(a: &RedteamArgs) -> anyhow::Result<()> {
         ))),
         (None, None) => None,
     };
+    let attacker: Option<Box<dyn Target>> = match (&a.attacker_model, &a.attacker_url) {
+        (Some(m), _) if m == "same" => {
+            let (engine, tok) = engines
+                .first()
+                .cloned()
+                .context("--attacker-model same needs --model")?;
+            Some(Box::new(LocalTarget {
+                label: "attacker".into(),
+                engine,
+                tokenizer: tok,
+                policy: None,
+            }))
+        }
+        (Some(m), _) => {
+            let (engine, tok) = local(m, "the attacker")?;
+            Some(Box::new(LocalTarget {
+                label: crate::serve::default_name(m),
+                engine,
+                tokenizer: tok,
+                policy: None,
+            }))
+        }
+        (None, Some(url)) => Some(Box::new(UrlTarget::new(
+            url,
+            &a.attacker_served_model,
+            t.api_key.clone(),
+        ))),
+        (None, None) => None,
+    };
     let refs: Vec<(&str, &dyn Target)> = targets
         .iter()
         .map(|(l, t)| (l.as_str(), t.as_ref()))
@@ -371,8 +413,9 @@ fn run_redteam(a: &RedteamArgs) -> anyhow::Result<()> {
         max_tokens: t.max_tokens,
         judge_check: a.judge_check,
         judge_samples: !a.judge_agreement_only,
+        pair_rounds: a.pair_rounds,
     };
-    let s = redteam(&refs, judge.as_deref(), &cfg, &opts)?;
+    let s = redteam(&refs, judge.as_deref(), attacker.as_deref(), &cfg, &opts)?;
     println!(
         "{} · {} behaviors x {} attacks · {:.0} s",
         s.target,

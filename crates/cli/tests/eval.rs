@@ -149,3 +149,62 @@ fn redteam_against_a_live_server_writes_resumable_results() {
     };
     assert_eq!(keys(&lines(&samples)), keys(&first));
 }
+
+/// The iterative `pair` attack asks the attacker for a new prompt until the judge (here the
+/// refusal rule) says the target complied, for at most `--pair-rounds` target replies; it
+/// needs an attacker.
+#[test]
+fn pair_attack_runs_its_rounds_and_needs_an_attacker() {
+    let (_server, url) = start_server();
+    let dir = tempfile::tempdir().unwrap();
+    let api = format!("{url}/v1");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "redteam",
+            "--url",
+            &api,
+            "--served-model",
+            "tiny",
+            "--limit",
+            "1",
+            "--attacks",
+            "pair",
+            "--max-tokens",
+            "6",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_seek"))
+        .args(args(&[]))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("needs an attacker"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_seek"))
+        .args(args(&[
+            "--attacker-url",
+            &api,
+            "--attacker-served-model",
+            "tiny",
+            "--pair-rounds",
+            "2",
+        ]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = lines(&dir.path().join("redteam/samples.jsonl"));
+    assert_eq!(samples.len(), 1);
+    let s: serde_json::Value = serde_json::from_str(&samples[0]).unwrap();
+    // One round when the first reply already complies (by the refusal rule), else both.
+    let want = if s["rule_answer"] == true { 1 } else { 2 };
+    assert_eq!(s["rounds"], want, "{s}");
+    assert_eq!(s["attack"], "pair");
+}
