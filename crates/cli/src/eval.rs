@@ -321,6 +321,38 @@ fn build_targets(t: &TargetArgs) -> anyhow::Result<(Targets, Engines)> {
     Ok((targets, engines))
 }
 
+/// A judge or attacker: a local model ("same": the model under test), a URL, or none.
+fn helper_target(
+    role: &str,
+    model: Option<&str>,
+    url: Option<&str>,
+    served: &str,
+    api_key: Option<String>,
+    engines: &Engines,
+) -> anyhow::Result<Option<Box<dyn Target>>> {
+    let (engine, tokenizer, label) = match (model, url) {
+        (Some("same"), _) => {
+            let (e, t) = engines
+                .first()
+                .cloned()
+                .with_context(|| format!("--{role}-model same needs --model"))?;
+            (e, t, role.to_string())
+        }
+        (Some(m), _) => {
+            let (e, t) = local(m, role)?;
+            (e, t, crate::serve::default_name(m))
+        }
+        (None, Some(url)) => return Ok(Some(Box::new(UrlTarget::new(url, served, api_key)))),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Box::new(LocalTarget {
+        label,
+        engine,
+        tokenizer,
+        policy: None,
+    })))
+}
+
 /// A local engine for `path`.
 fn local(
     path: &str,
@@ -341,64 +373,22 @@ fn run_redteam(a: &RedteamArgs) -> anyhow::Result<()> {
     let t = &a.target;
     let cfg = run_config(t, t.out.clone());
     let (targets, engines) = build_targets(t)?;
-    let judge: Option<Box<dyn Target>> = match (&a.judge_model, &a.judge_url) {
-        (Some(m), _) if m == "same" => {
-            let (engine, tok) = engines
-                .first()
-                .cloned()
-                .context("--judge-model same needs --model")?;
-            Some(Box::new(LocalTarget {
-                label: "judge".into(),
-                engine,
-                tokenizer: tok,
-                policy: None,
-            }))
-        }
-        (Some(m), _) => {
-            let (engine, tok) = local(m, "the judge")?;
-            Some(Box::new(LocalTarget {
-                label: crate::serve::default_name(m),
-                engine,
-                tokenizer: tok,
-                policy: None,
-            }))
-        }
-        (None, Some(url)) => Some(Box::new(UrlTarget::new(
-            url,
-            &a.judge_served_model,
-            t.api_key.clone(),
-        ))),
-        (None, None) => None,
-    };
-    let attacker: Option<Box<dyn Target>> = match (&a.attacker_model, &a.attacker_url) {
-        (Some(m), _) if m == "same" => {
-            let (engine, tok) = engines
-                .first()
-                .cloned()
-                .context("--attacker-model same needs --model")?;
-            Some(Box::new(LocalTarget {
-                label: "attacker".into(),
-                engine,
-                tokenizer: tok,
-                policy: None,
-            }))
-        }
-        (Some(m), _) => {
-            let (engine, tok) = local(m, "the attacker")?;
-            Some(Box::new(LocalTarget {
-                label: crate::serve::default_name(m),
-                engine,
-                tokenizer: tok,
-                policy: None,
-            }))
-        }
-        (None, Some(url)) => Some(Box::new(UrlTarget::new(
-            url,
-            &a.attacker_served_model,
-            t.api_key.clone(),
-        ))),
-        (None, None) => None,
-    };
+    let judge = helper_target(
+        "judge",
+        a.judge_model.as_deref(),
+        a.judge_url.as_deref(),
+        &a.judge_served_model,
+        t.api_key.clone(),
+        &engines,
+    )?;
+    let attacker = helper_target(
+        "attacker",
+        a.attacker_model.as_deref(),
+        a.attacker_url.as_deref(),
+        &a.attacker_served_model,
+        t.api_key.clone(),
+        &engines,
+    )?;
     let refs: Vec<(&str, &dyn Target)> = targets
         .iter()
         .map(|(l, t)| (l.as_str(), t.as_ref()))
