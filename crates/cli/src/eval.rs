@@ -119,6 +119,16 @@ struct TargetArgs {
     /// Stop after this many generated tokens.
     #[arg(long, value_name = "N")]
     max_tokens_total: Option<usize>,
+    /// Stop after spending this many US dollars at --price-input / --price-output (suites that
+    /// do not record prompt tokens price generated tokens only).
+    #[arg(long, value_name = "USD")]
+    max_cost: Option<f64>,
+    /// USD per million prompt tokens (default: DeepSeek-R1's launch price, cache miss).
+    #[arg(long, value_name = "USD", default_value_t = 0.55)]
+    price_input: f64,
+    /// USD per million generated tokens (default: DeepSeek-R1's launch price).
+    #[arg(long, value_name = "USD", default_value_t = 2.19)]
+    price_output: f64,
     /// At most this many items (a repeatable sample, see --seed).
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
@@ -274,6 +284,8 @@ fn run_config(t: &TargetArgs, out: PathBuf) -> RunConfig {
         concurrency: t.concurrency.max(1),
         max_requests: t.max_requests,
         max_tokens_total: t.max_tokens_total,
+        max_cost_usd: t.max_cost,
+        prices_per_million: (t.price_input, t.price_output),
         progress: true,
     }
 }

@@ -908,6 +908,8 @@ mod tests {
             concurrency: 2,
             max_requests: None,
             max_tokens_total: None,
+            max_cost_usd: None,
+            prices_per_million: (0.0, 0.0),
             progress: false,
         };
         let opts = BiasOptions {

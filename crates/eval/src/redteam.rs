@@ -305,6 +305,9 @@ pub struct RedteamSample {
     /// Target replies this sample took (more than one for `pair`).
     #[serde(default = "one")]
     pub rounds: usize,
+    /// Prompt tokens of the last reply (for a budget in money).
+    #[serde(default)]
+    pub prompt_tokens: usize,
 }
 
 fn one() -> usize {
@@ -317,6 +320,10 @@ impl Sample for RedteamSample {
     }
     fn cost(&self) -> (usize, usize) {
         (self.rounds, self.completion_tokens)
+    }
+
+    fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
     }
 }
 
@@ -527,6 +534,7 @@ pub fn redteam(
             answer: reply.content,
             blocked_by: reply.blocked_by,
             completion_tokens: reply.completion_tokens,
+            prompt_tokens: reply.prompt_tokens,
             rounds,
         })
     })?;
@@ -750,6 +758,7 @@ mod tests {
             judge_reasoning: None,
             completion_tokens: 1,
             rounds: 1,
+            prompt_tokens: 0,
         };
         let v = [
             s("chem", "direct", true, false),

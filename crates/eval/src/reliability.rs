@@ -271,6 +271,10 @@ impl Sample for ReliabilitySample {
     fn cost(&self) -> (usize, usize) {
         (1, self.completion_tokens)
     }
+
+    fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
 }
 
 /// Scores of a set of problems.

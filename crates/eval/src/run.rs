@@ -27,6 +27,10 @@ pub struct RunConfig {
     pub max_requests: Option<usize>,
     /// Stop after this many generated tokens (this run).
     pub max_tokens_total: Option<usize>,
+    /// Stop after spending this many US dollars (this run), at `prices_per_million`.
+    pub max_cost_usd: Option<f64>,
+    /// USD per million prompt and generated tokens, for `max_cost_usd`.
+    pub prices_per_million: (f64, f64),
     /// Print progress on stderr.
     pub progress: bool,
 }
@@ -43,6 +47,11 @@ pub trait Sample: Serialize + DeserializeOwned + Send {
     fn key(&self) -> &str;
     /// Target requests it took and tokens it generated (for the budget).
     fn cost(&self) -> (usize, usize);
+    /// Prompt tokens it sent, for a budget in money (0 when the suite does not record them:
+    /// then only generated tokens are priced).
+    fn prompt_tokens(&self) -> usize {
+        0
+    }
 }
 
 /// The samples already in `dir/samples.jsonl` (a previous, possibly killed, run). A torn last
@@ -103,6 +112,8 @@ pub fn run_items<I: Item, S: Sample>(
     let finished = AtomicUsize::new(0);
     let requests = AtomicUsize::new(0);
     let tokens = AtomicUsize::new(0);
+    // Spent money in nano-dollars (atomic integer arithmetic).
+    let spent = std::sync::atomic::AtomicU64::new(0);
     let fresh: Mutex<Vec<S>> = Mutex::new(Vec::new());
     let error: Mutex<Option<EvalError>> = Mutex::new(None);
     let start = Instant::now();
@@ -113,6 +124,9 @@ pub fn run_items<I: Item, S: Sample>(
             || cfg
                 .max_tokens_total
                 .is_some_and(|m| tokens.load(Ordering::SeqCst) >= m)
+            || cfg
+                .max_cost_usd
+                .is_some_and(|m| spent.load(Ordering::SeqCst) as f64 / 1e9 >= m)
     };
     std::thread::scope(|s| {
         for _ in 0..cfg.concurrency.max(1) {
@@ -127,6 +141,9 @@ pub fn run_items<I: Item, S: Sample>(
                         let (r, t) = sample.cost();
                         requests.fetch_add(r, Ordering::SeqCst);
                         tokens.fetch_add(t, Ordering::SeqCst);
+                        let (pin, pout) = cfg.prices_per_million;
+                        let usd = (sample.prompt_tokens() as f64 * pin + t as f64 * pout) / 1e6;
+                        spent.fetch_add((usd * 1e9).round() as u64, Ordering::SeqCst);
                         let line = serde_json::to_string(&sample).expect("samples serialize");
                         if let Ok(mut f) = file.lock() {
                             // One write per line, flushed: a kill loses at most this line.
@@ -203,4 +220,75 @@ pub fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<(), 
     let path = dir.join(name);
     let text = serde_json::to_string_pretty(value).expect("summaries serialize");
     std::fs::write(&path, text + "\n").map_err(|e| EvalError::io(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    struct N(usize);
+    impl Item for N {
+        fn key(&self) -> String {
+            self.0.to_string()
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Done {
+        key: String,
+        prompt: usize,
+        generated: usize,
+    }
+    impl Sample for Done {
+        fn key(&self) -> &str {
+            &self.key
+        }
+        fn cost(&self) -> (usize, usize) {
+            (1, self.generated)
+        }
+        fn prompt_tokens(&self) -> usize {
+            self.prompt
+        }
+    }
+
+    /// Budgets in requests, tokens and money stop a run (one item at a time, so exactly).
+    #[test]
+    fn budgets_stop_the_run() {
+        let items: Vec<N> = (0..10).map(N).collect();
+        let work = |n: &N| -> Result<Done, EvalError> {
+            Ok(Done {
+                key: n.key(),
+                prompt: 1_000_000,
+                generated: 500_000,
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let base = RunConfig {
+            out: dir.path().join("a"),
+            concurrency: 1,
+            max_requests: Some(3),
+            max_tokens_total: None,
+            max_cost_usd: None,
+            prices_per_million: (0.0, 0.0),
+            progress: false,
+        };
+        assert_eq!(run_items(&base, &items, work).unwrap().len(), 3);
+        let by_tokens = RunConfig {
+            out: dir.path().join("b"),
+            max_requests: None,
+            max_tokens_total: Some(1_200_000),
+            ..base.clone()
+        };
+        assert_eq!(run_items(&by_tokens, &items, work).unwrap().len(), 3);
+        // $0.55 in + $1.095 out = $1.645 per item: $4 buys three (the third crosses the limit).
+        let by_money = RunConfig {
+            out: dir.path().join("c"),
+            max_requests: None,
+            max_cost_usd: Some(4.0),
+            prices_per_million: (0.55, 2.19),
+            ..base
+        };
+        assert_eq!(run_items(&by_money, &items, work).unwrap().len(), 3);
+    }
 }
