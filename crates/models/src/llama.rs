@@ -924,6 +924,18 @@ impl Llama {
     }
 }
 
+/// Which positions `forward_inner` projects onto the vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Project {
+    All,
+    Last,
+    /// None: the hidden states are returned (a prefill chunk before the last).
+    Nothing,
+}
+
+/// Positions a long prompt is prefilled in at once by `forward_last`.
+const PREFILL_CHUNK: usize = 128;
+
 /// Additive causal mask `(T, S)` for `T` new positions after `offset` cached ones.
 pub(crate) fn causal_mask(
     t: usize,
@@ -952,7 +964,7 @@ impl Llama {
         &self,
         input_ids: &Tensor,
         cache: &mut KvCache,
-        last_only: bool,
+        project: Project,
     ) -> Result<Tensor> {
         let (_b, t) = input_ids.dims2()?;
         let offset = cache.seq_len();
@@ -966,7 +978,7 @@ impl Llama {
         if t == 0 {
             return Err(ModelError::Input("forward needs at least one token".into()));
         }
-        if t == 1 && self.fused {
+        if t == 1 && self.fused && project != Project::Nothing {
             let ids: Vec<u32> = input_ids.flatten_all()?.to_vec1()?;
             let b = ids.len();
             let logits = self.decode_fused(&ids, &mut [cache], &[b])?;
@@ -994,8 +1006,16 @@ impl Llama {
             x = layer.forward(&x, &step, cache, i)?;
         }
         cache.advance(t);
+        if project == Project::Nothing {
+            // (B, T, E): a prefill chunk whose positions need no logits
+            return Ok(x);
+        }
         // (B, T, E) -> (B, 1, E)
-        let x = if last_only { x.narrow(1, t - 1, 1)? } else { x };
+        let x = if project == Project::Last {
+            x.narrow(1, t - 1, 1)?
+        } else {
+            x
+        };
         let x = self.norm.forward(&x)?;
         // (B, T, E) -> (B, T, V), in f32 whatever the compute type
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
@@ -1318,12 +1338,24 @@ impl RowKv for PagedKv<'_> {
 
 impl CausalLm for Llama {
     fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        self.forward_inner(input_ids, cache, false)
+        self.forward_inner(input_ids, cache, Project::All)
     }
 
     fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        // A long prompt goes through in chunks: the attention scores and MLP activations of
+        // one chunk are what a prefill holds at once (peak memory), and only the last
+        // chunk's last position is projected onto the vocabulary.
+        let t = input_ids.dim(1)?;
+        let mut start = 0;
+        while t - start > PREFILL_CHUNK {
+            // (B, C)
+            let chunk = input_ids.narrow(1, start, PREFILL_CHUNK)?;
+            self.forward_inner(&chunk, cache, Project::Nothing)?;
+            start += PREFILL_CHUNK;
+        }
+        let rest = input_ids.narrow(1, start, t - start)?;
         // (B, 1, V) -> (B, V)
-        Ok(self.forward_inner(input_ids, cache, true)?.squeeze(1)?)
+        Ok(self.forward_inner(&rest, cache, Project::Last)?.squeeze(1)?)
     }
 
     fn paged_layout(&self) -> Option<PagedLayout> {
