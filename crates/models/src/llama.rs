@@ -1355,7 +1355,9 @@ impl CausalLm for Llama {
         }
         let rest = input_ids.narrow(1, start, t - start)?;
         // (B, 1, V) -> (B, V)
-        Ok(self.forward_inner(&rest, cache, Project::Last)?.squeeze(1)?)
+        Ok(self
+            .forward_inner(&rest, cache, Project::Last)?
+            .squeeze(1)?)
     }
 
     fn paged_layout(&self) -> Option<PagedLayout> {
