@@ -61,7 +61,7 @@ enum Command {
     Guard(guard::GuardArgs),
     /// Read the audit trail: list, show, export (JSONL) and summarise entries; purge old ones.
     Audit(audit::AuditArgs),
-    /// Evaluate a model or endpoint: red-team ASR (answer and reasoning, guard off and on).
+    /// Evaluate a model or endpoint: red team (ASR, guard off and on), over-refusal, bias, reliability, report.
     Eval(eval::EvalArgs),
 }
 
