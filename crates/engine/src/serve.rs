@@ -162,6 +162,30 @@ pub enum SubmitError {
     Invalid(String),
 }
 
+/// A request run to its end by [`EngineHandle::complete`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Completion {
+    /// The chain of thought.
+    pub reasoning: String,
+    /// The answer.
+    pub content: String,
+    /// Why it ended (`None` only if the engine stopped without saying).
+    pub finish_reason: Option<FinishReason>,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+/// Why [`EngineHandle::complete`] has no completion.
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    /// The request was not accepted.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// Generation failed.
+    #[error("generation failed: {0}")]
+    Failed(String),
+}
+
 /// Counters the engine keeps for metrics; read with [`EngineHandle::stats`].
 #[derive(Debug, Default)]
 struct Counters {
@@ -332,6 +356,34 @@ impl EngineHandle {
                 Err(SubmitError::ShuttingDown)
             }
         }
+    }
+
+    /// Submits `req` and waits for its end, collecting its text: for callers that need the
+    /// whole answer (a judge, an evaluation). Blocks: call it from a blocking thread.
+    pub fn complete(&self, req: ServeRequest) -> Result<Completion, CompleteError> {
+        let (tx, rx) = mpsc::channel();
+        self.submit(req, Box::new(move |e| tx.send(e).is_ok()))?;
+        let mut out = Completion::default();
+        for e in rx {
+            match e {
+                ServeEvent::Delta { delta, .. } => {
+                    out.reasoning.push_str(&delta.reasoning);
+                    out.content.push_str(&delta.content);
+                }
+                ServeEvent::Finished {
+                    finish_reason,
+                    usage,
+                    ..
+                } => {
+                    out.finish_reason = Some(finish_reason);
+                    out.usage = usage;
+                    break;
+                }
+                ServeEvent::Failed { message } => return Err(CompleteError::Failed(message)),
+                ServeEvent::Started { .. } => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Stops a request at the next step (its sink hears `Finished` with `abort`).

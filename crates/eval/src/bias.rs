@@ -43,6 +43,7 @@ use seek_types::ChatMessage;
 use serde::{Deserialize, Serialize};
 
 use crate::data::data_dir;
+use crate::rng::SplitMix;
 use crate::run::{run_items, write_json, Item, RunConfig, Sample};
 use crate::target::{ChatRequest, Target};
 use crate::EvalError;
@@ -522,27 +523,6 @@ pub fn categories() -> Result<Vec<String>, EvalError> {
         .collect();
     out.sort();
     Ok(out)
-}
-
-/// SplitMix64: a fixed generator of our own, so a seed names the same sample on every
-/// platform and dependency version.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
 }
 
 /// `limit` items of a category drawn with `seed`: half ambiguous, half disambiguated (the

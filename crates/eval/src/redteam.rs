@@ -15,6 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Behavior};
+use crate::rng::SplitMix;
 use crate::run::{run_items, write_json, Item, RunConfig, Sample};
 use crate::target::{ChatRequest, Target};
 use crate::EvalError;
@@ -686,18 +687,7 @@ pub fn kappa(pairs: &[(bool, bool)]) -> (f64, f64) {
 
 /// A repeatable shuffle (SplitMix64-driven Fisher-Yates).
 pub fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    for i in (1..v.len()).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
+    SplitMix(seed ^ 0x9E37_79B9_7F4A_7C15).shuffle(v)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use seek_engine::chat::{default_sampling, render_chat};
 use seek_engine::sequence::SequenceParams;
-use seek_engine::serve::{EngineHandle, ServeEvent, ServeRequest};
+use seek_engine::serve::{CompleteError, EngineHandle, ServeRequest};
 use seek_guard::{Channel, Policy, Pseudonyms};
 use seek_tokenizer::Tokenizer;
 use seek_types::ChatMessage;
@@ -103,9 +103,9 @@ impl Target for LocalTarget {
             .engine
             .max_context()
             .saturating_sub(rendered.ids.len() + 1);
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.engine.submit(
-            ServeRequest {
+        let done = self
+            .engine
+            .complete(ServeRequest {
                 prompt: rendered.ids,
                 params: SequenceParams {
                     sampling,
@@ -117,31 +117,23 @@ impl Target for LocalTarget {
                     split_reasoning: true,
                 },
                 logprobs: None,
-            },
-            Box::new(move |e| tx.send(e).is_ok()),
-        )?;
-        let mut out = Reply::default();
-        for e in rx {
-            match e {
-                ServeEvent::Delta { delta, .. } => {
-                    out.reasoning.push_str(&delta.reasoning);
-                    out.content.push_str(&delta.content);
-                }
-                ServeEvent::Finished {
-                    finish_reason,
-                    usage,
-                    ..
-                } => {
-                    out.finish_reason = finish_reason.to_string();
-                    out.prompt_tokens = usage.prompt_tokens;
-                    out.completion_tokens = usage.completion_tokens;
-                    out.reasoning_tokens = usage.reasoning_tokens;
-                    break;
-                }
-                ServeEvent::Failed { message } => return Err(EvalError::Target(message)),
-                ServeEvent::Started { .. } => {}
-            }
-        }
+            })
+            .map_err(|e| match e {
+                CompleteError::Submit(e) => EvalError::Submit(e),
+                CompleteError::Failed(m) => EvalError::Target(m),
+            })?;
+        let mut out = Reply {
+            reasoning: done.reasoning,
+            content: done.content,
+            finish_reason: done
+                .finish_reason
+                .map(|f| f.to_string())
+                .unwrap_or_default(),
+            prompt_tokens: done.usage.prompt_tokens,
+            completion_tokens: done.usage.completion_tokens,
+            reasoning_tokens: done.usage.reasoning_tokens,
+            blocked_by: None,
+        };
         if let Some(p) = &self.policy {
             for (channel, text) in [
                 (Channel::Reasoning, &mut out.reasoning),

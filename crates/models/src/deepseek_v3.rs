@@ -1136,16 +1136,7 @@ impl DeepseekV3 {
     fn forward_inner(&self, ids: &Tensor, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let offset = cache.seq_len();
-        if cache.n_layers() != self.layers.len() {
-            return Err(ModelError::Input(format!(
-                "the KV cache has {} layers but the model has {}; make it with CausalLm::new_cache",
-                cache.n_layers(),
-                self.layers.len()
-            )));
-        }
-        if t == 0 {
-            return Err(ModelError::Input("forward needs at least one token".into()));
-        }
+        crate::check_forward(cache, self.layers.len(), t)?;
         let half = self.inv_freq.len();
         let mut angles = Vec::with_capacity(t * half);
         for pos in offset..offset + t {

@@ -20,6 +20,20 @@ pub mod weights;
 
 pub use error::{ModelError, Result};
 
+/// Refuses a forward a model cannot run: a cache made for another model, or no tokens.
+pub(crate) fn check_forward(cache: &KvCache, layers: usize, t: usize) -> Result<()> {
+    if cache.n_layers() != layers {
+        return Err(ModelError::Input(format!(
+            "the KV cache has {} layers but the model has {layers}; make it with CausalLm::new_cache",
+            cache.n_layers()
+        )));
+    }
+    if t == 0 {
+        return Err(ModelError::Input("forward needs at least one token".into()));
+    }
+    Ok(())
+}
+
 /// [`CausalLm::decode_batch`] one sequence at a time.
 pub(crate) fn decode_each<M: CausalLm + ?Sized>(
     model: &M,

@@ -968,16 +968,7 @@ impl Llama {
     ) -> Result<Tensor> {
         let (_b, t) = input_ids.dims2()?;
         let offset = cache.seq_len();
-        if cache.n_layers() != self.layers.len() {
-            return Err(ModelError::Input(format!(
-                "the KV cache has {} layers but the model has {}; make it with CausalLm::new_cache",
-                cache.n_layers(),
-                self.layers.len()
-            )));
-        }
-        if t == 0 {
-            return Err(ModelError::Input("forward needs at least one token".into()));
-        }
+        crate::check_forward(cache, self.layers.len(), t)?;
         if t == 1 && self.fused && project != Project::Nothing {
             let ids: Vec<u32> = input_ids.flatten_all()?.to_vec1()?;
             let b = ids.len();

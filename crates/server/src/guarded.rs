@@ -67,38 +67,17 @@ pub(crate) fn guard_messages(
     policy: Arc<Policy>,
     messages: &mut [RequestMessage],
 ) -> (GuardedInput, Option<String>) {
-    let mut pseudonyms = Pseudonyms::new();
-    let mut results = Vec::new();
-    let mut blocked = None;
-    for m in messages.iter_mut().filter(|m| m.role != "assistant") {
-        let mut edit = |t: &mut String| {
-            let o = policy.check_input_with(t, &mut pseudonyms);
-            *t = o.text;
-            if blocked.is_none() {
-                blocked = o.blocked_by;
-            }
-            results.extend(o.results.into_iter().map(|r| ("input".to_string(), r)));
-        };
-        match &mut m.content {
-            Some(MessageContent::Text(t)) => edit(t),
+    let texts = messages
+        .iter_mut()
+        .filter(|m| m.role != "assistant")
+        .flat_map(|m| match &mut m.content {
+            Some(MessageContent::Text(t)) => vec![t],
             Some(MessageContent::Parts(parts)) => {
-                for p in parts.iter_mut() {
-                    if let Some(t) = &mut p.text {
-                        edit(t);
-                    }
-                }
+                parts.iter_mut().filter_map(|p| p.text.as_mut()).collect()
             }
-            None => {}
-        }
-    }
-    (
-        GuardedInput {
-            policy,
-            pseudonyms,
-            results,
-        },
-        blocked,
-    )
+            None => Vec::new(),
+        });
+    guard_texts(policy, texts)
 }
 
 /// The same for the prompts of a text completion.
@@ -106,10 +85,18 @@ pub(crate) fn guard_prompts(
     policy: Arc<Policy>,
     prompts: &mut [String],
 ) -> (GuardedInput, Option<String>) {
+    guard_texts(policy, prompts.iter_mut())
+}
+
+/// The input rails on each text in turn, sharing pseudonyms; the first blocking rail, if any.
+fn guard_texts<'a>(
+    policy: Arc<Policy>,
+    texts: impl Iterator<Item = &'a mut String>,
+) -> (GuardedInput, Option<String>) {
     let mut pseudonyms = Pseudonyms::new();
     let mut results = Vec::new();
     let mut blocked = None;
-    for t in prompts.iter_mut() {
+    for t in texts {
         let o = policy.check_input_with(t, &mut pseudonyms);
         *t = o.text;
         if blocked.is_none() {
@@ -246,35 +233,22 @@ fn local_reply(model: &ServedModel, prompt: &str) -> Result<String, String> {
     };
     let rendered = seek_engine::chat::render_chat(tokenizer, &[ChatMessage::user(prompt)])
         .map_err(|e| e.to_string())?;
-    let (tx, rx) = std::sync::mpsc::channel();
     engine
-        .submit(
-            ServeRequest {
-                prompt: rendered.ids,
-                params: SequenceParams {
-                    sampling: seek_types::SamplingParams::greedy(),
-                    max_tokens: 24,
-                    stop: Vec::new(),
-                    ignore_eos: false,
-                    starts_in_reasoning: rendered.starts_in_reasoning,
-                    max_reasoning_tokens: Some(0),
-                    split_reasoning: true,
-                },
-                logprobs: None,
+        .complete(ServeRequest {
+            prompt: rendered.ids,
+            params: SequenceParams {
+                sampling: seek_types::SamplingParams::greedy(),
+                max_tokens: 24,
+                stop: Vec::new(),
+                ignore_eos: false,
+                starts_in_reasoning: rendered.starts_in_reasoning,
+                max_reasoning_tokens: Some(0),
+                split_reasoning: true,
             },
-            Box::new(move |e| tx.send(e).is_ok()),
-        )
-        .map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    for e in rx {
-        match e {
-            ServeEvent::Delta { delta, .. } => reply.push_str(&delta.content),
-            ServeEvent::Finished { .. } => break,
-            ServeEvent::Failed { message } => return Err(message),
-            ServeEvent::Started { .. } => {}
-        }
-    }
-    Ok(reply)
+            logprobs: None,
+        })
+        .map(|c| c.content)
+        .map_err(|e| e.to_string())
 }
 
 /// A judge's reply from an OpenAI-compatible endpoint.
