@@ -11,7 +11,7 @@
 //! sign trick, `|q| * (y * sign(q))`, exact for every `q` including -128 because the activations
 //! stay within -127..=127.
 
-use super::{group_ptrs, range_entry};
+use super::{ahead_of, group_ptrs, prefetch, prefetch_first_group, range_entry};
 use crate::dispatch::{Job, RangeFn, Sink};
 use crate::layout::{q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 use crate::QType;
@@ -354,12 +354,14 @@ unsafe fn row_offsets(rows: &[*const u8; G]) -> __m256i {
 const C: usize = 4;
 
 /// The dot products of 8 weight rows (`rows`) with `NC` activation rows (`x[c]`), lane `r`
-/// for row `r`, in the canonical order.
+/// for row `r`, in the canonical order. Prefetches the bytes `ahead` of each block read
+/// (none when 0).
 #[inline(always)]
 unsafe fn group_q32<K: Q32, const NC: usize>(
     rows: &[*const u8; G],
     x: &[*const u8; NC],
     nb: usize,
+    ahead: usize,
 ) -> [__m256; NC] {
     // SAFETY: see the section comment; `nb` blocks of each row are in bounds.
     unsafe {
@@ -374,7 +376,11 @@ unsafe fn group_q32<K: Q32, const NC: usize>(
             }
             let mut v = [[_mm256_setzero_si256(); G]; NC];
             for r in 0..G {
-                let q = K::unpack(rows[r].add(b * K::WB));
+                let p = rows[r].add(b * K::WB);
+                if ahead != 0 {
+                    prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead), K::WB);
+                }
+                let q = K::unpack(p);
                 for c in 0..NC {
                     v[c][r] = K::dot(q, y[c], col[c]);
                 }
@@ -453,20 +459,33 @@ unsafe fn range_q32<K: Q32>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u8
             }
             return;
         }
+        prefetch_first_group(job, &rows, G);
         let mut r = rows.start;
         while r < rows.end {
             let n = G.min(rows.end - r);
             let ptrs = group_ptrs::<G>(job, r, n);
+            // The first pass over the activation rows fetches the next group.
+            let ahead = ahead_of(job, &rows, r, G);
             let mut c = 0;
             while c + C <= job.m {
-                let acc = group_q32::<K, C>(&ptrs, &act_rows(job, c), job.nb);
+                let acc = group_q32::<K, C>(
+                    &ptrs,
+                    &act_rows(job, c),
+                    job.nb,
+                    if c == 0 { ahead } else { 0 },
+                );
                 for (i, acc) in acc.into_iter().enumerate() {
                     emit(acc, c + i, r, n, out);
                 }
                 c += C;
             }
             while c < job.m {
-                let [acc] = group_q32::<K, 1>(&ptrs, &act_rows(job, c), job.nb);
+                let [acc] = group_q32::<K, 1>(
+                    &ptrs,
+                    &act_rows(job, c),
+                    job.nb,
+                    if c == 0 { ahead } else { 0 },
+                );
                 emit(acc, c, r, n, out);
                 c += 1;
             }
@@ -746,12 +765,13 @@ impl KQuant for Q6K {
 }
 
 /// The dot products of 8 weight rows with `NC` activation rows, lane `r` for row `r`, in
-/// the canonical order.
+/// the canonical order. Prefetches the bytes `ahead` of each block read (none when 0).
 #[inline(always)]
 unsafe fn group_k<K: KQuant, const NC: usize>(
     rows: &[*const u8; G],
     x: &[*const u8; NC],
     nb: usize,
+    ahead: usize,
 ) -> [__m256; NC] {
     // SAFETY: see the section comment; `nb` blocks of each row are in bounds.
     unsafe {
@@ -772,6 +792,9 @@ unsafe fn group_k<K: KQuant, const NC: usize>(
             let mut vm = [[_mm256_setzero_si256(); G]; NC];
             for r in 0..G {
                 let p = rows[r].add(b * K::WB);
+                if ahead != 0 {
+                    prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead), K::WB);
+                }
                 let aux = K::unpack(p, &mut q, &mut sc);
                 for c in 0..NC {
                     let y = x[c].add(b * q8_k::BYTES + q8_k::QS);
@@ -839,20 +862,33 @@ unsafe fn range_k<K: KQuant>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u
             }
             return;
         }
+        prefetch_first_group(job, &rows, G);
         let mut r = rows.start;
         while r < rows.end {
             let n = G.min(rows.end - r);
             let ptrs = group_ptrs::<G>(job, r, n);
+            // The first pass over the activation rows fetches the next group.
+            let ahead = ahead_of(job, &rows, r, G);
             let mut c = 0;
             while c + C <= job.m {
-                let acc = group_k::<K, C>(&ptrs, &act_rows(job, c), job.nb);
+                let acc = group_k::<K, C>(
+                    &ptrs,
+                    &act_rows(job, c),
+                    job.nb,
+                    if c == 0 { ahead } else { 0 },
+                );
                 for (i, acc) in acc.into_iter().enumerate() {
                     emit(acc, c + i, r, n, out);
                 }
                 c += C;
             }
             while c < job.m {
-                let [acc] = group_k::<K, 1>(&ptrs, &act_rows(job, c), job.nb);
+                let [acc] = group_k::<K, 1>(
+                    &ptrs,
+                    &act_rows(job, c),
+                    job.nb,
+                    if c == 0 { ahead } else { 0 },
+                );
                 emit(acc, c, r, n, out);
                 c += 1;
             }

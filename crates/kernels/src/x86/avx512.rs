@@ -16,7 +16,7 @@
 //! bit for bit.
 
 use super::avx2::{f16, f32_at, k4_row_scales, k4_scales_mins, load128, load256, q6k_row_scales};
-use super::{group_ptrs, range_entry};
+use super::{ahead_of, group_ptrs, prefetch, prefetch_first_group, range_entry};
 use crate::dispatch::{Job, RangeFn, Sink};
 use crate::layout::{q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 use crate::QType;
@@ -290,9 +290,15 @@ unsafe fn row_offsets(rows: &[*const u8; G]) -> __m512i {
 }
 
 /// The dot products of 16 weight rows with one activation row, lane `r` for row `r`, in the
-/// canonical order; two blocks at a time, unpacked in place.
+/// canonical order; two blocks at a time, unpacked in place. Prefetches the bytes `ahead`
+/// of each block read (none when 0).
 #[inline(always)]
-unsafe fn group_q32<K: Q32>(rows: &[*const u8; G], x: *const u8, nb: usize) -> __m512 {
+unsafe fn group_q32<K: Q32>(
+    rows: &[*const u8; G],
+    x: *const u8,
+    nb: usize,
+    ahead: usize,
+) -> __m512 {
     // SAFETY: see the section comment; `nb` blocks of each row are in bounds, and ZERO covers
     // what is read of a stand-in block.
     unsafe {
@@ -316,6 +322,9 @@ unsafe fn group_q32<K: Q32>(rows: &[*const u8; G], x: *const u8, nb: usize) -> _
             for r in 0..G {
                 let p0 = rows[r].add(b * K::WB);
                 let p1 = if two { p0.add(K::WB) } else { ZERO.as_ptr() };
+                if ahead != 0 {
+                    prefetch::<_MM_HINT_T0>(p0.wrapping_add(ahead), 2 * K::WB);
+                }
                 v[r] = _mm512_dpbusd_epi32(y0, K::unpack(p0, p1), y);
             }
             let (t0, t1) = tree16(&v);
@@ -536,6 +545,9 @@ unsafe fn range_q32<K: Q32>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u8
         } else {
             ptr::null_mut()
         };
+        if !packed {
+            prefetch_first_group(job, &rows, G);
+        }
         let mut r = rows.start;
         while r < rows.end {
             let n = G.min(rows.end - r);
@@ -557,7 +569,14 @@ unsafe fn range_q32<K: Q32>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u8
                 }
             } else {
                 for c in 0..job.m {
-                    let acc = group_q32::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb);
+                    // The first activation row's pass fetches the next group.
+                    let ahead = if c == 0 {
+                        ahead_of(job, &rows, r, G)
+                    } else {
+                        0
+                    };
+                    let acc =
+                        group_q32::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb, ahead);
                     emit(acc, c, r, n, out);
                 }
             }
@@ -779,7 +798,12 @@ impl KQuant for Q6K {
 /// The dot products of 16 weight rows with one activation row, lane `r` for row `r`, in the
 /// canonical order.
 #[inline(always)]
-unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> __m512 {
+unsafe fn group_k<K: KQuant>(
+    rows: &[*const u8; G],
+    x: *const u8,
+    nb: usize,
+    ahead: usize,
+) -> __m512 {
     // SAFETY: see the section comment; `nb` blocks of each row are in bounds.
     unsafe {
         let mut acc = _mm512_setzero_ps();
@@ -805,6 +829,9 @@ unsafe fn group_k<K: KQuant>(rows: &[*const u8; G], x: *const u8, nb: usize) -> 
             let mut vm = [_mm512_setzero_si512(); G];
             for r in 0..G {
                 let p = rows[r].add(b * K::WB);
+                if ahead != 0 {
+                    prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead), K::WB);
+                }
                 let aux = K::unpack(p, &mut q, &mut sc);
                 let mut sumi = _mm512_setzero_si512();
                 for k in 0..4 {
@@ -1016,6 +1043,9 @@ unsafe fn range_k<K: KQuant>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u
         } else {
             ptr::null_mut()
         };
+        if !packed {
+            prefetch_first_group(job, &rows, G);
+        }
         let mut r = rows.start;
         while r < rows.end {
             let n = G.min(rows.end - r);
@@ -1037,7 +1067,14 @@ unsafe fn range_k<K: KQuant>(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u
                 }
             } else {
                 for c in 0..job.m {
-                    let acc = group_k::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb);
+                    // The first activation row's pass fetches the next group.
+                    let ahead = if c == 0 {
+                        ahead_of(job, &rows, r, G)
+                    } else {
+                        0
+                    };
+                    let acc =
+                        group_k::<K>(&ptrs, job.act.as_ptr().add(c * job.xrow), job.nb, ahead);
                     emit(acc, c, r, n, out);
                 }
             }
