@@ -493,6 +493,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 fn time_prefill(model: &dyn CausalLm, ids: &[TokenId]) -> anyhow::Result<(f64, f64, u64)> {
     let start = Instant::now();
     let mut cache = model.new_cache();
+    cache.reserve(ids.len());
     // (1, T)
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let logits = model.forward_last(&input, &mut cache)?;
@@ -513,6 +514,8 @@ fn time_decode(
     progress: &Progress,
 ) -> anyhow::Result<Vec<f64>> {
     let mut cache = model.new_cache();
+    // The positions this measurement fills, as a server sizes a sequence's cache.
+    cache.reserve(c + n);
     let first = if c == 0 {
         ids[0]
     } else {
@@ -553,7 +556,13 @@ fn time_batched(
     let mut secs = Vec::new();
     for run in 0..plan.warmup + plan.repeats {
         progress.say(format_args!("batch {b}: run {}", run + 1));
-        let mut caches: Vec<KvCache> = (0..b).map(|_| model.new_cache()).collect();
+        let mut caches: Vec<KvCache> = (0..b)
+            .map(|_| {
+                let mut c = model.new_cache();
+                c.reserve(n);
+                c
+            })
+            .collect();
         let mut tokens: Vec<TokenId> = (0..b).map(|i| ids[i % ids.len()]).collect();
         let start = Instant::now();
         for _ in 0..n {

@@ -98,6 +98,7 @@ pub fn generate(
 
     let start = Instant::now();
     let mut cache = model.new_cache();
+    cache.reserve(req.prompt.len() + max_tokens);
     let mut seq = Sequence::new(
         tokenizer,
         SequenceParams {
@@ -202,6 +203,7 @@ pub fn all_logits(model: &dyn CausalLm, tokens: &[TokenId]) -> Result<Tensor, En
         return Err(EngineError::Request("no tokens given".into()));
     }
     let mut cache = model.new_cache();
+    cache.reserve(tokens.len());
     let input = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
     let logits = model.forward(&input, &mut cache)?;
     // (1, T, V) -> (T, V)
