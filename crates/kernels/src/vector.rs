@@ -24,6 +24,13 @@ pub trait Element: Copy + Send + Sync + private::Sealed {
     #[cfg(target_arch = "x86_64")]
     #[doc(hidden)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Loads 16 consecutive values as f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and F16C; `p..p + 16` is readable.
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 mod private {
@@ -43,6 +50,12 @@ impl Element for f32 {
         // SAFETY: the caller's contract.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
 }
 
 impl Element for f16 {
@@ -56,6 +69,13 @@ impl Element for f16 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's contract (16 readable bytes, F16C present).
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (32 readable bytes, AVX-512 F present).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
     }
 }
 
@@ -128,11 +148,38 @@ pub fn attention_segments<T: Element>(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    attention_segments_at(Simd::best(), q, segments, scale, scores, out)
+}
+
+/// [`attention_segments`] with the kernels of `simd` (which the CPU must support).
+fn attention_segments_at<T: Element>(
+    simd: Simd,
+    q: &[f32],
+    segments: &[(Rows<'_, T>, Rows<'_, T>, usize)],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    assert!(simd.is_available(), "this CPU cannot run {simd:?} code");
     let d = q.len();
     assert_eq!(out.len(), d, "attention: out must have the query's length");
     scores.clear();
     for (k, _, n) in segments {
-        scores.extend((0..*n).map(|i| dot(q, k.row(i, d)) * scale));
+        let from = scores.len();
+        scores.resize(from + n, 0.0);
+        let out = &mut scores[from..];
+        #[cfg(target_arch = "x86_64")]
+        if simd >= Simd::Avx2 && *n > 0 {
+            // Rows must lie inside the buffer before the SIMD code reads them unchecked.
+            let _ = (k.row(n - 1, d), k.row(0, d));
+            // SAFETY: AVX2, FMA and F16C are present; the rows were bounds-checked just
+            // above (evenly spaced, so the first and last bound them all).
+            unsafe { x86::scores(q, *k, scale, out) };
+            continue;
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = dot(q, k.row(i, d)) * scale;
+        }
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut denom = 0f32;
@@ -154,10 +201,17 @@ pub fn attention_segments<T: Element>(
         // Rows must lie inside the buffers before the SIMD code reads them unchecked.
         let _ = (v.row(n - 1, d), v.row(0, d));
         #[cfg(target_arch = "x86_64")]
-        if Simd::best() >= Simd::Avx2 {
-            // SAFETY: AVX2 and FMA are present; every row was bounds-checked just above
-            // (rows are evenly spaced, so the first and last bound them all).
-            unsafe { x86::weighted_sum(w, *v, out) };
+        if simd >= Simd::Avx2 {
+            // SAFETY: the features are present (`simd` is available); every row was
+            // bounds-checked just above (rows are evenly spaced, so the first and last bound
+            // them all).
+            unsafe {
+                if simd >= Simd::Avx512 {
+                    x86::weighted_sum512(w, *v, out)
+                } else {
+                    x86::weighted_sum(w, *v, out)
+                }
+            };
             continue;
         }
         for (i, &wi) in w.iter().enumerate() {
@@ -225,6 +279,27 @@ mod x86 {
     use super::{Element, Rows};
     use std::arch::x86_64::*;
 
+    /// Rows this far ahead of the one being read are prefetched: a decode step reads each
+    /// layer's cached keys and values once, straight from memory, in position order.
+    const AHEAD: usize = 16;
+
+    /// Asks for the cache lines of the `d` elements at `p`, which may lie past the cache
+    /// (a prefetch never faults; the pointer is formed with wrapping arithmetic).
+    #[inline(always)]
+    unsafe fn prefetch_row<T>(p: *const T, d: usize) {
+        let bytes = d * core::mem::size_of::<T>();
+        let p = p as *const i8;
+        let mut o = 0;
+        // SAFETY: a prefetch has no architectural effect.
+        unsafe {
+            while o < bytes {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o));
+                o += 64;
+            }
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes.max(1) - 1));
+        }
+    }
+
     /// `out += Σᵢ wᵢ vᵢ` (see [`super::attention`]), 64 outputs at a time in registers.
     ///
     /// # Safety
@@ -242,6 +317,7 @@ mod x86 {
                     *a = _mm256_loadu_ps(out.as_ptr().add(j + 8 * l));
                 }
                 for (i, &wi) in w.iter().enumerate() {
+                    prefetch_row(base.wrapping_add((i + AHEAD) * v.stride + j), 64);
                     let wv = _mm256_set1_ps(wi);
                     let row = base.add(i * v.stride + j);
                     for (l, a) in acc.iter_mut().enumerate() {
@@ -268,6 +344,134 @@ mod x86 {
                     a = (*base.add(i * v.stride + jj)).to_f32().mul_add(wi, a);
                 }
                 *o = a;
+            }
+        }
+    }
+
+    /// `dot(q, row r) * scale` for the 8 rows at `rows[r]` (`q.len()` elements each), the
+    /// same bits as [`dot`]: each row has its own 8 partial sums, then the eight reductions
+    /// run side by side, by shuffles that add the same pairs in the same order
+    /// (`s_j + s_{j+4}`, then `t_j + t_{j+2}`, then `u_0 + u_1`) as [`dot`] does for one row.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; each `rows[r]..rows[r] + q.len()` is readable.
+    #[inline(always)]
+    unsafe fn scores8<U: Element>(q: &[f32], rows: [*const U; 8], scale: f32) -> [f32; 8] {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let d = q.len();
+            let full = d / 8 * 8;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut j = 0;
+            while j < full {
+                let x = _mm256_loadu_ps(q.as_ptr().add(j));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(x, U::load8(rows[r].add(j)), *a);
+                }
+                j += 8;
+            }
+            // t: per row, (s0+s4, s1+s5, s2+s6, s3+s7); rows r and r + 1 in one register.
+            let t = |a: __m256, b: __m256| {
+                _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(a, b),
+                    _mm256_permute2f128_ps::<0x31>(a, b),
+                )
+            };
+            let (t01, t23) = (t(acc[0], acc[1]), t(acc[2], acc[3]));
+            let (t45, t67) = (t(acc[4], acc[5]), t(acc[6], acc[7]));
+            // u: (t0+t2, t1+t3) of rows (0, 2 | 1, 3) and (4, 6 | 5, 7).
+            let u = |a: __m256, b: __m256| {
+                _mm256_add_ps(
+                    _mm256_shuffle_ps::<0x44>(a, b),
+                    _mm256_shuffle_ps::<0xEE>(a, b),
+                )
+            };
+            let (u0, u1) = (u(t01, t23), u(t45, t67));
+            // u0 + u1 of rows (0, 2, 4, 6 | 1, 3, 5, 7).
+            let r = _mm256_add_ps(
+                _mm256_shuffle_ps::<0x88>(u0, u1),
+                _mm256_shuffle_ps::<0xDD>(u0, u1),
+            );
+            let mut v = [0f32; 8];
+            _mm256_storeu_ps(v.as_mut_ptr(), r);
+            let mut out = [0f32; 8];
+            for (lane, row) in [0, 2, 4, 6, 1, 3, 5, 7].into_iter().enumerate() {
+                let mut x = v[lane];
+                for jj in full..d {
+                    x = q[jj].mul_add((*rows[row].add(jj)).to_f32(), x);
+                }
+                out[row] = x * scale;
+            }
+            out
+        }
+    }
+
+    /// `out[i] = dot(q, kᵢ) * scale` for the rows `kᵢ` of `k` (`q.len()` elements each), the
+    /// same bits as [`dot`], eight rows at a time ([`scores8`]): one pass over the keys
+    /// instead of a call and a horizontal sum per key.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; rows `0..out.len()` of `k` are in bounds.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores<T: Element>(q: &[f32], k: Rows<'_, T>, scale: f32, out: &mut [f32]) {
+        // SAFETY: the caller's contract (features present, rows in bounds).
+        unsafe {
+            let d = q.len();
+            let base = k.data.as_ptr().add(k.offset);
+            let n = out.len();
+            let mut i = 0;
+            while i + 8 <= n {
+                for r in i + AHEAD..i + AHEAD + 8 {
+                    prefetch_row(base.wrapping_add(r * k.stride), d);
+                }
+                let rows = core::array::from_fn(|r| base.add((i + r) * k.stride));
+                out[i..i + 8].copy_from_slice(&scores8(q, rows, scale));
+                i += 8;
+            }
+            for (r, o) in out.iter_mut().enumerate().skip(i) {
+                let row = core::slice::from_raw_parts(base.add(r * k.stride), d);
+                *o = dot(q, row) * scale;
+            }
+        }
+    }
+
+    /// [`weighted_sum`] 16 lanes at a time: each output element gets the same fused
+    /// multiply-adds in the same order, so the same bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, AVX2, FMA and F16C; rows `0..w.len()` of `v`, each `out.len()`
+    /// long, are in bounds.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn weighted_sum512<T: Element>(w: &[f32], v: Rows<'_, T>, out: &mut [f32]) {
+        // SAFETY: the caller's contract (features present, rows in bounds).
+        unsafe {
+            let d = out.len();
+            let base = v.data.as_ptr().add(v.offset);
+            let mut j = 0;
+            while j + 64 <= d {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for (l, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(out.as_ptr().add(j + 16 * l));
+                }
+                for (i, &wi) in w.iter().enumerate() {
+                    prefetch_row(base.wrapping_add((i + AHEAD) * v.stride + j), 64);
+                    let wv = _mm512_set1_ps(wi);
+                    let row = base.add(i * v.stride + j);
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(T::load16(row.add(16 * l)), wv, *a);
+                    }
+                }
+                for (l, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.as_mut_ptr().add(j + 16 * l), *a);
+                }
+                j += 64;
+            }
+            if j < d {
+                let rest = Rows {
+                    offset: v.offset + j,
+                    ..v
+                };
+                weighted_sum(w, rest, &mut out[j..]);
             }
         }
     }
@@ -355,7 +559,18 @@ mod tests {
     /// scalar orders agree bit for bit (head sizes with and without a 64-wide block and tail).
     #[test]
     fn attention_matches_a_plain_softmax() {
-        for (d, s) in [(64usize, 1usize), (64, 37), (128, 5), (72, 9), (5, 3)] {
+        // Key counts below, at and past the 8 rows the scores take at once; head sizes with
+        // and without a tail of fewer than 8 elements.
+        for (d, s) in [
+            (64usize, 1usize),
+            (64, 37),
+            (128, 5),
+            (72, 9),
+            (5, 3),
+            (68, 19),
+            (5, 17),
+            (128, 64),
+        ] {
             let stride = d + 3;
             let q = data(d, 11);
             let k = data(stride * s + 2, 13);
@@ -409,6 +624,37 @@ mod tests {
                 }
             }
             assert_eq!(out, plain, "d {d} s {s}");
+            // Every SIMD level gives the same bits, f32 and f16 caches alike.
+            let k16: Vec<f16> = k.iter().map(|&x| f16::from_f32(x)).collect();
+            let v16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+            let rows16 = |data| Rows {
+                data,
+                offset: 2,
+                stride,
+            };
+            let mut want16 = vec![0f32; d];
+            attention_segments_at(
+                Simd::Scalar,
+                &q,
+                &[(rows16(&k16), rows16(&v16), s)],
+                scale,
+                &mut Vec::new(),
+                &mut want16,
+            );
+            for simd in Simd::ALL.into_iter().filter(|s| s.is_available()) {
+                let mut got = vec![0f32; d];
+                attention_segments_at(simd, &q, &[(kr, vr, s)], scale, &mut Vec::new(), &mut got);
+                assert_eq!(got, plain, "{simd:?} d {d} s {s}");
+                attention_segments_at(
+                    simd,
+                    &q,
+                    &[(rows16(&k16), rows16(&v16), s)],
+                    scale,
+                    &mut Vec::new(),
+                    &mut got,
+                );
+                assert_eq!(got, want16, "{simd:?} f16 d {d} s {s}");
+            }
 
             // An f16 cache: the same as f32 rows holding the f16-rounded values.
             let (k16, v16): (Vec<f16>, Vec<f16>) = (
