@@ -397,8 +397,8 @@ mod x86 {
             let mut out = [0f32; 8];
             for (lane, row) in [0, 2, 4, 6, 1, 3, 5, 7].into_iter().enumerate() {
                 let mut x = v[lane];
-                for jj in full..d {
-                    x = q[jj].mul_add((*rows[row].add(jj)).to_f32(), x);
+                for (jj, &qj) in q.iter().enumerate().skip(full) {
+                    x = qj.mul_add((*rows[row].add(jj)).to_f32(), x);
                 }
                 out[row] = x * scale;
             }
