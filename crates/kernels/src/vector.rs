@@ -181,15 +181,7 @@ fn attention_segments_at<T: Element>(
             *o = dot(q, k.row(i, d)) * scale;
         }
     }
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut denom = 0f32;
-    for x in scores.iter_mut() {
-        *x = (*x - max).exp();
-        denom += *x;
-    }
-    for x in scores.iter_mut() {
-        *x /= denom;
-    }
+    softmax_at(simd, scores);
     out.fill(0.0);
     let mut from = 0;
     for (_, v, n) in segments {
@@ -243,15 +235,111 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// SwiGLU's middle: `gate = silu(gate) * up`, in place.
+/// SwiGLU's middle: `gate = silu(gate) * up = gate / (1 + e^-gate) * up`, in place, with
+/// [`exp`]; the same bits at every SIMD level.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    silu_mul_at(Simd::best(), gate, up)
+}
+
+fn silu_mul_at(simd: Simd, gate: &mut [f32], up: &[f32]) {
     assert_eq!(
         gate.len(),
         up.len(),
         "silu_mul: gate and up differ in length"
     );
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd >= Simd::Avx2 {
+        // SAFETY: AVX2 and FMA are present (`simd` is available); the lengths are equal.
+        done = unsafe { x86::silu_mul(gate, up) };
+    }
+    let _ = simd;
+    for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
+/// Below this, `e^x` is 0 (the smallest normal f32 is `e^-87.34`).
+const EXP_LO: f32 = -87.336_55;
+/// Above this, `e^x` is infinite.
+const EXP_HI: f32 = 88.722_84;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 split in two, so that `x - n ln 2` loses nothing for the `n` of an f32 exponent.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' `expf` polynomial for `e^r` on `|r| <= ln 2 / 2`: `1 + r + r² P(r)`.
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+
+/// `e^x` as the attention softmax computes it, within 2 ulp of the exact value for normal
+/// results: `x = n ln 2 + r` with `n` rounded to even, Cephes' polynomial for `e^r` in fused
+/// multiply-adds, then `2^n` put into the exponent. The SIMD code does the same operations
+/// in the same order on 8 lanes, so it returns the same bits (libm's `expf` would not: its
+/// result is not specified to the bit, and calling it per element was a fifth of the time
+/// of a long-context decode step). `x < -87.34` gives 0, `x > 88.72` infinity.
+pub fn exp(x: f32) -> f32 {
+    if x < EXP_LO {
+        return 0.0;
+    }
+    if x > EXP_HI {
+        return f32::INFINITY;
+    }
+    let n = (x * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    let mut p = EXP_P[0];
+    for c in &EXP_P[1..] {
+        p = p.mul_add(r, *c);
+    }
+    let y = p.mul_add(r * r, r) + 1.0;
+    // n is in -126..=128 here; 2^128 is built as 2 * 2^127.
+    let n = n as i32;
+    let (n, extra) = if n > 127 { (127, 2.0) } else { (n, 1.0) };
+    y * f32::from_bits(((n + 127) as u32) << 23) * extra
+}
+
+/// `xs = softmax(xs)` in place, in the order every level follows: the maximum, `e^(x - max)`
+/// by [`exp`], their sum as [`dot`] sums (8 partial sums, element `i` into sum `i % 8`,
+/// reduced pairwise, then the tail one by one), then each divided by the sum. For inputs
+/// that are not NaN.
+pub fn softmax(xs: &mut [f32]) {
+    softmax_at(Simd::best(), xs)
+}
+
+fn softmax_at(simd: Simd, xs: &mut [f32]) {
+    if xs.is_empty() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd >= Simd::Avx2 {
+        // SAFETY: AVX2 and FMA are present (`simd` is available).
+        return unsafe { x86::softmax(xs) };
+    }
+    let _ = simd;
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = [0f32; 8];
+    let mut chunks = xs.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            c[i] = exp(c[i] - max);
+            s[i] += c[i];
+        }
+    }
+    let t = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+    let u = [t[0] + t[2], t[1] + t[3]];
+    let mut denom = u[0] + u[1];
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        denom += *x;
+    }
+    for x in xs.iter_mut() {
+        *x /= denom;
     }
 }
 
@@ -296,7 +384,10 @@ mod x86 {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o));
                 o += 64;
             }
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes.max(1) - 1));
+            // The last line, when a row does not end on one of the steps above.
+            if bytes % 64 != 0 {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes - 1));
+            }
         }
     }
 
@@ -348,15 +439,16 @@ mod x86 {
         }
     }
 
-    /// `dot(q, row r) * scale` for the 8 rows at `rows[r]` (`q.len()` elements each), the
-    /// same bits as [`dot`]: each row has its own 8 partial sums, then the eight reductions
-    /// run side by side, by shuffles that add the same pairs in the same order
+    /// `dot(q, row r) * scale` for the 8 rows at `rows[r]` (`q.len()` elements each) into
+    /// `out[r]`, the same bits as [`dot`]: each row has its own 8 partial sums, then the eight
+    /// reductions run side by side, by shuffles that add the same pairs in the same order
     /// (`s_j + s_{j+4}`, then `t_j + t_{j+2}`, then `u_0 + u_1`) as [`dot`] does for one row.
     ///
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C; each `rows[r]..rows[r] + q.len()` is readable.
+    /// The CPU has AVX2, FMA and F16C; each `rows[r]..rows[r] + q.len()` is readable; `out`
+    /// has 8 writable values.
     #[inline(always)]
-    unsafe fn scores8<U: Element>(q: &[f32], rows: [*const U; 8], scale: f32) -> [f32; 8] {
+    unsafe fn scores8<U: Element>(q: &[f32], rows: [*const U; 8], scale: f32, out: *mut f32) {
         // SAFETY: the caller's contract.
         unsafe {
             let d = q.len();
@@ -392,17 +484,23 @@ mod x86 {
                 _mm256_shuffle_ps::<0x88>(u0, u1),
                 _mm256_shuffle_ps::<0xDD>(u0, u1),
             );
+            if full == d {
+                // No tail: rows back in order, scaled, stored at once (eight scalar stores
+                // read back as one vector would stall on store forwarding).
+                let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+                let r = _mm256_permutevar8x32_ps(r, order);
+                _mm256_storeu_ps(out, _mm256_mul_ps(r, _mm256_set1_ps(scale)));
+                return;
+            }
             let mut v = [0f32; 8];
             _mm256_storeu_ps(v.as_mut_ptr(), r);
-            let mut out = [0f32; 8];
             for (lane, row) in [0, 2, 4, 6, 1, 3, 5, 7].into_iter().enumerate() {
                 let mut x = v[lane];
                 for (jj, &qj) in q.iter().enumerate().skip(full) {
                     x = qj.mul_add((*rows[row].add(jj)).to_f32(), x);
                 }
-                out[row] = x * scale;
+                *out.add(row) = x * scale;
             }
-            out
         }
     }
 
@@ -425,12 +523,132 @@ mod x86 {
                     prefetch_row(base.wrapping_add(r * k.stride), d);
                 }
                 let rows = core::array::from_fn(|r| base.add((i + r) * k.stride));
-                out[i..i + 8].copy_from_slice(&scores8(q, rows, scale));
+                scores8(q, rows, scale, out.as_mut_ptr().add(i));
                 i += 8;
             }
             for (r, o) in out.iter_mut().enumerate().skip(i) {
                 let row = core::slice::from_raw_parts(base.add(r * k.stride), d);
                 *o = dot(q, row) * scale;
+            }
+        }
+    }
+
+    /// [`super::exp`] on 8 lanes, the same operations in the same order.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        use super::{EXP_HI, EXP_LO, EXP_P, LN2_HI, LN2_LO, LOG2E};
+        // SAFETY: the caller has AVX2 and FMA.
+        unsafe {
+            let zero = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
+            let inf = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(EXP_HI));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            );
+            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
+            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+            let mut p = _mm256_set1_ps(EXP_P[0]);
+            for c in &EXP_P[1..] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+            }
+            let y = _mm256_add_ps(
+                _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+                _mm256_set1_ps(1.0),
+            );
+            // n = 128 (x just below EXP_HI) is 2 * 2^127, as in the scalar code.
+            let ni = _mm256_cvtps_epi32(n);
+            let big = _mm256_cmpgt_epi32(ni, _mm256_set1_epi32(127));
+            let ni = _mm256_min_epi32(ni, _mm256_set1_epi32(127));
+            let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                ni,
+                _mm256_set1_epi32(127),
+            )));
+            let extra = _mm256_blendv_ps(
+                _mm256_set1_ps(1.0),
+                _mm256_set1_ps(2.0),
+                _mm256_castsi256_ps(big),
+            );
+            let v = _mm256_mul_ps(_mm256_mul_ps(y, pow), extra);
+            let v = _mm256_andnot_ps(zero, v);
+            _mm256_blendv_ps(v, _mm256_set1_ps(f32::INFINITY), inf)
+        }
+    }
+
+    /// [`super::silu_mul`] on the whole 8-lane chunks of `gate`; returns how many elements
+    /// it did (the caller does the rest).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `up` is as long as `gate`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) -> usize {
+        // SAFETY: the features are present; every access is inside the slices.
+        unsafe {
+            let full = gate.len() / 8 * 8;
+            let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+            let one = _mm256_set1_ps(1.0);
+            let sign = _mm256_set1_ps(-0.0);
+            let mut i = 0;
+            while i < full {
+                let x = _mm256_loadu_ps(g.add(i));
+                let e = exp8(_mm256_xor_ps(x, sign));
+                let y = _mm256_mul_ps(
+                    _mm256_div_ps(x, _mm256_add_ps(one, e)),
+                    _mm256_loadu_ps(u.add(i)),
+                );
+                _mm256_storeu_ps(g.add(i), y);
+                i += 8;
+            }
+            full
+        }
+    }
+
+    /// [`super::softmax`] 8 lanes at a time, the same bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax(xs: &mut [f32]) {
+        // SAFETY: the features are present; every access is inside `xs`.
+        unsafe {
+            let n = xs.len();
+            let full = n / 8 * 8;
+            let p = xs.as_mut_ptr();
+            let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut i = 0;
+            while i < full {
+                mv = _mm256_max_ps(mv, _mm256_loadu_ps(p.add(i)));
+                i += 8;
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), mv);
+            let max = lanes
+                .iter()
+                .chain(&xs[full..])
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let m = _mm256_set1_ps(max);
+            let mut s = _mm256_setzero_ps();
+            let mut i = 0;
+            while i < full {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+                _mm256_storeu_ps(p.add(i), e);
+                s = _mm256_add_ps(s, e);
+                i += 8;
+            }
+            let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+            let mut denom = _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
+            for x in &mut xs[full..] {
+                *x = super::exp(*x - max);
+                denom += *x;
+            }
+            let dv = _mm256_set1_ps(denom);
+            let mut i = 0;
+            while i < full {
+                _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), dv));
+                i += 8;
+            }
+            for x in &mut xs[full..] {
+                *x /= denom;
             }
         }
     }
@@ -610,15 +828,9 @@ mod tests {
             let mut w: Vec<f32> = (0..s)
                 .map(|i| dot_scalar(&q, &k[2 + i * stride..][..d]) * scale)
                 .collect();
-            let m = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut den = 0f32;
-            for x in w.iter_mut() {
-                *x = (*x - m).exp();
-                den += *x;
-            }
+            softmax_at(Simd::Scalar, &mut w);
             let mut plain = vec![0f32; d];
-            for (i, x) in w.iter().enumerate() {
-                let wi = x / den;
+            for (i, &wi) in w.iter().enumerate() {
                 for j in 0..d {
                     plain[j] = v[2 + i * stride + j].mul_add(wi, plain[j]);
                 }
@@ -753,6 +965,49 @@ mod tests {
         assert_eq!(whole, split);
     }
 
+    /// The canonical exp is within 2 ulp of e^x where the result is a normal f32, 0 below
+    /// and infinite above the f32 range, and the 8-lane code gives the same bits.
+    #[test]
+    fn exp_is_close_to_e_x_and_the_same_bits_on_every_level() {
+        let mut xs: Vec<f32> = (0..20_000)
+            .map(|i| -88.0 + i as f32 * 0.008_840_7)
+            .collect();
+        xs.extend([0.0, -0.0, 1e-30, -1e-30, 88.7, -87.3, -87.4, -100.0, 100.0]);
+        xs.extend([f32::NEG_INFINITY, f32::INFINITY, EXP_LO, EXP_HI]);
+        for &x in &xs {
+            let got = exp(x);
+            let want = (x as f64).exp();
+            if x < EXP_LO {
+                assert_eq!(got, 0.0, "x = {x}");
+            } else if x > EXP_HI {
+                assert_eq!(got, f32::INFINITY, "x = {x}");
+            } else if want >= f32::MIN_POSITIVE as f64 && want <= f32::MAX as f64 {
+                let ulp = (want as f32).abs() * f32::EPSILON;
+                assert!(
+                    ((got as f64) - want).abs() <= 2.0 * ulp as f64,
+                    "x = {x}: {got} vs {want}"
+                );
+            }
+        }
+        // softmax runs exp on 8 lanes: equal bits at every level, lengths with and without
+        // a tail, a masked (-inf) position included.
+        for n in [1usize, 7, 8, 9, 64, 100, 1000] {
+            let mut base: Vec<f32> = data(n, 41).iter().map(|x| x * 20.0).collect();
+            if n > 1 {
+                base[n / 2] = f32::NEG_INFINITY;
+            }
+            let mut want = base.clone();
+            softmax_at(Simd::Scalar, &mut want);
+            let total: f64 = want.iter().map(|&x| x as f64).sum();
+            assert!((total - 1.0).abs() < 1e-5, "n {n}: sums to {total}");
+            for simd in Simd::ALL.into_iter().filter(|s| s.is_available()) {
+                let mut got = base.clone();
+                softmax_at(simd, &mut got);
+                assert_eq!(got, want, "{simd:?} n {n}");
+            }
+        }
+    }
+
     #[test]
     fn axpy_adds_a_scaled_vector() {
         for n in [3usize, 8, 21] {
@@ -779,5 +1034,23 @@ mod tests {
         assert_eq!(g[0], 0.0);
         assert!((g[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
         assert!((g[2] - 2.0 * -3.0 / (1.0 + 3.0f32.exp())).abs() < 1e-6);
+        // Every level gives the same bits, including where e^-gate overflows.
+        let mut gate: Vec<f32> = data(203, 43).iter().map(|x| x * 30.0).collect();
+        (gate[1], gate[2]) = (-100.0, 100.0);
+        let up = data(203, 47);
+        let mut want = gate.clone();
+        silu_mul_at(Simd::Scalar, &mut want, &up);
+        for (w, (&g, &u)) in want.iter().zip(gate.iter().zip(&up)) {
+            let exact = g as f64 / (1.0 + (-g as f64).exp()) * u as f64;
+            assert!(
+                (*w as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
+                "{g}"
+            );
+        }
+        for simd in Simd::ALL.into_iter().filter(|s| s.is_available()) {
+            let mut got = gate.clone();
+            silu_mul_at(simd, &mut got, &up);
+            assert_eq!(got, want, "{simd:?}");
+        }
     }
 }

@@ -671,6 +671,24 @@ fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>
     Ok(Some(Tensor::from_vec(out, (b, 1, h * d), q.device())?))
 }
 
+/// Runs `head(i, out_i)` for every head row `i` of `out` (rows of `d`) on the pool's threads,
+/// each thread taking one contiguous run of rows. Heads next to each other share their keys
+/// and values (GQA) or their sequence, so a thread reads them from memory once and then from
+/// its own cache; heads dealt out one at a time would make every thread read every cache.
+fn par_heads(
+    pool: &seek_kernels::ThreadPool,
+    out: &mut [f32],
+    d: usize,
+    head: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let per = (out.len() / d).div_ceil(pool.threads()).max(1);
+    pool.par_chunks_mut(out, d * per, &|c, part| {
+        for (j, o) in part.chunks_mut(d).enumerate() {
+            head(c * per + j, o);
+        }
+    });
+}
+
 thread_local! {
     /// Attention scores of one head, reused so that decode does not allocate per head.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -766,7 +784,7 @@ impl HeadViews<'_> {
                 .enumerate()
                 .for_each(|(row, o)| head(row, o));
         } else if let Some(pool) = pool {
-            pool.par_chunks_mut(out, d, &head);
+            par_heads(pool, out, d, &head);
         } else {
             out.par_chunks_mut(d)
                 .enumerate()
@@ -1319,7 +1337,7 @@ impl RowKv for PagedKv<'_> {
         if work < 1 << 16 {
             out.chunks_mut(d).enumerate().for_each(|(i, o)| head(i, o));
         } else {
-            pool.par_chunks_mut(out, d, &head);
+            par_heads(pool, out, d, &head);
         }
         Ok(())
     }
