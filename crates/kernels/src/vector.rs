@@ -274,7 +274,7 @@ const EXP_P: [f32; 6] = [
     8.333_452e-3,
     4.166_579_6e-2,
     1.666_666_5e-1,
-    5.000_000_1e-1,
+    0.5,
 ];
 
 /// `e^x` as the attention softmax computes it, within 2 ulp of the exact value for normal
@@ -385,7 +385,7 @@ mod x86 {
                 o += 64;
             }
             // The last line, when a row does not end on one of the steps above.
-            if bytes % 64 != 0 {
+            if !bytes.is_multiple_of(64) {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes - 1));
             }
         }
