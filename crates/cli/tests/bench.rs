@@ -107,7 +107,10 @@ fn json_reports_every_figure_and_skips_what_does_not_fit() {
 
     let bandwidth = f(&j["bandwidth"]["gb_per_s"]);
     assert!(bandwidth > 0.0, "{j}");
-    assert_eq!(j["bandwidth"]["runs_gb_per_s"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        j["bandwidth"]["runs_gb_per_s"].as_array().unwrap().len(),
+        10
+    );
     assert_eq!(j["bandwidth"]["threads"], 1);
     assert_eq!(j["bandwidth"]["buffer_bytes"], 16 << 20);
 
