@@ -624,28 +624,38 @@ impl Attention {
                 return self.o_proj.forward(&y);
             }
         }
-        // A cache stored in another type (f16) is widened for the matmuls.
-        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
         // GQA: each group of H/Hkv query heads shares one key/value head.
         let group = h / hkv;
         let s = k.dim(2)?;
         // (B, Hkv, G*T, D): the queries of one group stacked along time, one matmul per KV head.
         let q = q.reshape((b, hkv, group * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();
-        // (B, Hkv, G*T, D) @ (B, Hkv, D, S) -> (B, Hkv, G*T, S)
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = match &step.mask {
-            // mask: (T, S) broadcast over (B, Hkv, G, T, S)
-            Some(mask) => att
-                .reshape((b, hkv, group, t, s))?
-                .broadcast_add(mask)?
-                .reshape((b, hkv, group * t, s))?,
-            None => att,
-        };
-        let att =
-            candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
-        // (B, Hkv, G*T, S) @ (B, Hkv, S, D) -> (B, Hkv, G*T, D) = (B, H, T, D)
-        let y = att.matmul(&v)?.reshape((b, h, t, d))?;
+        // One KV head at a time: the scores `(G*T, S)` of one head are what a prefill chunk
+        // holds at once, not those of all heads (for a 7B model at 8K tokens, 88 MB instead of
+        // 350 MB per step of the softmax).
+        let mut ys = Vec::with_capacity(hkv);
+        for j in 0..hkv {
+            let qj = q.narrow(1, j, 1)?;
+            // A cache stored in another type (f16) is widened for the matmuls.
+            let kj = k.narrow(1, j, 1)?.to_dtype(q.dtype())?;
+            let vj = v.narrow(1, j, 1)?.to_dtype(q.dtype())?;
+            // (B, 1, G*T, D) @ (B, 1, D, S) -> (B, 1, G*T, S)
+            let att = (qj.matmul(&kj.t()?)? * scale)?;
+            let att = match &step.mask {
+                // mask: (T, S) broadcast over (B, 1, G, T, S)
+                Some(mask) => att
+                    .reshape((b, 1, group, t, s))?
+                    .broadcast_add(mask)?
+                    .reshape((b, 1, group * t, s))?,
+                None => att,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?
+                .to_dtype(vj.dtype())?;
+            // (B, 1, G*T, S) @ (B, 1, S, D) -> (B, 1, G*T, D)
+            ys.push(att.matmul(&vj)?);
+        }
+        // (B, Hkv, G*T, D) = (B, H, T, D)
+        let y = Tensor::cat(&ys, 1)?.reshape((b, h, t, d))?;
         // (B, H, T, D) -> (B, T, H*D)
         let y = y.transpose(1, 2)?.reshape((b, t, h * d))?;
         self.o_proj.forward(&y)
