@@ -113,8 +113,10 @@ impl Kernel {
             Simd::Avx2 => crate::x86::avx2::kernel(ty),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => crate::x86::avx512::kernel(ty).or_else(|| crate::x86::avx2::kernel(ty)),
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("is_available is false off x86-64"),
+            #[cfg(target_arch = "aarch64")]
+            Simd::Neon => crate::arm::neon::kernel(ty),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("is_available is false for {simd:?} on this architecture"),
         };
         let (f, group, info_from_m) = simd_kernel.unwrap_or((scalar_range(ty), 1, usize::MAX));
         Self {
@@ -183,11 +185,11 @@ fn scalar_range(ty: QType) -> RangeFn {
 pub fn quantize_into(simd: Simd, x: &[f32], to: VecDotType, out: &mut [u8]) {
     assert!(simd.is_available(), "this CPU cannot run {simd:?} kernels");
     match simd {
-        Simd::Scalar => scalar::quantize_row(x, to, out),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2, FMA and F16C are available (both levels include them).
-        _ => unsafe { crate::x86::quantize::quantize_row_avx2(x, to, out) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("is_available is false off x86-64"),
+        Simd::Avx2 | Simd::Avx512 => unsafe { crate::x86::quantize::quantize_row_avx2(x, to, out) },
+        // The portable code (NEON activations included: quantizing is a small part of a
+        // product).
+        _ => scalar::quantize_row(x, to, out),
     }
 }

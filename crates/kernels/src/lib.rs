@@ -16,7 +16,9 @@
 //! activation bytes, and reuses the repacked rows for every activation row. So `matmul` equals
 //! per-row [`vec_dot`] bit for bit, and a prompt's prefill equals its token-by-token decode.
 //! The SIMD level is chosen at run time ([`Simd::best`]): AVX-512 (F/BW/VL/VNNI), AVX2 (with
-//! FMA and F16C), or the portable scalar code; Q2_K and Q3_K run the scalar code everywhere.
+//! FMA and F16C), NEON on AArch64 (one row at a time, integer dot products on 16-byte vectors;
+//! tested bit for bit against the scalar code under `qemu-aarch64`), or the portable scalar
+//! code; Q2_K and Q3_K run the scalar code everywhere.
 //!
 //! A decode loop keeps one [`Scratch`] and one [`ThreadPool`] and multiplies straight from the
 //! model file's bytes:
@@ -39,6 +41,8 @@
 //! because a GGUF file only aligns the start of a tensor.
 #![deny(missing_docs)]
 
+#[cfg(target_arch = "aarch64")]
+mod arm;
 pub mod block;
 mod dispatch;
 mod layout;
@@ -199,11 +203,13 @@ pub enum Simd {
     /// x86-64 AVX-512 F/BW/VL with VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later),
     /// on top of [`Simd::Avx2`].
     Avx512,
+    /// AArch64 NEON (Apple silicon, Graviton, Ampere: every 64-bit ARM CPU).
+    Neon,
 }
 
 impl Simd {
     /// Every level, slowest first.
-    pub const ALL: [Simd; 3] = [Simd::Scalar, Simd::Avx2, Simd::Avx512];
+    pub const ALL: [Simd; 4] = [Simd::Scalar, Simd::Avx2, Simd::Avx512, Simd::Neon];
 
     /// Whether this CPU can run the level.
     pub fn is_available(self) -> bool {
@@ -223,6 +229,8 @@ impl Simd {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            // NEON is part of the AArch64 baseline.
+            Simd::Neon => cfg!(target_arch = "aarch64"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -240,12 +248,13 @@ impl Simd {
         })
     }
 
-    /// The level named `scalar`, `avx2` or `avx512` (as a `--simd` flag would give it).
+    /// The level named `scalar`, `avx2`, `avx512` or `neon` (as a `--simd` flag would give it).
     pub fn from_name(name: &str) -> Option<Simd> {
         match name {
             "scalar" => Some(Simd::Scalar),
             "avx2" => Some(Simd::Avx2),
             "avx512" => Some(Simd::Avx512),
+            "neon" => Some(Simd::Neon),
             _ => None,
         }
     }

@@ -247,13 +247,18 @@ fn silu_mul_at(simd: Simd, gate: &mut [f32], up: &[f32]) {
         up.len(),
         "silu_mul: gate and up differ in length"
     );
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if simd >= Simd::Avx2 {
-        // SAFETY: AVX2 and FMA are present (`simd` is available); the lengths are equal.
-        done = unsafe { x86::silu_mul(gate, up) };
-    }
-    let _ = simd;
+    // SAFETY: AVX2 and FMA are present (`simd` is available); the lengths are equal.
+    let done = if simd >= Simd::Avx2 {
+        unsafe { x86::silu_mul(gate, up) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = simd;
+        0
+    };
     for (g, &u) in gate[done..].iter_mut().zip(&up[done..]) {
         *g = *g / (1.0 + exp(-*g)) * u;
     }

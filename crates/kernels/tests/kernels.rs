@@ -217,6 +217,13 @@ fn block_sizes_are_ggmls() {
     assert_eq!(QType::from_name("Q4_K"), Some(QType::Q4K));
     assert_eq!(QType::from_name("F16"), None);
     assert_eq!(Simd::from_name("avx2"), Some(Simd::Avx2));
+    assert_eq!(Simd::from_name("neon"), Some(Simd::Neon));
+    // The widest level of the architecture is detected (NEON is in every AArch64 CPU), so
+    // the tests above compare it with the scalar code.
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(Simd::best(), Simd::Neon);
+    #[cfg(target_arch = "x86_64")]
+    assert!(!Simd::Neon.is_available());
 }
 
 #[test]
