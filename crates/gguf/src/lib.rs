@@ -125,6 +125,57 @@ pub enum Value {
     Bool(bool),
     String(String),
     Array(Vec<Value>),
+    /// An array of strings as read from a file: one buffer instead of a `Value::String` per
+    /// item (a 152K-token vocabulary and its merges were 300K small allocations and about
+    /// 20 MB held for the life of the model). Arrays built in code may still use
+    /// `Array(vec![Value::String(..), ..])`; the accessors and the writer take both.
+    Strings(StrArray),
+}
+
+/// Strings stored end to end in one buffer (see [`Value::Strings`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StrArray {
+    text: String,
+    /// `ends[i]` is where string `i` ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl StrArray {
+    /// An empty array with room for `n` strings.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            text: String::new(),
+            ends: Vec::with_capacity(n),
+        }
+    }
+
+    /// Appends a string.
+    pub fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+
+    /// Number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.text[start..end])
+    }
+
+    /// The strings in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i).expect("index in range"))
+    }
 }
 
 impl Value {
@@ -143,7 +194,7 @@ impl Value {
             Value::F64(_) => "f64",
             Value::Bool(_) => "bool",
             Value::String(_) => "string",
-            Value::Array(_) => "array",
+            Value::Array(_) | Value::Strings(_) => "array",
         }
     }
 
@@ -191,6 +242,19 @@ impl fmt::Display for Value {
                         write!(f, ", ")?;
                     }
                     write!(f, "{v}")?;
+                }
+                if items.len() > 8 {
+                    write!(f, ", … {} items", items.len())?;
+                }
+                write!(f, "]")
+            }
+            Value::Strings(items) => {
+                write!(f, "[")?;
+                for (i, v) in items.iter().take(8).enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{v:?}")?;
                 }
                 if items.len() > 8 {
                     write!(f, ", … {} items", items.len())?;
@@ -446,6 +510,7 @@ impl GgufFile {
     /// An array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         match self.require(key)? {
+            Value::Strings(items) => Ok(items.iter().collect()),
             Value::Array(items) => items
                 .iter()
                 .map(|v| {
@@ -583,9 +648,14 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, what: &str) -> Result<String, Problem> {
+        self.str(what).map(str::to_string)
+    }
+
+    /// A string in place (no copy).
+    fn str(&mut self, what: &str) -> Result<&'a str, Problem> {
         let len = self.u64(what)?;
         let raw = self.bytes(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| Problem::BadUtf8 {
+        std::str::from_utf8(raw).map_err(|_| Problem::BadUtf8 {
             what: what.to_string(),
         })
     }
@@ -631,6 +701,14 @@ impl<'a> Reader<'a> {
                     }
                 };
                 self.check_count(count, min_size, &format!("items in {key:?}"))?;
+                if item_code == 8 {
+                    let what = format!("an item of {key:?}");
+                    let mut items = StrArray::with_capacity(count as usize);
+                    for _ in 0..count {
+                        items.push(self.str(&what)?);
+                    }
+                    return Ok(Value::Strings(items));
+                }
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(item_code, key, depth + 1)?);

@@ -149,3 +149,51 @@ fn block_size_mismatch_is_rejected() {
     let e = GgufFile::open(f.path()).unwrap_err().to_string();
     assert!(e.contains("block size 32"), "{e}");
 }
+
+/// A string array comes back as one compact `Value::Strings`, which writes back to the same
+/// bytes, prints like an array, and still names the key when an item is not UTF-8.
+#[test]
+fn string_arrays_are_stored_compactly_and_round_trip() {
+    let words: Vec<String> = (0..1000).map(|i| format!("tok{i}")).collect();
+    let bytes = GgufWriter::new()
+        .meta(
+            "tokenizer.ggml.tokens",
+            Value::Array(words.iter().cloned().map(Value::String).collect()),
+        )
+        .meta("empty", Value::Array(vec![Value::String(String::new())]))
+        .to_bytes();
+    let g = GgufFile::open(write(&bytes).path()).unwrap();
+    let Some(Value::Strings(items)) = g.get("tokenizer.ggml.tokens") else {
+        panic!("{:?}", g.get("tokenizer.ggml.tokens"));
+    };
+    assert_eq!(items.len(), 1000);
+    assert_eq!(items.get(999), Some("tok999"));
+    assert_eq!(items.get(1000), None);
+    assert!(items.iter().eq(words.iter().map(String::as_str)));
+    assert_eq!(g.get_str_array("empty").unwrap(), vec![""]);
+    let shown = g.get("tokenizer.ggml.tokens").unwrap().to_string();
+    assert!(
+        shown.starts_with("[\"tok0\", \"tok1\"") && shown.ends_with("… 1000 items]"),
+        "{shown}"
+    );
+
+    // Written back from the compact form: the same file.
+    let again = GgufWriter::new()
+        .meta(
+            "tokenizer.ggml.tokens",
+            g.get("tokenizer.ggml.tokens").unwrap().clone(),
+        )
+        .meta("empty", g.get("empty").unwrap().clone())
+        .to_bytes();
+    assert_eq!(again, bytes);
+
+    // A byte that is not UTF-8 inside an item.
+    let mut bad = bytes.clone();
+    let at = bad.windows(6).position(|w| w == b"tok500").unwrap();
+    bad[at] = 0xFF;
+    let e = GgufFile::open(write(&bad).path()).unwrap_err().to_string();
+    assert!(
+        e.contains("tokenizer.ggml.tokens") && e.contains("UTF-8"),
+        "{e}"
+    );
+}

@@ -93,7 +93,7 @@ fn type_code(v: &Value) -> u32 {
         Value::F32(_) => 6,
         Value::Bool(_) => 7,
         Value::String(_) => 8,
-        Value::Array(_) => 9,
+        Value::Array(_) | Value::Strings(_) => 9,
         Value::U64(_) => 10,
         Value::I64(_) => 11,
         Value::F64(_) => 12,
@@ -120,6 +120,13 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for it in items {
                 put_value(out, it);
+            }
+        }
+        Value::Strings(items) => {
+            out.extend_from_slice(&8u32.to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for it in items.iter() {
+                put_str(out, it);
             }
         }
     }
