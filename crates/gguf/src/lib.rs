@@ -130,6 +130,29 @@ pub enum Value {
     /// 20 MB held for the life of the model). Arrays built in code may still use
     /// `Array(vec![Value::String(..), ..])`; the accessors and the writer take both.
     Strings(StrArray),
+    /// An array of integers of one type up to 32 bits, or of i64, as read from a file: an
+    /// `i64` per item instead of a `Value` (R1's 152K token types were 4.9 MB as `Value`s).
+    Ints(IntArray),
+}
+
+/// Integers of one GGUF type (see [`Value::Ints`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntArray {
+    /// The GGUF type code of the items: 0 (u8) to 5 (i32), or 11 (i64).
+    code: u32,
+    items: Vec<i64>,
+}
+
+impl IntArray {
+    /// The items.
+    pub fn as_slice(&self) -> &[i64] {
+        &self.items
+    }
+
+    /// The GGUF type code of the items.
+    pub fn item_code(&self) -> u32 {
+        self.code
+    }
 }
 
 /// Strings stored end to end in one buffer (see [`Value::Strings`]).
@@ -194,7 +217,7 @@ impl Value {
             Value::F64(_) => "f64",
             Value::Bool(_) => "bool",
             Value::String(_) => "string",
-            Value::Array(_) | Value::Strings(_) => "array",
+            Value::Array(_) | Value::Strings(_) | Value::Ints(_) => "array",
         }
     }
 
@@ -245,6 +268,19 @@ impl fmt::Display for Value {
                 }
                 if items.len() > 8 {
                     write!(f, ", … {} items", items.len())?;
+                }
+                write!(f, "]")
+            }
+            Value::Ints(a) => {
+                write!(f, "[")?;
+                for (i, v) in a.items.iter().take(8).enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                if a.items.len() > 8 {
+                    write!(f, ", … {} items", a.items.len())?;
                 }
                 write!(f, "]")
             }
@@ -511,6 +547,9 @@ impl GgufFile {
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         match self.require(key)? {
             Value::Strings(items) => Ok(items.iter().collect()),
+            // An empty array of another type is an empty list of strings (as before the
+            // compact forms: a writer may not know an empty array's item type).
+            Value::Ints(a) if a.as_slice().is_empty() => Ok(Vec::new()),
             Value::Array(items) => items
                 .iter()
                 .map(|v| {
@@ -525,6 +564,8 @@ impl GgufFile {
     /// An array of integers.
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>, GgufError> {
         match self.require(key)? {
+            Value::Ints(a) => Ok(a.items.clone()),
+            Value::Strings(items) if items.is_empty() => Ok(Vec::new()),
             Value::Array(items) => items
                 .iter()
                 .map(|v| {
@@ -708,6 +749,24 @@ impl<'a> Reader<'a> {
                         items.push(self.str(&what)?);
                     }
                     return Ok(Value::Strings(items));
+                }
+                if matches!(item_code, 0..=5 | 11) {
+                    let mut items = Vec::with_capacity(count as usize);
+                    for _ in 0..count {
+                        items.push(match item_code {
+                            0 => u8::from_le_bytes(self.array(key)?).into(),
+                            1 => i8::from_le_bytes(self.array(key)?).into(),
+                            2 => u16::from_le_bytes(self.array(key)?).into(),
+                            3 => i16::from_le_bytes(self.array(key)?).into(),
+                            4 => u32::from_le_bytes(self.array(key)?).into(),
+                            5 => i32::from_le_bytes(self.array(key)?).into(),
+                            _ => i64::from_le_bytes(self.array(key)?),
+                        });
+                    }
+                    return Ok(Value::Ints(IntArray {
+                        code: item_code,
+                        items,
+                    }));
                 }
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {

@@ -197,3 +197,37 @@ fn string_arrays_are_stored_compactly_and_round_trip() {
         "{e}"
     );
 }
+
+/// Integer arrays come back compact, keep their item type (written back to the same bytes),
+/// and answer `get_i64_array`; u64 arrays (which may not fit i64) stay as values.
+#[test]
+fn integer_arrays_are_stored_compactly_and_round_trip() {
+    let types: Vec<Value> = (0..300).map(|i| Value::I32(i % 7 - 3)).collect();
+    let bytes = GgufWriter::new()
+        .meta("tokenizer.ggml.token_type", Value::Array(types))
+        .meta("bytes", Value::Array(vec![Value::U8(0), Value::U8(255)]))
+        .meta("wide", Value::Array(vec![Value::U64(u64::MAX)]))
+        .meta("none", Value::Array(Vec::new()))
+        .to_bytes();
+    let g = GgufFile::open(write(&bytes).path()).unwrap();
+    let Some(Value::Ints(a)) = g.get("tokenizer.ggml.token_type") else {
+        panic!("{:?}", g.get("tokenizer.ggml.token_type"));
+    };
+    assert_eq!(a.item_code(), 5);
+    assert_eq!(a.as_slice().len(), 300);
+    let want: Vec<i64> = (0..300).map(|i| i % 7 - 3).collect();
+    assert_eq!(g.get_i64_array("tokenizer.ggml.token_type").unwrap(), want);
+    assert_eq!(g.get_i64_array("bytes").unwrap(), vec![0, 255]);
+    assert!(matches!(g.get("wide"), Some(Value::Array(_))));
+    // An empty array (whose item type a writer may not know) reads as empty either way.
+    assert!(g.get_str_array("none").unwrap().is_empty());
+    assert!(g.get_i64_array("none").unwrap().is_empty());
+    assert_eq!(g.get("bytes").unwrap().to_string(), "[0, 255]");
+    let again = ["tokenizer.ggml.token_type", "bytes", "wide", "none"]
+        .into_iter()
+        .fold(GgufWriter::new(), |w, k| {
+            w.meta(k, g.get(k).unwrap().clone())
+        })
+        .to_bytes();
+    assert_eq!(again, bytes);
+}

@@ -93,7 +93,7 @@ fn type_code(v: &Value) -> u32 {
         Value::F32(_) => 6,
         Value::Bool(_) => 7,
         Value::String(_) => 8,
-        Value::Array(_) | Value::Strings(_) => 9,
+        Value::Array(_) | Value::Strings(_) | Value::Ints(_) => 9,
         Value::U64(_) => 10,
         Value::I64(_) => 11,
         Value::F64(_) => 12,
@@ -120,6 +120,19 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for it in items {
                 put_value(out, it);
+            }
+        }
+        Value::Ints(a) => {
+            out.extend_from_slice(&a.item_code().to_le_bytes());
+            out.extend_from_slice(&(a.as_slice().len() as u64).to_le_bytes());
+            for &x in a.as_slice() {
+                // The values were read as this type, so they fit it.
+                match a.item_code() {
+                    0 | 1 => out.push(x as u8),
+                    2 | 3 => out.extend_from_slice(&(x as u16).to_le_bytes()),
+                    4 | 5 => out.extend_from_slice(&(x as u32).to_le_bytes()),
+                    _ => out.extend_from_slice(&x.to_le_bytes()),
+                }
             }
         }
         Value::Strings(items) => {
