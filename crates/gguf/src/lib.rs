@@ -254,49 +254,41 @@ impl Value {
     }
 }
 
+/// `[a, b, … N items]`: the first 8 items of an array of `n`.
+fn show_items<T: fmt::Display>(
+    f: &mut fmt::Formatter<'_>,
+    n: usize,
+    items: impl Iterator<Item = T>,
+) -> fmt::Result {
+    write!(f, "[")?;
+    for (i, v) in items.take(8).enumerate() {
+        if i > 0 {
+            write!(f, ", ")?;
+        }
+        write!(f, "{v}")?;
+    }
+    if n > 8 {
+        write!(f, ", … {n} items")?;
+    }
+    write!(f, "]")
+}
+
+/// A string shown in quotes, as `Value::String` shows.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::String(s) => write!(f, "{s:?}"),
-            Value::Array(items) => {
-                write!(f, "[")?;
-                for (i, v) in items.iter().take(8).enumerate() {
-                    if i > 0 {
-                        write!(f, ", ")?;
-                    }
-                    write!(f, "{v}")?;
-                }
-                if items.len() > 8 {
-                    write!(f, ", … {} items", items.len())?;
-                }
-                write!(f, "]")
-            }
-            Value::Ints(a) => {
-                write!(f, "[")?;
-                for (i, v) in a.items.iter().take(8).enumerate() {
-                    if i > 0 {
-                        write!(f, ", ")?;
-                    }
-                    write!(f, "{v}")?;
-                }
-                if a.items.len() > 8 {
-                    write!(f, ", … {} items", a.items.len())?;
-                }
-                write!(f, "]")
-            }
-            Value::Strings(items) => {
-                write!(f, "[")?;
-                for (i, v) in items.iter().take(8).enumerate() {
-                    if i > 0 {
-                        write!(f, ", ")?;
-                    }
-                    write!(f, "{v:?}")?;
-                }
-                if items.len() > 8 {
-                    write!(f, ", … {} items", items.len())?;
-                }
-                write!(f, "]")
-            }
+            Value::Array(items) => show_items(f, items.len(), items.iter()),
+            Value::Ints(a) => show_items(f, a.items.len(), a.items.iter()),
+            Value::Strings(items) => show_items(f, items.len(), items.iter().map(Quoted)),
             Value::Bool(v) => write!(f, "{v}"),
             Value::F32(v) => write!(f, "{v}"),
             Value::F64(v) => write!(f, "{v}"),
