@@ -571,17 +571,7 @@ fn time_batched(
             // (B, V)
             let logits = model.decode_batch(&tokens, &mut refs)?.to_vec2::<f32>()?;
             for (t, row) in tokens.iter_mut().zip(&logits) {
-                *t = row
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                        if v > bv {
-                            (i, v)
-                        } else {
-                            (bi, bv)
-                        }
-                    })
-                    .0 as TokenId;
+                *t = argmax(row);
             }
         }
         if run >= plan.warmup {
@@ -609,8 +599,12 @@ fn decode_run(
 /// The greedy choice from the last position's logits `(1, V)`.
 fn last_argmax(logits: &Tensor) -> anyhow::Result<TokenId> {
     // (1, V) -> (V,)
-    let last: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-    let (best, _) = last
+    Ok(argmax(&logits.flatten_all()?.to_vec1::<f32>()?))
+}
+
+/// The index of the largest value (the first on ties).
+fn argmax(row: &[f32]) -> TokenId {
+    let (best, _) = row
         .iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
@@ -620,7 +614,7 @@ fn last_argmax(logits: &Tensor) -> anyhow::Result<TokenId> {
                 (bi, bv)
             }
         });
-    Ok(best as TokenId)
+    best as TokenId
 }
 
 /// The first `n` ids of a repeated English text.

@@ -25,7 +25,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use serde::Deserialize;
 
-use crate::llama::{causal_mask, config_err, Linear, RmsNorm};
+use crate::llama::{causal_mask, config_err, lm_head, Linear, Mlp, RmsNorm};
 use crate::weights::{Embedding, Matmul, Weights};
 use crate::{CausalLm, KvCache, ModelError, Result};
 
@@ -698,39 +698,17 @@ fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// SwiGLU MLP: a dense layer, one expert, or the shared experts.
-#[derive(Clone)]
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
-impl Mlp {
-    fn new(w: &Weights, prefix: &str, e: usize, f: usize) -> Result<Self> {
-        Ok(Self {
-            gate_proj: Linear::new(w, &format!("{prefix}.gate_proj"), f, e, false)?,
-            up_proj: Linear::new(w, &format!("{prefix}.up_proj"), f, e, false)?,
-            down_proj: Linear::new(w, &format!("{prefix}.down_proj"), e, f, false)?,
-        })
-    }
-
-    fn expert(w: &Weights, prefix: &str, i: usize, n: usize, e: usize, f: usize) -> Result<Self> {
-        let m = |proj: &str, shape: (usize, usize)| -> Result<Linear> {
-            let mm: Matmul = w.expert_matmul(prefix, i, n, proj, shape)?;
-            Linear::from_matmul(mm, w, prefix, shape.0, false)
-        };
-        Ok(Self {
-            gate_proj: m("gate_proj", (f, e))?,
-            up_proj: m("up_proj", (f, e))?,
-            down_proj: m("down_proj", (e, f))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
-    }
+/// Routed expert `i` of `n` under `prefix` (separate tensors, or one stacked GGUF tensor).
+fn expert(w: &Weights, prefix: &str, i: usize, n: usize, e: usize, f: usize) -> Result<Mlp> {
+    let m = |proj: &str, shape: (usize, usize)| -> Result<Linear> {
+        let mm: Matmul = w.expert_matmul(prefix, i, n, proj, shape)?;
+        Linear::from_matmul(mm, w, prefix, shape.0, false)
+    };
+    Ok(Mlp {
+        gate_proj: m("gate_proj", (f, e))?,
+        up_proj: m("up_proj", (f, e))?,
+        down_proj: m("down_proj", (e, f))?,
+    })
 }
 
 /// DeepSeekMoE: routed experts (only the selected ones run) plus shared experts.
@@ -771,7 +749,7 @@ impl Moe {
             None
         };
         let experts = (0..n)
-            .map(|i| Mlp::expert(w, &format!("{prefix}.experts"), i, n, e, f))
+            .map(|i| expert(w, &format!("{prefix}.experts"), i, n, e, f))
             .collect::<Result<Vec<_>>>()?;
         let shared = if cfg.n_shared_experts > 0 {
             Some(Mlp::new(
@@ -1106,11 +1084,7 @@ impl DeepseekV3 {
             .map(|i| Block::new(&cfg, w, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(w, "model.norm.weight", e, cfg.rms_norm_eps)?;
-        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
-            w.matmul("model.embed_tokens.weight", v, e)?
-        } else {
-            w.matmul("lm_head.weight", v, e)?
-        };
+        let lm_head = lm_head(w, v, e, cfg.tie_word_embeddings)?;
         let (inv_freq, attention_factor) = rope_frequencies(&cfg);
         Ok(Self {
             embed_tokens,

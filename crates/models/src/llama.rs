@@ -822,17 +822,27 @@ fn rope_rows(x: &mut [f32], d: usize, cos: &[f32], sin: &[f32], interleaved: boo
     }
 }
 
-/// SwiGLU: `down(silu(gate(x)) * up(x))`.
+/// The output projection `(V, E)`: `lm_head.weight`, or the embedding when the weights are
+/// tied (or the file has no separate head, as GGUF files of tied models do not).
+pub(crate) fn lm_head(w: &Weights, v: usize, e: usize, tied: bool) -> Result<Matmul> {
+    if tied || !w.contains("lm_head.weight") {
+        w.matmul("model.embed_tokens.weight", v, e)
+    } else {
+        w.matmul("lm_head.weight", v, e)
+    }
+}
+
+/// SwiGLU: `down(silu(gate(x)) * up(x))` (also DeepSeek's dense layers and experts).
 #[derive(Clone)]
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+pub(crate) struct Mlp {
+    pub(crate) gate_proj: Linear,
+    pub(crate) up_proj: Linear,
+    pub(crate) down_proj: Linear,
 }
 
 impl Mlp {
-    fn new(cfg: &DecoderConfig, w: &Weights, prefix: &str) -> Result<Self> {
-        let (e, f) = (cfg.hidden_size, cfg.intermediate_size);
+    /// The projections under `prefix`, hidden size `e`, intermediate size `f`.
+    pub(crate) fn new(w: &Weights, prefix: &str, e: usize, f: usize) -> Result<Self> {
         Ok(Self {
             gate_proj: Linear::new(w, &format!("{prefix}.gate_proj"), f, e, false)?,
             up_proj: Linear::new(w, &format!("{prefix}.up_proj"), f, e, false)?,
@@ -840,7 +850,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
@@ -867,7 +877,7 @@ impl Block {
                 e,
                 eps,
             )?,
-            mlp: Mlp::new(cfg, w, &format!("{p}.mlp"))?,
+            mlp: Mlp::new(w, &format!("{p}.mlp"), e, cfg.intermediate_size)?,
         })
     }
 
@@ -927,11 +937,7 @@ impl Llama {
             .map(|i| Block::new(&cfg, w, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(w, "model.norm.weight", e, cfg.rms_norm_eps)?;
-        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
-            w.matmul("model.embed_tokens.weight", v, e)?
-        } else {
-            w.matmul("lm_head.weight", v, e)?
-        };
+        let lm_head = lm_head(w, v, e, cfg.tie_word_embeddings)?;
         let rope = Rope {
             inv_freq: inv_freq(&cfg),
             interleaved: cfg.rope.interleaved,
