@@ -9,6 +9,7 @@
 
 use candle_core::{Device, Tensor};
 
+pub mod autograd;
 pub mod deepseek_v3;
 mod error;
 mod kv_cache;
@@ -59,7 +60,7 @@ pub(crate) fn decode_each<M: CausalLm + ?Sized>(
     Ok(Tensor::cat(&rows, 0)?)
 }
 pub use kv_cache::KvCache;
-pub use load::{inspect, load, LoadOptions, LoadedModel, ModelFormat, ModelInfo};
+pub use load::{inspect, load, load_trainable, LoadOptions, LoadedModel, ModelFormat, ModelInfo};
 
 /// A decoder-only language model.
 pub trait CausalLm: Send + Sync {

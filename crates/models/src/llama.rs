@@ -489,7 +489,7 @@ impl Linear {
 }
 
 /// Inverse frequencies of the rotary embedding, `(D/2,)`, as transformers computes them.
-fn inv_freq(cfg: &DecoderConfig) -> Vec<f32> {
+pub(crate) fn inv_freq(cfg: &DecoderConfig) -> Vec<f32> {
     let d = cfg.head_dim;
     let mut f: Vec<f32> = (0..d / 2)
         .map(|i| 1.0 / (cfg.rope.theta as f32).powf((2 * i) as f32 / d as f32))

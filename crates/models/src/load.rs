@@ -206,7 +206,58 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         fp8_block,
         files,
     } = describe(path)?;
-    let w = match &format {
+    let w = weights_for(&format, files, fp8_block, opts)?;
+    let model: Box<dyn CausalLm> = match &arch {
+        // llama and qwen2 are both the Llama decoder; `decoder` holds their differences.
+        ArchConfig::Llama(decoder) => Box::new(Llama::from_decoder(decoder.clone(), &w)?),
+        ArchConfig::Deepseek(c) => Box::new(DeepseekV3::from_config(c.clone(), &w)?),
+    };
+    let cache_dtype = model.new_cache().dtype().unwrap_or(w.dtype());
+    info.kv_bytes_per_token = arch.kv_bytes_per_token(cache_dtype.size_in_bytes());
+    info.kv_cache_dtype = cache_dtype.as_str().to_string();
+    Ok(LoadedModel {
+        model,
+        info,
+        format,
+    })
+}
+
+/// Opens a model for training: the differentiable form of its architecture, with the
+/// trainable parameters `opts` asks for. GGUF weights are dequantized to f32, except a LoRA
+/// run's base with `opts.quantized_base`, which stays in the file's encoding.
+pub fn load_trainable(
+    path: &Path,
+    load: &LoadOptions,
+    opts: &crate::autograd::TrainableOptions,
+) -> Result<(crate::autograd::Trainable, ModelInfo, ModelFormat)> {
+    let Described {
+        info,
+        format,
+        arch,
+        fp8_block,
+        files,
+    } = describe(path)?;
+    let w = weights_for(&format, files, fp8_block, load)?;
+    let model =
+        match arch {
+            ArchConfig::Llama(decoder) => crate::autograd::llama::build(decoder, &w, opts)?,
+            ArchConfig::Deepseek(_) => return Err(config_err(
+                path,
+                "training DeepSeek-V3 models is not implemented yet; llama and qwen2 models train"
+                    .into(),
+            )),
+        };
+    Ok((model, info, format))
+}
+
+/// The weight source of a described model.
+fn weights_for(
+    format: &ModelFormat,
+    files: Vec<PathBuf>,
+    fp8_block: Option<(usize, usize)>,
+    opts: &LoadOptions,
+) -> Result<Weights> {
+    Ok(match format {
         ModelFormat::Gguf(file) => {
             // One clear message for a truncated download, before any tensor is touched.
             file.check_tensor_data()?;
@@ -233,19 +284,6 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
                 None => w,
             }
         }
-    };
-    let model: Box<dyn CausalLm> = match &arch {
-        // llama and qwen2 are both the Llama decoder; `decoder` holds their differences.
-        ArchConfig::Llama(decoder) => Box::new(Llama::from_decoder(decoder.clone(), &w)?),
-        ArchConfig::Deepseek(c) => Box::new(DeepseekV3::from_config(c.clone(), &w)?),
-    };
-    let cache_dtype = model.new_cache().dtype().unwrap_or(w.dtype());
-    info.kv_bytes_per_token = arch.kv_bytes_per_token(cache_dtype.size_in_bytes());
-    info.kv_cache_dtype = cache_dtype.as_str().to_string();
-    Ok(LoadedModel {
-        model,
-        info,
-        format,
     })
 }
 

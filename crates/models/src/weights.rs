@@ -454,6 +454,17 @@ pub enum Embedding {
 }
 
 impl Embedding {
+    /// `(V, hidden)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Self::Dense(t) => {
+                let d = t.dims();
+                (d[0], d[1])
+            }
+            Self::Quantized { vocab, hidden, .. } => (*vocab, *hidden),
+        }
+    }
+
     /// Looks up `ids: (B, T)` and returns `(B, T, hidden)`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -590,6 +601,29 @@ impl QuantMatrix {
             .collect::<Result<Vec<_>>>()?;
         SCRATCH.with(|s| seek_kernels::matmul_many(&ws, x, outs, &mut s.borrow_mut(), &ms[0].pool));
         Ok(())
+    }
+
+    /// `(out, in)`.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Rows `r0..r0 + n` dequantized to f32, `(n, in)` row-major.
+    pub(crate) fn dequantize_rows(&self, r0: usize, n: usize) -> Result<Vec<f32>> {
+        let row_bytes = self.ty.row_bytes(self.cols);
+        let bytes = self.bytes()?;
+        let mut out = vec![0f32; n * self.cols];
+        for (i, o) in out.chunks_exact_mut(self.cols).enumerate() {
+            let start = (r0 + i) * row_bytes;
+            seek_kernels::dequantize_row(self.ty, &bytes[start..start + row_bytes], o);
+        }
+        Ok(out)
+    }
+
+    /// The whole matrix dequantized, `(out, in)` on the CPU.
+    pub(crate) fn dequantize(&self) -> Result<Tensor> {
+        let w = self.dequantize_rows(0, self.rows)?;
+        Ok(Tensor::from_vec(w, (self.rows, self.cols), &Device::Cpu)?)
     }
 
     /// The threads its products run on.

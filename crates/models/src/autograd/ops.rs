@@ -1,0 +1,234 @@
+//! Differentiable building blocks: the forms of RMSNorm, softmax and RoPE that candle's
+//! autograd follows (its fused ops drop gradients), a fused cross-entropy and a quantized
+//! linear layer with written backwards.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use crate::weights::QuantMatrix;
+use crate::{ModelError, Result};
+
+/// The additive mask of a position that must not be attended to. Finite, so that a row with
+/// every key masked (a padded position) gives a uniform softmax instead of NaN.
+pub(crate) const MASKED: f32 = -1e30;
+
+/// SplitMix64: the adapters' initialisation and dropout masks, reproducible from a seed.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub(crate) fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// `x / sqrt(mean(x²) + eps) · w` over the last dimension, as transformers' `LlamaRMSNorm`
+/// computes it in f32.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&r)?.broadcast_mul(w)?)
+}
+
+/// Softmax over the last dimension. The row maximum is subtracted as a constant: it does
+/// not change the result, so it needs no gradient.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Rotates halves (`rotate_half`, Hugging Face layout): `x: (B, H, T, D)`, `cos, sin:
+/// (B, 1, T, D/2)`.
+pub(crate) fn rope_halves(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let (x1, x2) = (
+        x.narrow(D::Minus1, 0, d / 2)?,
+        x.narrow(D::Minus1, d / 2, d / 2)?,
+    );
+    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Ok(Tensor::cat(&[a, b], D::Minus1)?)
+}
+
+/// Rotates interleaved pairs `(x[2i], x[2i+1])` (ggml's layout for GGUF `llama` and
+/// DeepSeek's rope dimensions).
+pub(crate) fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let d = dims[dims.len() - 1];
+    // (..., D) -> (..., D/2, 2)
+    let mut pairs = dims.clone();
+    *pairs.last_mut().expect("x has a last dimension") = d / 2;
+    pairs.push(2);
+    let xp = x.reshape(pairs)?;
+    let x0 = xp.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+    let x1 = xp.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+    let a = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+    let b = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+    // 2 x (..., D/2) -> (..., D/2, 2) -> (..., D)
+    Ok(Tensor::stack(&[a, b], D::Minus1)?.reshape(dims)?)
+}
+
+/// Inverted dropout: zeroes each value with probability `p` and scales the rest by `1/(1-p)`.
+pub(crate) fn dropout(x: &Tensor, p: f64, rng: &mut SplitMix64) -> Result<Tensor> {
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.next_f64() < p { 0.0 } else { keep as f32 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+    Ok((x * mask)?)
+}
+
+/// Summed cross-entropy of `logits: (N, V)` against `targets` (N ids): one pass per row for
+/// the loss (log-sum-exp) and one for the gradient `softmax - onehot`, never holding a
+/// second `(N, V)` tensor in the graph.
+pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if targets.len() != n {
+        return Err(ModelError::Input(format!(
+            "{} targets for {n} rows of logits",
+            targets.len()
+        )));
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= v) {
+        return Err(ModelError::Input(format!(
+            "target {t} is outside the vocabulary (0..{v})"
+        )));
+    }
+    let per_row = logits.contiguous()?.apply_op1(CrossEntropy {
+        targets: Arc::new(targets.to_vec()),
+    })?;
+    Ok(per_row.sum_all()?)
+}
+
+struct CrossEntropy {
+    targets: Arc<Vec<u32>>,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(all) = s else {
+        candle_core::bail!("the training path computes in f32");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+/// `log Σ exp(row)` with the maximum subtracted.
+fn log_sum_exp(row: &[f32]) -> (f32, f32) {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let s: f64 = row.iter().map(|&x| ((x - m) as f64).exp()).sum();
+    (m, m + s.ln() as f32)
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "seek-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (n, v) = l.shape().dims2()?;
+        let out: Vec<f32> = x
+            .par_chunks_exact(v)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| log_sum_exp(row).1 - row[t as usize])
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (n, v) = arg.dims2()?;
+        let x = arg.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad.to_vec1::<f32>()?;
+        let mut out = vec![0f32; n * v];
+        out.par_chunks_exact_mut(v)
+            .zip(x.par_chunks_exact(v))
+            .zip(self.targets.par_iter().zip(g.par_iter()))
+            .for_each(|((o, row), (&t, &g))| {
+                let lse = log_sum_exp(row).1;
+                for (o, &x) in o.iter_mut().zip(row) {
+                    *o = (x - lse).exp() * g;
+                }
+                o[t as usize] -= g;
+            });
+        Ok(Some(Tensor::from_vec(out, (n, v), arg.device())?))
+    }
+}
+
+/// `x: (M, in)` times a quantized GGUF matrix `W: (out, in)`, `x Wᵀ`, computed by Seek's
+/// kernels; the backward gives `dx = dy W` (the frozen base gets no gradient).
+pub(crate) fn quant_linear(x: &Tensor, q: &QuantMatrix) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(QuantLinear { q: q.clone() })?)
+}
+
+struct QuantLinear {
+    q: QuantMatrix,
+}
+
+/// Rows of `W` dequantized at once in the backward: bounds its extra memory.
+const BWD_ROWS: usize = 256;
+
+impl CustomOp1 for QuantLinear {
+    fn name(&self) -> &'static str {
+        "seek-quant-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (m, k) = l.shape().dims2()?;
+        let (rows, cols) = self.q.dims();
+        if k != cols {
+            candle_core::bail!("quantized linear: input has {k} columns, the matrix {cols}");
+        }
+        let mut out = vec![0f32; m * rows];
+        self.q
+            .forward_slice(x, m, &mut out)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((CpuStorage::F32(out), Shape::from((m, rows))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (rows, cols) = self.q.dims();
+        let (m, _) = arg.dims2()?;
+        let mut dx = Tensor::zeros((m, cols), candle_core::DType::F32, arg.device())?;
+        let mut r0 = 0;
+        while r0 < rows {
+            let rc = BWD_ROWS.min(rows - r0);
+            let w = self
+                .q
+                .dequantize_rows(r0, rc)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let w = Tensor::from_vec(w, (rc, cols), arg.device())?;
+            // (M, rc) @ (rc, in) -> (M, in)
+            dx = (dx + grad.narrow(1, r0, rc)?.contiguous()?.matmul(&w)?)?;
+            r0 += rc;
+        }
+        Ok(Some(dx))
+    }
+}
