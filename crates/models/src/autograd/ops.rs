@@ -232,3 +232,56 @@ impl CustomOp1 for QuantLinear {
         Ok(Some(dx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::{Matmul, Weights};
+    use std::sync::Arc;
+
+    /// The quantized layer's backward is exact: `dx = dy W` with `W` dequantized, equal to the
+    /// dense layer's gradient on the same weights.
+    #[test]
+    fn quantized_linear_backward_is_the_dense_gradient() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/golden/gguf/tiny-llama.q8_0.gguf");
+        let file = Arc::new(seek_gguf::GgufFile::open(&path).unwrap());
+        let w = Weights::Gguf {
+            file,
+            device: candle_core::Device::Cpu,
+            kernels: Some(Arc::new(seek_kernels::ThreadPool::new(2).unwrap())),
+        };
+        let Matmul::Quantized(q) = w
+            .matmul("model.layers.0.mlp.down_proj.weight", 64, 96)
+            .unwrap()
+        else {
+            panic!("Q8_0 is computed by Seek's kernels");
+        };
+        let dense = q.dequantize().unwrap();
+        let x = candle_core::Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (5, 96), &candle_core::Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let dy = Tensor::randn(0f32, 1.0, (5, 64), &candle_core::Device::Cpu).unwrap();
+        let gq = (quant_linear(x.as_tensor(), &q).unwrap() * &dy)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let gd = (x.as_tensor().matmul(&dense.t().unwrap()).unwrap() * &dy)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let a = gq.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        let b = gd.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_keepdim(1)
+            .unwrap()
+            .max(0)
+            .unwrap();
+        let diff = diff.squeeze(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "max diff {diff}");
+    }
+}
