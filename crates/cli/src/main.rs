@@ -24,6 +24,7 @@ mod npy;
 mod serve;
 mod source;
 mod tokens;
+mod train;
 
 /// Run, inspect and probe DeepSeek-R1-style reasoning models locally (GGUF or Hugging Face safetensors).
 #[derive(Parser, Debug)]
@@ -63,6 +64,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Evaluate a model or endpoint: red team (ASR, guard off and on), over-refusal, bias, reliability, report.
     Eval(eval::EvalArgs),
+    /// Fine-tune a model (full or LoRA) with TRL's option names: `seek train sft`.
+    Train(train::TrainArgs),
 }
 
 /// The model argument shared by every command.
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         },
         Command::Audit(a) => audit::audit(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Train(a) => train::train(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

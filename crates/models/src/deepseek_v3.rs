@@ -573,7 +573,7 @@ impl DeepseekConfig {
 
 /// Inverse frequencies `(Dr/2,)` and the cos/sin factor, as transformers computes them
 /// (`_compute_yarn_parameters`, truncated correction range).
-fn rope_frequencies(cfg: &DeepseekConfig) -> (Vec<f32>, f32) {
+pub(crate) fn rope_frequencies(cfg: &DeepseekConfig) -> (Vec<f32>, f32) {
     let dim = cfg.qk_rope_head_dim;
     let base = cfg.rope_theta;
     let pos_freqs: Vec<f64> = (0..dim / 2)
@@ -619,7 +619,7 @@ fn rope_frequencies(cfg: &DeepseekConfig) -> (Vec<f32>, f32) {
 }
 
 /// The softmax scale: `1/sqrt(Dn + Dr)`, times `mscale(factor, mscale_all_dim)²` under YaRN.
-fn softmax_scale(cfg: &DeepseekConfig) -> f64 {
+pub(crate) fn softmax_scale(cfg: &DeepseekConfig) -> f64 {
     let mut s = 1.0 / ((cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) as f64).sqrt();
     if let Some(y) = &cfg.yarn {
         if let Some(a) = y.mscale_all_dim.filter(|&a| a != 0.0) {
@@ -977,7 +977,11 @@ fn softmax_f32(x: &Tensor) -> Result<Tensor> {
 
 /// `W_UK (H, Dn, C)` and `W_UV (H, Dv, C)` from `kv_b_proj (H*(Dn+Dv), C)`, or from the
 /// split `k_b_proj (H, C, Dn)` / `v_b_proj (H, Dv, C)` that newer llama.cpp GGUF files hold.
-fn up_projections(cfg: &DeepseekConfig, w: &Weights, prefix: &str) -> Result<(Tensor, Tensor)> {
+pub(crate) fn up_projections(
+    cfg: &DeepseekConfig,
+    w: &Weights,
+    prefix: &str,
+) -> Result<(Tensor, Tensor)> {
     let (h, c) = (cfg.num_heads, cfg.kv_lora_rank);
     let (dn, dv) = (cfg.qk_nope_head_dim, cfg.v_head_dim);
     let kv_b = format!("{prefix}.kv_b_proj.weight");

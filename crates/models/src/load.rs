@@ -238,15 +238,10 @@ pub fn load_trainable(
         files,
     } = describe(path)?;
     let w = weights_for(&format, files, fp8_block, load)?;
-    let model =
-        match arch {
-            ArchConfig::Llama(decoder) => crate::autograd::llama::build(decoder, &w, opts)?,
-            ArchConfig::Deepseek(_) => return Err(config_err(
-                path,
-                "training DeepSeek-V3 models is not implemented yet; llama and qwen2 models train"
-                    .into(),
-            )),
-        };
+    let model = match arch {
+        ArchConfig::Llama(decoder) => crate::autograd::llama::build(decoder, &w, opts)?,
+        ArchConfig::Deepseek(c) => crate::autograd::deepseek::build(c, &w, opts)?,
+    };
     Ok((model, info, format))
 }
 

@@ -12,10 +12,13 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use seek_models::autograd::Trainable;
 
+pub mod batch;
 pub mod checkpoint;
+pub mod data;
 pub mod optim;
 pub mod peft;
 pub mod report;
+pub mod sft;
 
 /// What can go wrong in training.
 #[derive(Debug, thiserror::Error)]

@@ -73,6 +73,35 @@ pub fn read_adapter(dir: &Path) -> Result<(LoraConfig, BTreeMap<String, Tensor>)
     Ok((cfg, tensors.into_iter().collect()))
 }
 
+/// PEFT's `adapter_config.json` for `cfg`.
+pub fn config_json(cfg: &LoraConfig, base_model: &str) -> String {
+    let target: serde_json::Value =
+        if cfg.target_modules.len() == 1 && cfg.target_modules[0] == "all-linear" {
+            json!("all-linear")
+        } else {
+            json!(cfg.target_modules)
+        };
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": target,
+        "use_rslora": cfg.use_rslora,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "use_dora": false,
+        "revision": null,
+    });
+    serde_json::to_string_pretty(&config).expect("json") + "\n"
+}
+
 /// Writes an adapter folder atomically (a temporary folder renamed into place).
 pub fn write_adapter(
     dir: &Path,
@@ -81,39 +110,10 @@ pub fn write_adapter(
     tensors: &BTreeMap<String, Tensor>,
 ) -> Result<()> {
     crate::checkpoint::atomic_dir(dir, |tmp| {
-        let target: serde_json::Value =
-            if cfg.target_modules.len() == 1 && cfg.target_modules[0] == "all-linear" {
-                json!("all-linear")
-            } else {
-                json!(cfg.target_modules)
-            };
-        let config = json!({
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base_model,
-            "r": cfg.r,
-            "lora_alpha": cfg.alpha,
-            "lora_dropout": cfg.dropout,
-            "target_modules": target,
-            "use_rslora": cfg.use_rslora,
-            "bias": "none",
-            "fan_in_fan_out": false,
-            "inference_mode": true,
-            "init_lora_weights": true,
-            "modules_to_save": null,
-            "layers_to_transform": null,
-            "use_dora": false,
-            "revision": null,
-        });
         let p = tmp.join(CONFIG);
-        std::fs::write(
-            &p,
-            serde_json::to_string_pretty(&config).expect("json") + "\n",
-        )
-        .map_err(io_err(&p))?;
+        std::fs::write(&p, config_json(cfg, base_model)).map_err(io_err(&p))?;
         let map: HashMap<String, Tensor> = tensors.clone().into_iter().collect();
-        let w = tmp.join(WEIGHTS);
-        candle_core::safetensors::save(&map, &w)?;
+        candle_core::safetensors::save(&map, tmp.join(WEIGHTS))?;
         Ok(())
     })
 }

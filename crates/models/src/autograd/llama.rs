@@ -45,7 +45,7 @@ impl NormT {
 /// Token embeddings: a dense table (trainable or not) or the rows of a quantized GGUF table.
 pub(crate) enum EmbedT {
     Dense(Param),
-    Quantized(Embedding),
+    Quantized(Box<Embedding>),
 }
 
 impl EmbedT {
@@ -53,7 +53,7 @@ impl EmbedT {
         let name = "model.embed_tokens.weight";
         Ok(match b.w {
             Weights::Gguf { .. } if b.opts.quantized_base && !b.full() => {
-                Self::Quantized(b.w.embedding(name, v, e)?)
+                Self::Quantized(Box::new(b.w.embedding(name, v, e)?))
             }
             _ => Self::Dense(b.param(name, &[v, e])?),
         })
@@ -149,9 +149,9 @@ impl AttentionT {
 
 /// SwiGLU `down(silu(gate(x)) * up(x))` on rows `(M, E)`.
 pub(crate) struct MlpT {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    pub(crate) gate_proj: Linear,
+    pub(crate) up_proj: Linear,
+    pub(crate) down_proj: Linear,
 }
 
 impl MlpT {
@@ -307,6 +307,38 @@ impl LlamaT {
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn hf_config(&self, architecture: &str) -> serde_json::Value {
+        let c = &self.cfg;
+        let (model_type, class) = match architecture {
+            "qwen2" => ("qwen2", "Qwen2ForCausalLM"),
+            _ => ("llama", "LlamaForCausalLM"),
+        };
+        let mut v = serde_json::json!({
+            "architectures": [class],
+            "model_type": model_type,
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_layers,
+            "num_attention_heads": c.num_heads,
+            "num_key_value_heads": c.num_kv_heads,
+            "head_dim": c.head_dim,
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope.theta,
+            "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+        });
+        if model_type == "llama" {
+            v["attention_bias"] = c.attention_bias.into();
+            v["mlp_bias"] = false.into();
+        } else {
+            v["use_sliding_window"] = false.into();
+        }
+        v
     }
 
     pub(crate) fn linears(&self) -> Vec<&Linear> {

@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::weights::{Matmul, QuantMatrix, Weights};
 use crate::{ModelError, Result};
 
+pub mod deepseek;
 pub mod llama;
 mod ops;
 
@@ -413,6 +414,7 @@ pub struct Trainable {
 
 enum Arch {
     Llama(llama::LlamaT),
+    Deepseek(deepseek::DeepseekT),
 }
 
 /// A micro-batch of token rows, right-padded, with its supervision.
@@ -530,6 +532,19 @@ impl Trainable {
         }
     }
 
+    /// Builds the training form of a DeepSeek-V2/V3 model from its weights.
+    pub(crate) fn deepseek(
+        m: deepseek::DeepseekT,
+        vars: Vec<(String, Var)>,
+        device: Device,
+    ) -> Self {
+        Self {
+            inner: Arch::Deepseek(m),
+            vars,
+            device,
+        }
+    }
+
     /// The variables the optimizer updates, by save name, in a fixed order.
     pub fn vars(&self) -> &[(String, Var)] {
         &self.vars
@@ -549,6 +564,7 @@ impl Trainable {
     pub fn vocab_size(&self) -> usize {
         match &self.inner {
             Arch::Llama(m) => m.vocab_size(),
+            Arch::Deepseek(m) => m.vocab_size(),
         }
     }
 
@@ -557,6 +573,7 @@ impl Trainable {
         check_batch(batch, self.vocab_size())?;
         match &self.inner {
             Arch::Llama(m) => m.hidden(batch, ctx),
+            Arch::Deepseek(m) => m.hidden(batch, ctx),
         }
     }
 
@@ -564,6 +581,7 @@ impl Trainable {
     pub fn project(&self, h: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         match &self.inner {
             Arch::Llama(m) => m.project(h, ctx),
+            Arch::Deepseek(m) => m.project(h, ctx),
         }
     }
 
@@ -628,9 +646,52 @@ impl Trainable {
         Ok(())
     }
 
+    /// Sets every trainable weight of a full fine-tune from a Hugging Face state dict (a
+    /// checkpoint's `model.safetensors`); errors name a missing or misshapen tensor.
+    pub fn load_state(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        let mut heads = std::collections::HashMap::new();
+        for l in self.linears() {
+            if let Some(h) = l.permuted_heads {
+                heads.insert(format!("{}.weight", l.name), h);
+                heads.insert(format!("{}.bias", l.name), h);
+            }
+        }
+        for (name, var) in &self.vars {
+            let t = tensors.get(name).ok_or_else(|| {
+                ModelError::Input(format!(
+                    "the checkpoint has no tensor {name:?}; it belongs to another model or fine-tuning mode"
+                ))
+            })?;
+            if t.dims() != var.dims() {
+                return Err(ModelError::Shape {
+                    name: name.clone(),
+                    expected: var.dims().to_vec(),
+                    found: t.dims().to_vec(),
+                });
+            }
+            let t = t.to_dtype(DType::F32)?.to_device(&self.device)?;
+            let t = match heads.get(name) {
+                Some(&h) => permute_rows(&t, h)?,
+                None => t,
+            };
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// A Hugging Face `config.json` describing this model, for a checkpoint of a model that
+    /// came from a GGUF file (one from a folder keeps its own `config.json`).
+    pub fn hf_config(&self, architecture: &str) -> serde_json::Value {
+        match &self.inner {
+            Arch::Llama(m) => m.hf_config(architecture),
+            Arch::Deepseek(m) => m.hf_config(architecture),
+        }
+    }
+
     fn linears(&self) -> Vec<&Linear> {
         match &self.inner {
             Arch::Llama(m) => m.linears(),
+            Arch::Deepseek(m) => m.linears(),
         }
     }
 
@@ -640,6 +701,7 @@ impl Trainable {
         let mut out = BTreeMap::new();
         match &self.inner {
             Arch::Llama(m) => m.state(merge, &mut out)?,
+            Arch::Deepseek(m) => m.state(merge, &mut out)?,
         }
         Ok(out)
     }

@@ -1,0 +1,331 @@
+//! `seek train`: fine-tune a model (full or LoRA) with TRL's option names.
+//!
+//! ```text
+//! seek train sft --model_name_or_path models/SmolLM2-135M-Instruct-Q4_1.gguf \
+//!     --dataset_name data.jsonl --output_dir out --learning_rate 2e-4 --max_steps 100 \
+//!     --use_peft --lora_r 8 --lora_alpha 16
+//! seek train sft --config recipe.toml --max_steps 10      # a TOML recipe, flags win
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use seek_train::report::StepRecord;
+use seek_train::sft::{self, Progress, SftConfig};
+
+/// `seek train ...`
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    command: TrainCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum TrainCommand {
+    /// Supervised fine-tuning on JSONL (TRL's formats: messages, prompt/completion, text); loss on the answer.
+    Sft(Box<SftArgs>),
+}
+
+/// TRL's `SFTConfig` / `ModelConfig` flags, spelled with underscores as TRL spells them
+/// (hyphens work too). Unset flags take the recipe's value, then TRL's default.
+#[derive(Args, Debug, Default)]
+pub struct SftArgs {
+    /// A TOML recipe with the same keys (`learning_rate = 2e-4`); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The model: a GGUF file or a Hugging Face folder.
+    #[arg(
+        long = "model_name_or_path",
+        visible_alias = "model-name-or-path",
+        alias = "model"
+    )]
+    model_name_or_path: Option<String>,
+    /// Training data: a JSONL file.
+    #[arg(
+        long = "dataset_name",
+        visible_alias = "dataset-name",
+        alias = "dataset"
+    )]
+    dataset_name: Option<String>,
+    /// Where checkpoints, metrics.jsonl, report.html and the result go.
+    #[arg(long = "output_dir", visible_alias = "output-dir")]
+    output_dir: Option<String>,
+    /// Peak learning rate [TRL default 2e-5].
+    #[arg(long = "learning_rate", visible_alias = "learning-rate")]
+    learning_rate: Option<f64>,
+    /// Epochs when --max_steps is not set [3].
+    #[arg(long = "num_train_epochs", visible_alias = "num-train-epochs")]
+    num_train_epochs: Option<f64>,
+    /// Optimizer steps (overrides epochs).
+    #[arg(
+        long = "max_steps",
+        visible_alias = "max-steps",
+        allow_negative_numbers = true
+    )]
+    max_steps: Option<i64>,
+    /// Examples per micro-batch [8].
+    #[arg(
+        long = "per_device_train_batch_size",
+        visible_alias = "per-device-train-batch-size"
+    )]
+    per_device_train_batch_size: Option<usize>,
+    /// Micro-batches per optimizer step [1].
+    #[arg(
+        long = "gradient_accumulation_steps",
+        visible_alias = "gradient-accumulation-steps"
+    )]
+    gradient_accumulation_steps: Option<usize>,
+    /// Longest example in tokens [1024].
+    #[arg(long = "max_length", visible_alias = "max-length")]
+    max_length: Option<usize>,
+    /// What to do with longer examples: drop (counted) or truncate [drop].
+    #[arg(long)]
+    overlong: Option<String>,
+    /// Pack several examples per row (attention kept within each).
+    #[arg(long)]
+    packing: bool,
+    /// Learn the prompt tokens too (TRL's completion_only_loss=False).
+    #[arg(
+        long = "completion_only_loss",
+        visible_alias = "completion-only-loss",
+        value_name = "BOOL"
+    )]
+    completion_only_loss: Option<bool>,
+    /// TRL's name for the same switch on conversational data.
+    #[arg(
+        long = "assistant_only_loss",
+        visible_alias = "assistant-only-loss",
+        value_name = "BOOL"
+    )]
+    assistant_only_loss: Option<bool>,
+    /// linear, cosine, constant, constant_with_warmup [linear].
+    #[arg(long = "lr_scheduler_type", visible_alias = "lr-scheduler-type")]
+    lr_scheduler_type: Option<String>,
+    /// Warmup as a fraction of the steps [0].
+    #[arg(long = "warmup_ratio", visible_alias = "warmup-ratio")]
+    warmup_ratio: Option<f64>,
+    /// Warmup steps (wins over the ratio).
+    #[arg(long = "warmup_steps", visible_alias = "warmup-steps")]
+    warmup_steps: Option<u64>,
+    /// AdamW weight decay [0].
+    #[arg(long = "weight_decay", visible_alias = "weight-decay")]
+    weight_decay: Option<f64>,
+    /// AdamW beta1 [0.9].
+    #[arg(long = "adam_beta1", visible_alias = "adam-beta1")]
+    adam_beta1: Option<f64>,
+    /// AdamW beta2 [0.999].
+    #[arg(long = "adam_beta2", visible_alias = "adam-beta2")]
+    adam_beta2: Option<f64>,
+    /// AdamW epsilon [1e-8].
+    #[arg(long = "adam_epsilon", visible_alias = "adam-epsilon")]
+    adam_epsilon: Option<f64>,
+    /// Gradient clipping by global norm; 0 turns it off [1.0].
+    #[arg(long = "max_grad_norm", visible_alias = "max-grad-norm")]
+    max_grad_norm: Option<f64>,
+    /// Steps between log lines [10].
+    #[arg(long = "logging_steps", visible_alias = "logging-steps")]
+    logging_steps: Option<u64>,
+    /// Steps between checkpoints [500].
+    #[arg(long = "save_steps", visible_alias = "save-steps")]
+    save_steps: Option<u64>,
+    /// Checkpoints to keep (oldest deleted) [all].
+    #[arg(long = "save_total_limit", visible_alias = "save-total-limit")]
+    save_total_limit: Option<usize>,
+    /// Seed of data order, LoRA initialisation and dropout [42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Train LoRA adapters instead of every weight.
+    #[arg(long = "use_peft", visible_alias = "use-peft")]
+    use_peft: bool,
+    /// LoRA rank [16].
+    #[arg(long = "lora_r", visible_alias = "lora-r")]
+    lora_r: Option<usize>,
+    /// LoRA alpha [32].
+    #[arg(long = "lora_alpha", visible_alias = "lora-alpha")]
+    lora_alpha: Option<f64>,
+    /// LoRA dropout [0.05].
+    #[arg(long = "lora_dropout", visible_alias = "lora-dropout")]
+    lora_dropout: Option<f64>,
+    /// Modules to adapt, space- or comma-separated (q_proj v_proj, all-linear) [q_proj v_proj].
+    #[arg(long = "lora_target_modules", visible_alias = "lora-target-modules", num_args = 1.., value_delimiter = ',')]
+    lora_target_modules: Option<Vec<String>>,
+    /// rsLoRA scaling (alpha / sqrt(r)).
+    #[arg(long = "use_rslora", visible_alias = "use-rslora")]
+    use_rslora: bool,
+    /// LoRA on a quantized GGUF base kept in its encoding (QLoRA-style; TRL's --load_in_4bit and --load_in_8bit mean this).
+    #[arg(
+        long = "quantized_base",
+        visible_alias = "quantized-base",
+        alias = "load_in_4bit",
+        alias = "load_in_8bit"
+    )]
+    quantized_base: bool,
+    /// Continue from a checkpoint-N folder, or `latest` in --output_dir.
+    #[arg(long = "resume_from_checkpoint", visible_alias = "resume-from-checkpoint", num_args = 0..=1, default_missing_value = "latest")]
+    resume_from_checkpoint: Option<String>,
+}
+
+/// Runs `seek train`.
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    match args.command {
+        TrainCommand::Sft(a) => sft_cmd(*a),
+    }
+}
+
+/// The recipe (if any) with the flags laid over it.
+fn sft_config(a: SftArgs) -> anyhow::Result<SftConfig> {
+    let mut c = match &a.config {
+        Some(p) => read_recipe(p)?,
+        None => SftConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f { c.$f = v; } )* };
+    }
+    set!(
+        model_name_or_path,
+        dataset_name,
+        output_dir,
+        learning_rate,
+        num_train_epochs,
+        max_steps,
+        per_device_train_batch_size,
+        gradient_accumulation_steps,
+        max_length,
+        completion_only_loss,
+        warmup_ratio,
+        warmup_steps,
+        weight_decay,
+        adam_beta1,
+        adam_beta2,
+        adam_epsilon,
+        max_grad_norm,
+        logging_steps,
+        save_steps,
+        save_total_limit,
+        seed,
+        lora_r,
+        lora_alpha,
+        lora_dropout,
+        lora_target_modules
+    );
+    if let Some(v) = a.assistant_only_loss {
+        c.completion_only_loss = v;
+    }
+    if let Some(s) = a.overlong {
+        c.overlong = s.parse().map_err(|e| anyhow::anyhow!("--overlong {e}"))?;
+    }
+    if let Some(s) = a.lr_scheduler_type {
+        c.lr_scheduler_type = s.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    }
+    c.packing |= a.packing;
+    c.use_peft |= a.use_peft;
+    c.use_rslora |= a.use_rslora;
+    c.quantized_base |= a.quantized_base;
+    if a.resume_from_checkpoint.is_some() {
+        c.resume_from_checkpoint = a.resume_from_checkpoint;
+    }
+    // `--lora_target_modules q_proj,v_proj` and `q_proj v_proj` both give the list.
+    c.lora_target_modules = c
+        .lora_target_modules
+        .iter()
+        .flat_map(|s| s.split([',', ' ']))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(c)
+}
+
+fn read_recipe(path: &Path) -> anyhow::Result<SftConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+struct Bar {
+    bar: ProgressBar,
+    logging_steps: u64,
+    /// stderr is a terminal: lines go above the bar; otherwise they are printed plainly.
+    tty: bool,
+}
+
+impl Bar {
+    fn line(&self, msg: String) {
+        if self.tty {
+            self.bar.println(msg);
+        } else {
+            eprintln!("{msg}");
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn step(&mut self, r: &StepRecord, max_steps: u64) {
+        self.bar.set_length(max_steps);
+        self.bar.set_position(r.step);
+        self.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} grad {:.2} {:.0} tok/s",
+            r.loss, r.learning_rate, r.grad_norm, r.tokens_per_second
+        ));
+        if self.logging_steps > 0 && r.step % self.logging_steps == 0 {
+            self.line(format!(
+                "step {:>5}/{max_steps}  epoch {:.2}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s  elapsed {:.0}s",
+                r.step, r.epoch, r.loss, r.learning_rate, r.grad_norm, r.tokens_per_second, r.elapsed_s
+            ));
+        }
+    }
+
+    fn note(&mut self, msg: &str) {
+        self.line(msg.to_string());
+    }
+}
+
+fn sft_cmd(a: SftArgs) -> anyhow::Result<()> {
+    let cfg = sft_config(a)?;
+    cfg.check()?;
+    if !Path::new(&cfg.dataset_name).is_file() {
+        bail!(
+            "--dataset_name {}: no such file (Seek trains on local JSONL files; the Hugging Face Hub's datasets are not fetched)",
+            cfg.dataset_name
+        );
+    }
+    let setup = sft::setup(&cfg, &crate::source::load_options())?;
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !tty {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut progress = Bar {
+        bar: bar.clone(),
+        logging_steps: cfg.logging_steps,
+        tty,
+    };
+    eprintln!(
+        "seek train sft: {} ({}), {}",
+        cfg.model_name_or_path,
+        setup.info.architecture,
+        if cfg.use_peft {
+            "LoRA"
+        } else {
+            "full fine-tuning"
+        }
+    );
+    let summary = sft::run(&cfg, &setup, &mut progress)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "done: {} steps, final loss {:.4}; {} examples used, {} dropped for length; wrote {} (report.html, metrics.jsonl)",
+        summary.steps,
+        summary.final_loss,
+        summary.examples,
+        summary.dropped_overlong,
+        summary.output_dir.display()
+    );
+    Ok(())
+}
