@@ -15,8 +15,40 @@ tokens and padding are masked (-100), this writes tests/fixtures/train/<model>-<
   adapter_init/        LoRA only: the starting adapter as peft's save_pretrained writes it
                        (init_lora_weights=False, so B is random and every gradient is non-zero)
 
+tests/fixtures/train/tiny-r1-qwen2/: a tiny random Qwen2ForCausalLM (vocab 300) with the
+300-token byte-level BPE and DeepSeek-R1's chat template of tests/fixtures/deepseek/dsv3-qlora-yarn
+(tools/make_deepseek_golden.py): a miniature R1-Distill-Qwen for the `seek train sft` tests;
+
 and tests/fixtures/train/schedules.json: learning rates of transformers' linear, cosine and
 constant-with-warmup schedules (warmup 3 of 10 steps).
+
+DeepSeek-V3 (MLA + DeepSeekMoE), on the tiny DeepseekV3ForCausalLM checkpoints of
+tests/fixtures/deepseek/ (tools/make_deepseek_golden.py; vocab 300, so the same batch fits):
+
+  deepseek-qlora-full, deepseek-noqlora-full
+      full fine-tuning with and without q_lora_rank. transformers 5 holds the routed experts
+      fused (mlp.experts.gate_up_proj (X, 2F, E) = cat(gate, up) per expert, mlp.experts.down_proj
+      (X, E, F)); their gradients and weights are written under the checkpoint's (and Seek's)
+      per-expert names model.layers.L.mlp.experts.X.{gate,up,down}_proj.weight by splitting the
+      fused tensors (see per_expert). AdamW is elementwise and the clipping norm global, so
+      splitting after the steps equals stepping the split tensors. The router's
+      e_score_correction_bias is a buffer, not a parameter: it is not trained.
+  deepseek-qlora-lora
+      LoRA with stock transformers 5 + peft on the attention projections q_a_proj,
+      kv_a_proj_with_mqa, kv_b_proj, o_proj. No MLP: on transformers 5, peft 0.21 rewrites
+      every target named gate_proj / up_proj / down_proj (shared_experts.gate_proj included)
+      into target_parameters on the fused routed experts (_convert_peft_config_moe), and that
+      is a different adapter from per-expert LoRA (the fused gate_up_proj gets one rank-2r
+      adapter whose B is not block-diagonal while it trains), so neither the shared nor the
+      routed experts can be targeted as Linear modules there.
+  deepseek-noqlora-lora
+      LoRA on q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, gate_proj, up_proj, down_proj (the
+      dense MLP, the shared experts and every routed expert) with the routed experts as one
+      DeepseekV3MLP (three Linear modules) per expert: the layout of transformers 4 and of
+      DeepSeek's own modeling code, whose per-expert adapters peft 0.21 still loads into
+      transformers 5 by converting them. PerExpert below runs the same loop as transformers 5's
+      DeepseekV3Experts.forward on the same weights; peft's v4 -> v5 target conversion is
+      switched off for this model because it has the v4 layout (see v4_targets).
 
 The loss is what transformers' Trainer computes with gradient accumulation: the sum of the
 token cross-entropies over the batch divided by the number of supervised tokens. Each step:
@@ -28,6 +60,7 @@ Deterministic (fixed seeds, 1 thread, float32). Re-run with
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,6 +74,7 @@ from safetensors.torch import save_file
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "fixtures" / "golden"
+DEEPSEEK = ROOT / "tests" / "fixtures" / "deepseek"
 OUT = ROOT / "tests" / "fixtures" / "train"
 
 # eps 1e-4, not the default 1e-8: Adam's first steps move every weight by about lr * sign(g),
@@ -93,6 +127,12 @@ def run(model, names, input_ids, labels):
         opt.zero_grad()
         loss = loss_of(model, input_ids, labels)
         loss.backward()
+        # A routed expert no token picked has no gradient; torch's AdamW would skip it (no
+        # weight decay either). Seek, like transformers 5's fused experts, steps every
+        # parameter with a zero gradient. Never the case for the dense models.
+        for _, p in names:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         if step == 0:
             grads = {n: p.grad.detach().clone().contiguous() for n, p in names}
         norm = torch.nn.utils.clip_grad_norm_(params, MAX_NORM)
@@ -122,28 +162,49 @@ def write(dest, input_ids, labels, losses, norms, grads, after, names, extra):
     (dest / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
 
 
-def full(model_dir, tag, input_ids, labels):
+def load(model_dir):
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config._attn_implementation = "eager"
+    return model
+
+
+def full(model_dir, tag, input_ids, labels, load=load, rename=lambda model, d: d):
+    check_vocab(model_dir, input_ids, labels)
+    model = load(model_dir)
     names = [(n, p) for n, p in model.named_parameters()]
     losses, norms, grads, after = run(model, names, input_ids, labels)
-    write(OUT / f"{tag}-full", input_ids, labels, losses, norms, grads, after, names,
+    grads, after = rename(model, grads), rename(model, after)
+    saved = [(n, None) for n in after]
+    write(OUT / f"{tag}-full", input_ids, labels, losses, norms, grads, after, saved,
           {"base": str(model_dir.relative_to(ROOT)), "mode": "full"})
 
 
-def lora(model_dir, tag, targets, input_ids, labels):
+def check_vocab(model_dir, input_ids, labels):
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    top = max(x for row in input_ids + labels for x in row if x is not None)
+    assert top < vocab, f"{model_dir}: token id {top} is outside the vocabulary of {vocab}"
+
+
+def lora(model_dir, tag, targets, input_ids, labels, load=load, v4_layout=False):
     import peft
 
+    check_vocab(model_dir, input_ids, labels)
     torch.manual_seed(11)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.config._attn_implementation = "eager"
+    model = load(model_dir)
     cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
                           init_lora_weights=False, task_type="CAUSAL_LM")
-    model = peft.get_peft_model(model, cfg)
+    with v4_targets(v4_layout):
+        model = peft.get_peft_model(model, cfg)
     dest = OUT / f"{tag}-lora"
     if dest.exists():
         shutil.rmtree(dest)
     model.save_pretrained(dest / "adapter_init")
+    # peft writes target_modules from a set, in an order that changes from run to run.
+    cfg_path = dest / "adapter_init" / "adapter_config.json"
+    saved = json.loads(cfg_path.read_text())
+    if isinstance(saved["target_modules"], list):
+        saved["target_modules"] = sorted(saved["target_modules"])
+    cfg_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
     # PEFT's saved key for a parameter: the adapter name ("default") dropped.
     names = [(n.replace(".default", ""), p) for n, p in model.named_parameters() if p.requires_grad]
     losses, norms, grads, after = run(model, names, input_ids, labels)
@@ -151,6 +212,113 @@ def lora(model_dir, tag, targets, input_ids, labels):
           {"base": str(model_dir.relative_to(ROOT)), "mode": "lora",
            "lora": {"r": 4, "lora_alpha": 8, "target_modules": targets},
            "versions_peft": peft.__version__})
+
+
+def load_deepseek(model_dir):
+    # The plain per-expert loop (not torch grouped_mm) and eager attention.
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager",
+        experts_implementation="eager")
+    # transformers 5 fuses the checkpoint's experts on load as cat(gate, up): check that the
+    # split below is its inverse.
+    ck = safe_open_all(model_dir / "model.safetensors")
+    layer = model.config.first_k_dense_replace
+    fused = model.model.layers[layer].mlp.experts.gate_up_proj
+    f = model.config.moe_intermediate_size
+    p = f"model.layers.{layer}.mlp.experts"
+    assert torch.equal(fused[1, :f], ck[f"{p}.1.gate_proj.weight"])
+    assert torch.equal(fused[1, f:], ck[f"{p}.1.up_proj.weight"])
+    return model
+
+
+def safe_open_all(path):
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def per_expert(model, tensors):
+    """Fused expert tensors under the checkpoint's per-expert names:
+    experts.gate_up_proj (X, 2F, E) -> experts.X.gate_proj.weight = [X, :F], up_proj = [X, F:];
+    experts.down_proj (X, E, F) -> experts.X.down_proj.weight = [X]."""
+    f = model.config.moe_intermediate_size
+    out = {}
+    for k, v in tensors.items():
+        m = re.fullmatch(r"(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)", k)
+        if m is None:
+            out[k] = v
+            continue
+        for e in range(v.shape[0]):
+            if m.group(2) == "down_proj":
+                out[f"{m.group(1)}.{e}.down_proj.weight"] = v[e].contiguous()
+            else:
+                out[f"{m.group(1)}.{e}.gate_proj.weight"] = v[e, :f].contiguous()
+                out[f"{m.group(1)}.{e}.up_proj.weight"] = v[e, f:].contiguous()
+    return out
+
+
+class PerExpert(torch.nn.ModuleList):
+    """The routed experts as one DeepseekV3MLP each (module names experts.X.gate_proj, ...), as
+    transformers 4 and DeepSeek's modeling code hold them; forward is transformers 5's
+    DeepseekV3Experts.forward with the fused matrices replaced by each expert's Linear modules."""
+
+    def __init__(self, fused, config):
+        from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MLP
+
+        f = config.moe_intermediate_size
+        mlps = []
+        for e in range(fused.num_experts):
+            mlp = DeepseekV3MLP(config, intermediate_size=f)
+            with torch.no_grad():
+                mlp.gate_proj.weight.copy_(fused.gate_up_proj[e, :f])
+                mlp.up_proj.weight.copy_(fused.gate_up_proj[e, f:])
+                mlp.down_proj.weight.copy_(fused.down_proj[e])
+            mlps.append(mlp)
+        super().__init__(mlps)
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        n = len(self)
+        final_hidden_states = torch.zeros_like(hidden_states)
+        with torch.no_grad():
+            expert_mask = torch.nn.functional.one_hot(top_k_index, num_classes=n + 1)
+            expert_mask = expert_mask.permute(2, 1, 0)
+            expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit:
+            expert_idx = expert_idx[0]
+            if expert_idx == n:
+                continue
+            top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
+            current = self[expert_idx](hidden_states[token_idx])
+            current = current * top_k_weights[token_idx, top_k_pos, None]
+            final_hidden_states.index_add_(0, token_idx, current.to(final_hidden_states.dtype))
+        return final_hidden_states
+
+
+@contextlib.contextmanager
+def v4_targets(on):
+    """peft 0.21 on transformers 5 redirects targets named gate_proj / up_proj / down_proj to
+    the fused expert parameters of MoE models (convert_peft_config_for_transformers). A model
+    rebuilt with per-expert Linear modules (PerExpert) has the transformers 4 layout that
+    conversion undoes, so for it the targets are taken as written, as peft does on v4."""
+    if not on:
+        yield
+        return
+    import peft.utils.transformers_weight_conversion as conv
+
+    orig = conv.convert_peft_config_for_transformers
+    conv.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        conv.convert_peft_config_for_transformers = orig
+
+
+def load_deepseek_per_expert(model_dir):
+    model = load_deepseek(model_dir)
+    for layer in model.model.layers[model.config.first_k_dense_replace:]:
+        layer.mlp.experts = PerExpert(layer.mlp.experts, model.config)
+    return model
 
 
 def schedules():
@@ -168,13 +336,40 @@ def schedules():
     (OUT / "schedules.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
+def tiny_r1():
+    torch.manual_seed(5)
+    cfg = transformers.Qwen2Config(
+        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True,
+        bos_token_id=0, eos_token_id=1)
+    model = transformers.Qwen2ForCausalLM(cfg).eval()
+    dest = OUT / "tiny-r1-qwen2"
+    if dest.exists():
+        shutil.rmtree(dest)
+    model.save_pretrained(dest, safe_serialization=True)
+    src = ROOT / "tests" / "fixtures" / "deepseek" / "dsv3-qlora-yarn"
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(src / f, dest / f)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    tiny_r1()
     input_ids, labels = batch()
     full(GOLDEN / "tiny-llama", "llama", input_ids, labels)
     full(GOLDEN / "tiny-qwen2", "qwen2", input_ids, labels)
     lora(GOLDEN / "tiny-llama", "llama", ["q_proj", "v_proj"], input_ids, labels)
     lora(GOLDEN / "tiny-qwen2", "qwen2", "all-linear", input_ids, labels)
+    qlora, noqlora = DEEPSEEK / "dsv3-qlora-yarn", DEEPSEEK / "dsv3-noqlora"
+    full(qlora, "deepseek-qlora", input_ids, labels, load=load_deepseek, rename=per_expert)
+    full(noqlora, "deepseek-noqlora", input_ids, labels, load=load_deepseek, rename=per_expert)
+    lora(qlora, "deepseek-qlora", ["q_a_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"],
+         input_ids, labels, load=load_deepseek)
+    lora(noqlora, "deepseek-noqlora",
+         ["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "gate_proj", "up_proj",
+          "down_proj"],
+         input_ids, labels, load=load_deepseek_per_expert, v4_layout=True)
     schedules()
     print("wrote", OUT)
 

@@ -220,6 +220,11 @@ pub trait Progress {
     fn step(&mut self, rec: &StepRecord, max_steps: u64);
     /// A message for the log.
     fn note(&mut self, msg: &str);
+    /// Asked after each step: `true` stops the run there with a checkpoint (Ctrl-C, a time
+    /// budget); it resumes with `resume_from_checkpoint`.
+    fn should_stop(&mut self) -> bool {
+        false
+    }
 }
 
 /// Prints nothing.
@@ -459,14 +464,28 @@ pub fn run(cfg: &SftConfig, setup: &Setup, progress: &mut dyn Progress) -> Resul
         };
         append_metrics(&metrics_path, &rec)?;
         progress.step(&rec, max_steps);
-        if cfg.save_steps > 0
-            && state.global_step % cfg.save_steps == 0
+        let stop = progress.should_stop();
+        if (cfg.save_steps > 0 && state.global_step % cfg.save_steps == 0 || stop)
             && state.global_step < max_steps
         {
             let dir = out.join(format!("checkpoint-{}", state.global_step));
             save_checkpoint(&dir, setup, &opt, &state, true)?;
             prune_checkpoints(&out, cfg.save_total_limit)?;
             last_good = Some(dir);
+        }
+        if stop && state.global_step < max_steps {
+            progress.note(&format!(
+                "stopped at step {}; continue with --resume_from_checkpoint",
+                state.global_step
+            ));
+            return Ok(RunSummary {
+                steps: state.global_step,
+                final_loss,
+                examples: examples.len(),
+                dropped_overlong: setup.data.dropped_overlong,
+                output_dir: out,
+                trainable_parameters: model.trainable_parameters(),
+            });
         }
     }
     // The final checkpoint (resumable) and the result at the top of output_dir.
