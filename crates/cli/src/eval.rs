@@ -56,7 +56,7 @@ struct SuiteArgs {
 struct ReliabilityArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// gsm8k, math500 (comma-separated).
+    /// gsm8k, math500, or JSONL files of problems (`question`, `answer`); comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "gsm8k,math500")]
     datasets: Vec<String>,
     /// Runs per problem (sampling seeds 0..N): consistency and majority vote.
@@ -205,7 +205,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
                 let mut datasets = Vec::new();
                 for d in &a.datasets {
                     datasets.push(seek_eval::reliability::Dataset::parse(d).with_context(
-                        || format!("--datasets: unknown dataset {d:?}; use gsm8k or math500"),
+                        || format!("--datasets: unknown dataset {d:?}; use gsm8k, math500 or a .jsonl file of problems"),
                     )?);
                 }
                 let opts = seek_eval::reliability::ReliabilityOptions {
@@ -366,7 +366,7 @@ fn helper_target(
 }
 
 /// A local engine for `path`.
-fn local(
+pub(crate) fn local(
     path: &str,
     label: &str,
 ) -> anyhow::Result<(EngineHandle, Arc<seek_tokenizer::Tokenizer>)> {

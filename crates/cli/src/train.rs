@@ -26,6 +26,72 @@ pub struct TrainArgs {
 enum TrainCommand {
     /// Supervised fine-tuning on JSONL (TRL's formats: messages, prompt/completion, text); loss on the answer.
     Sft(Box<SftArgs>),
+    /// R1's distillation: sample K traces per verifiable problem from a teacher, keep those the verifier accepts, SFT the student on them.
+    Distill(Box<DistillArgs>),
+}
+
+/// `seek train distill`: teacher sampling with rejection, then `sft` of the student
+/// (`--model_name_or_path`) on `OUTPUT_DIR/distill.jsonl` into `OUTPUT_DIR/student`.
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// The teacher: a local GGUF file or Hugging Face folder, run by Seek's engine.
+    #[arg(long, conflicts_with = "teacher_url")]
+    teacher: Option<String>,
+    /// Or an OpenAI-compatible endpoint (e.g. http://10.0.0.5:8000/v1); key from $SEEK_TEACHER_API_KEY.
+    #[arg(long = "teacher_url", visible_alias = "teacher-url")]
+    teacher_url: Option<String>,
+    /// The `model` field sent to --teacher_url.
+    #[arg(
+        long = "teacher_model",
+        visible_alias = "teacher-model",
+        default_value = "default"
+    )]
+    teacher_model: String,
+    /// Verifiable problems: gsm8k, math500, or JSONL files with question and answer (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    problems: Vec<String>,
+    /// At most this many problems (a seeded sample, as `seek eval --limit`).
+    #[arg(long = "max_problems", visible_alias = "max-problems")]
+    max_problems: Option<usize>,
+    /// Keep out the problems `seek eval reliability --limit N --seed S` evaluates (a held-out set).
+    #[arg(long = "exclude_eval_limit", visible_alias = "exclude-eval-limit")]
+    exclude_eval_limit: Option<usize>,
+    /// The --seed of that held-out sample.
+    #[arg(
+        long = "exclude_eval_seed",
+        visible_alias = "exclude-eval-seed",
+        default_value_t = 0
+    )]
+    exclude_eval_seed: u64,
+    /// Traces sampled per problem.
+    #[arg(
+        long = "num_generations",
+        visible_alias = "num-generations",
+        default_value_t = 4
+    )]
+    num_generations: usize,
+    /// Most new tokens per trace.
+    #[arg(
+        long = "max_completion_length",
+        visible_alias = "max-completion-length",
+        default_value_t = 1024
+    )]
+    max_completion_length: usize,
+    /// Teacher sampling temperature.
+    #[arg(long, default_value_t = 0.6)]
+    temperature: f32,
+    /// Appended to every question (default: DeepSeek's "reason step by step ... \\boxed{}").
+    #[arg(long)]
+    instruction: Option<String>,
+    /// Teacher requests in flight (a local engine batches them).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Only sample and filter; no SFT.
+    #[arg(long = "generate_only", visible_alias = "generate-only")]
+    generate_only: bool,
+    /// The student and its SFT settings (TRL flags, as `seek train sft`).
+    #[command(flatten)]
+    sft: SftArgs,
 }
 
 /// TRL's `SFTConfig` / `ModelConfig` flags, spelled with underscores as TRL spells them
@@ -171,6 +237,7 @@ pub struct SftArgs {
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     match args.command {
         TrainCommand::Sft(a) => sft_cmd(*a),
+        TrainCommand::Distill(a) => distill_cmd(*a),
     }
 }
 
@@ -279,6 +346,101 @@ impl Progress for Bar {
     fn note(&mut self, msg: &str) {
         self.line(msg.to_string());
     }
+}
+
+fn distill_cmd(a: DistillArgs) -> anyhow::Result<()> {
+    use seek_train::distill;
+    let out = PathBuf::from(
+        a.sft
+            .output_dir
+            .clone()
+            .context("--output_dir is required")?,
+    );
+    let exclude = match a.exclude_eval_limit {
+        Some(n) => distill::eval_sample_ids(&a.problems, n, a.exclude_eval_seed)?,
+        None => Default::default(),
+    };
+    let mut problems = distill::problems(&a.problems, &exclude)?;
+    if let Some(n) = a.max_problems {
+        problems = seek_eval::reliability::seeded_sample(problems, |p| p.id.clone(), 0, Some(n));
+    }
+    if problems.is_empty() {
+        bail!("no problems left to sample (check --problems and --exclude_eval_limit)");
+    }
+    let (teacher, _engine): (Box<dyn seek_eval::target::Target>, _) =
+        match (&a.teacher, &a.teacher_url) {
+            (Some(path), _) => {
+                let (engine, tok) = crate::eval::local(path, "teacher")?;
+                (
+                    Box::new(seek_eval::target::LocalTarget {
+                        label: crate::serve::default_name(path),
+                        engine: engine.clone(),
+                        tokenizer: tok,
+                        policy: None,
+                    }),
+                    Some(engine),
+                )
+            }
+            (None, Some(url)) => (
+                Box::new(seek_eval::target::UrlTarget::new(
+                    url,
+                    &a.teacher_model,
+                    std::env::var("SEEK_TEACHER_API_KEY").ok(),
+                )),
+                None,
+            ),
+            (None, None) => bail!("give the teacher: --teacher PATH or --teacher_url URL"),
+        };
+    eprintln!(
+        "seek train distill: {} problems x {} traces from {}{}",
+        problems.len(),
+        a.num_generations,
+        teacher.name(),
+        if exclude.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} held-out problems excluded)", exclude.len())
+        }
+    );
+    let run = seek_eval::run::RunConfig {
+        out: out.clone(),
+        concurrency: a.concurrency.max(1),
+        max_requests: None,
+        max_tokens_total: None,
+        max_cost_usd: None,
+        prices_per_million: (0.55, 2.19),
+        progress: true,
+    };
+    let opts = distill::DistillOptions {
+        num_generations: a.num_generations,
+        max_completion_length: a.max_completion_length,
+        temperature: a.temperature,
+        instruction: a
+            .instruction
+            .unwrap_or_else(|| seek_eval::reliability::MATH_PROMPT.to_string()),
+    };
+    let summary = distill::generate(teacher.as_ref(), &run, &problems, &opts)?;
+    eprintln!(
+        "kept {} of {} traces (rejection sampling); {} of {} problems have at least one; {} cut off at {} tokens; wrote {}",
+        summary.accepted,
+        summary.traces,
+        summary.problems_solved,
+        summary.problems,
+        summary.cut_off,
+        a.max_completion_length,
+        summary.dataset.display()
+    );
+    drop(teacher);
+    if a.generate_only {
+        return Ok(());
+    }
+    if summary.accepted == 0 {
+        bail!("the verifier accepted no trace: nothing to train the student on");
+    }
+    let mut sft = a.sft;
+    sft.dataset_name = Some(summary.dataset.display().to_string());
+    sft.output_dir = Some(out.join("student").display().to_string());
+    sft_cmd(sft)
 }
 
 fn sft_cmd(a: SftArgs) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@
 //! its half-finished thoughts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use seek_engine::serve::SubmitError;
 use seek_types::ChatMessage;
@@ -26,30 +26,38 @@ use crate::EvalError;
 pub const MATH_PROMPT: &str =
     "Please reason step by step, and put your final answer within \\boxed{}.";
 
-/// A math dataset shipped in `data/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A math dataset: one shipped in `data/`, or a JSONL file of verifiable problems.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dataset {
     /// GSM8K test split (1319 grade-school word problems, integer answers).
     Gsm8k,
     /// MATH-500 (the PRM800K subset of MATH's test split, with subject and level).
     Math500,
+    /// A JSONL file, one problem a line: `question` (or `problem`, `prompt`) and `answer`
+    /// (or `solution`, `gold`), checked by the same verifier.
+    File(PathBuf),
 }
 
 impl Dataset {
-    /// `gsm8k` or `math500`, as in sample keys and the summary.
-    pub fn name(self) -> &'static str {
+    /// `gsm8k`, `math500`, or the file's stem, as in sample keys and the summary.
+    pub fn name(&self) -> String {
         match self {
-            Dataset::Gsm8k => "gsm8k",
-            Dataset::Math500 => "math500",
+            Dataset::Gsm8k => "gsm8k".into(),
+            Dataset::Math500 => "math500".into(),
+            Dataset::File(p) => p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| p.display().to_string()),
         }
     }
 
-    /// From `gsm8k` / `math500` (also `math`, `math-500`).
+    /// From `gsm8k` / `math500` (also `math`, `math-500`), or a path ending in `.jsonl`.
     pub fn parse(s: &str) -> Option<Dataset> {
         match s.to_ascii_lowercase().as_str() {
             "gsm8k" => Some(Dataset::Gsm8k),
             "math500" | "math-500" | "math" => Some(Dataset::Math500),
+            _ if s.ends_with(".jsonl") => Some(Dataset::File(PathBuf::from(s))),
             _ => None,
         }
     }
@@ -107,10 +115,11 @@ pub struct Problem {
 
 /// The problems of a dataset, in file order.
 pub fn load_problems(dataset: Dataset) -> Result<Vec<Problem>, EvalError> {
-    let path = crate::data::data_dir().join(match dataset {
-        Dataset::Gsm8k => "gsm8k/test.jsonl",
-        Dataset::Math500 => "math500/test.jsonl",
-    });
+    let path = match &dataset {
+        Dataset::Gsm8k => crate::data::data_dir().join("gsm8k/test.jsonl"),
+        Dataset::Math500 => crate::data::data_dir().join("math500/test.jsonl"),
+        Dataset::File(p) => p.clone(),
+    };
     let text = read_data(&path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -120,9 +129,33 @@ pub fn load_problems(dataset: Dataset) -> Result<Vec<Problem>, EvalError> {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| EvalError::data(&path, format!("line {}: {e}", i + 1)))?;
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-        out.push(match dataset {
+        let first = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| match &v[*k] {
+                    serde_json::Value::String(t) => Some(t.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        out.push(match &dataset {
+            Dataset::File(_) => Problem {
+                dataset: dataset.clone(),
+                id: format!(
+                    "{}/{}",
+                    dataset.name(),
+                    v["id"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| i.to_string())
+                ),
+                question: first(&["question", "problem", "prompt"]),
+                gold: first(&["answer", "solution", "gold"]),
+                subject: None,
+                level: None,
+            },
             Dataset::Gsm8k => Problem {
-                dataset,
+                dataset: dataset.clone(),
                 id: format!("gsm8k/{i}"),
                 question: s("question"),
                 gold: gsm8k_gold(&s("answer")),
@@ -130,7 +163,7 @@ pub fn load_problems(dataset: Dataset) -> Result<Vec<Problem>, EvalError> {
                 level: None,
             },
             Dataset::Math500 => Problem {
-                dataset,
+                dataset: dataset.clone(),
                 id: format!("math500/{}", s("unique_id")),
                 question: s("problem"),
                 gold: s("answer"),
@@ -181,7 +214,7 @@ pub(crate) fn read_data(path: &Path) -> Result<String, EvalError> {
 
 /// A repeatable sample of at most `limit` of `items`: ordered by a hash of (seed, key), so a
 /// larger limit with the same seed extends a smaller one instead of drawing anew.
-pub(crate) fn seeded_sample<T>(
+pub fn seeded_sample<T>(
     mut items: Vec<T>,
     key: impl Fn(&T) -> String,
     seed: u64,
@@ -345,9 +378,9 @@ pub fn reliability(
     opts: &ReliabilityOptions,
 ) -> Result<ReliabilitySummary, EvalError> {
     let mut problems = Vec::new();
-    for &d in &opts.datasets {
+    for d in &opts.datasets {
         problems.extend(seeded_sample(
-            load_problems(d)?,
+            load_problems(d.clone())?,
             |p| p.id.clone(),
             opts.sample_seed,
             opts.limit,

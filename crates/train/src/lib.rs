@@ -15,6 +15,7 @@ use seek_models::autograd::Trainable;
 pub mod batch;
 pub mod checkpoint;
 pub mod data;
+pub mod distill;
 pub mod optim;
 pub mod peft;
 pub mod report;

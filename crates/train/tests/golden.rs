@@ -1,6 +1,7 @@
 //! Seek's training step against transformers + peft (tools/make_train_golden.py): the loss,
-//! every gradient and the weights after two AdamW steps with clipping, for tiny Llama and
-//! Qwen2 models, full and LoRA. Tolerance: 1e-4 relative to each tensor's largest value.
+//! every gradient and the weights after two AdamW steps with clipping, for tiny Llama,
+//! Qwen2 and DeepSeek-V3 (MLA + DeepSeekMoE) models, full and LoRA. Tolerance: 1e-4 relative
+//! to each tensor's largest value.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -167,6 +168,33 @@ fn llama_lora_matches_peft() {
 #[test]
 fn qwen2_lora_matches_peft() {
     check("qwen2-lora");
+}
+
+/// DeepSeek-V3 with q_lora_rank, YaRN and group-limited routing: every weight, the fused
+/// experts of transformers 5 compared under their per-expert checkpoint names.
+#[test]
+fn deepseek_qlora_full_matches_transformers() {
+    check("deepseek-qlora-full");
+}
+
+/// DeepSeek-V3 without q_lora_rank (plain q_proj), default RoPE, one expert group.
+#[test]
+fn deepseek_noqlora_full_matches_transformers() {
+    check("deepseek-noqlora-full");
+}
+
+/// LoRA on the MLA projections with stock transformers 5 + peft.
+#[test]
+fn deepseek_qlora_lora_matches_transformers() {
+    check("deepseek-qlora-lora");
+}
+
+/// LoRA on the attention, the dense MLP, the shared experts and every routed expert's
+/// gate/up/down projections (per-expert Linear modules, as peft adapts them on
+/// transformers 4 and DeepSeek's own modeling code).
+#[test]
+fn deepseek_noqlora_lora_matches_transformers() {
+    check("deepseek-noqlora-lora");
 }
 
 #[test]

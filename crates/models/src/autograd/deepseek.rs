@@ -126,10 +126,13 @@ fn expert(
     })
 }
 
-/// The query projection: low-rank (`q_a_proj`, `q_a_layernorm`, `q_b_proj`) or direct.
-enum QueryT {
-    LowRank { a: Linear, norm: NormT, b: Linear },
-    Direct(Linear),
+/// The query projection: `q_b_proj(q_a_layernorm(q_a_proj(x)))` with `q_lora_rank`, else
+/// `q_proj(x)`.
+struct QueryT {
+    /// `q_a_proj` and `q_a_layernorm`; none for a direct `q_proj`.
+    down: Option<(Linear, NormT)>,
+    /// `q_b_proj`, or `q_proj`.
+    up: Linear,
 }
 
 /// Multi-Head Latent Attention, expanded.
@@ -154,14 +157,17 @@ impl MlaT {
         let (dn, dr, dv) = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim);
         let (bias, eps) = (cfg.attention_bias, cfg.rms_norm_eps);
         let q = match cfg.q_lora_rank {
-            Some(qr) => QueryT::LowRank {
-                a: b.linear(&format!("{prefix}.q_a_proj"), qr, e, bias)?,
-                norm: NormT::new(b, &format!("{prefix}.q_a_layernorm.weight"), qr, eps)?,
-                b: b.linear(&format!("{prefix}.q_b_proj"), h * (dn + dr), qr, false)?,
+            Some(qr) => QueryT {
+                down: Some((
+                    b.linear(&format!("{prefix}.q_a_proj"), qr, e, bias)?,
+                    NormT::new(b, &format!("{prefix}.q_a_layernorm.weight"), qr, eps)?,
+                )),
+                up: b.linear(&format!("{prefix}.q_b_proj"), h * (dn + dr), qr, false)?,
             },
-            None => {
-                QueryT::Direct(b.linear(&format!("{prefix}.q_proj"), h * (dn + dr), e, false)?)
-            }
+            None => QueryT {
+                down: None,
+                up: b.linear(&format!("{prefix}.q_proj"), h * (dn + dr), e, false)?,
+            },
         };
         let kv_a_proj_with_mqa =
             b.linear(&format!("{prefix}.kv_a_proj_with_mqa"), c + dr, e, bias)?;
@@ -205,11 +211,12 @@ impl MlaT {
         };
         // (B, T, E) -> (M, E)
         let x = x.reshape((b * t, e))?;
-        let q = match &self.q {
-            QueryT::LowRank { a, norm, b } => {
-                b.forward(&norm.forward(&a.forward(&x, ctx)?)?, ctx)?
-            }
-            QueryT::Direct(p) => p.forward(&x, ctx)?,
+        let q = match &self.q.down {
+            Some((a, norm)) => self
+                .q
+                .up
+                .forward(&norm.forward(&a.forward(&x, ctx)?)?, ctx)?,
+            None => self.q.up.forward(&x, ctx)?,
         };
         // (M, H*(Dn+Dr)) -> (B, T, H, Dn+Dr) -> (B, H, T, Dn+Dr)
         let q = q.reshape((b, t, h, dn + dr))?.transpose(1, 2)?;
@@ -236,14 +243,14 @@ impl MlaT {
             .reshape((b, t, h, dn + dv))?
             .transpose(1, 2)?;
         // (B, H, T, Dn), (B, H, T, Dv)
-        let k_nope = kv.narrow(D::Minus1, 0, dn)?;
+        let k_nope = kv.narrow(D::Minus1, 0, dn)?.contiguous()?;
         let v = kv.narrow(D::Minus1, dn, dv)?.contiguous()?;
         // (B, H, T, Dn+Dr) each
         let k = Tensor::cat(
             &[k_nope, k_pe.broadcast_as((b, h, t, dr))?.contiguous()?],
             3,
         )?;
-        let q = Tensor::cat(&[q_nope, q_pe], 3)?;
+        let q = Tensor::cat(&[q_nope.contiguous()?, q_pe], 3)?.contiguous()?;
         // (B|1, 1, 1, T, T) -> (B|1, 1, T, T)
         let mask = step.mask.squeeze(2)?;
         // (B, H, T, Dn+Dr) @ (B, H, Dn+Dr, T) -> (B, H, T, T)
@@ -256,16 +263,14 @@ impl MlaT {
     }
 
     fn linears(&self) -> Vec<&Linear> {
-        let mut v = match &self.q {
-            QueryT::LowRank { a, b, .. } => vec![a, b],
-            QueryT::Direct(p) => vec![p],
-        };
+        let mut v: Vec<&Linear> = self.q.down.iter().map(|(a, _)| a).collect();
+        v.push(&self.q.up);
         v.extend([&self.kv_a_proj_with_mqa, &self.kv_b_proj, &self.o_proj]);
         v
     }
 
     fn state(&self, merge: bool, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
-        if let QueryT::LowRank { norm, .. } = &self.q {
+        if let Some((_, norm)) = &self.q.down {
             norm.state(out);
         }
         self.kv_a_layernorm.state(out);
@@ -370,6 +375,8 @@ impl MoeT {
         if r.method == TopkMethod::NoAuxTc || !normalize {
             weights = (weights * r.scaling)?;
         }
+        // (M, X) -> (X, M): one contiguous row of weights per expert
+        let weights = weights.t()?.contiguous()?;
         let mut out = x.zeros_like()?;
         for (ex, toks) in rows.iter().enumerate() {
             if toks.is_empty() {
@@ -378,8 +385,8 @@ impl MoeT {
             let idx = Tensor::new(toks.as_slice(), x.device())?;
             // (M, E) -> (m, E) -> (m, E)
             let ys = self.experts[ex].forward(&x.index_select(&idx, 0)?, ctx)?;
-            // (M, X) -> (M, 1) -> (m, 1)
-            let w = weights.narrow(1, ex, 1)?.index_select(&idx, 0)?;
+            // (X, M) -> (M,) -> (m,) -> (m, 1)
+            let w = weights.get(ex)?.index_select(&idx, 0)?.unsqueeze(1)?;
             out = out.index_add(&idx, &ys.broadcast_mul(&w)?, 0)?;
         }
         if let Some(shared) = &self.shared {
