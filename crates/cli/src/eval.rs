@@ -94,6 +94,9 @@ struct TargetArgs {
         required_unless_present = "url"
     )]
     model: Option<String>,
+    /// A LoRA adapter folder applied on top of --model (as `seek run --lora`).
+    #[arg(long, value_name = "DIR", requires = "model")]
+    lora: Option<PathBuf>,
     /// An OpenAI-compatible endpoint (e.g. http://127.0.0.1:8000/v1).
     #[arg(long, value_name = "URL")]
     url: Option<String>,
@@ -300,7 +303,7 @@ fn build_targets(t: &TargetArgs) -> anyhow::Result<(Targets, Engines)> {
     match (&t.model, &t.url) {
         (Some(path), _) => {
             let label = crate::serve::default_name(path);
-            let (engine, tok) = local(path, &label)?;
+            let (engine, tok) = local(path, &label, t.lora.as_deref())?;
             targets.push((
                 "guard off".into(),
                 Box::new(LocalTarget {
@@ -351,7 +354,7 @@ fn helper_target(
             (e, t, role.to_string())
         }
         (Some(m), _) => {
-            let (e, t) = local(m, role)?;
+            let (e, t) = local(m, role, None)?;
             (e, t, crate::serve::default_name(m))
         }
         (None, Some(url)) => return Ok(Some(Box::new(UrlTarget::new(url, served, api_key)))),
@@ -369,10 +372,12 @@ fn helper_target(
 pub(crate) fn local(
     path: &str,
     label: &str,
+    lora: Option<&std::path::Path>,
 ) -> anyhow::Result<(EngineHandle, Arc<seek_tokenizer::Tokenizer>)> {
     let opened = open(&ModelArg {
         model: path.to_string(),
         revision: "main".into(),
+        lora: lora.map(std::path::Path::to_path_buf),
     })
     .with_context(|| format!("loading {path}"))?;
     let tok = Arc::new(opened.tokenizer);

@@ -77,6 +77,10 @@ pub struct ModelArg {
     /// Git revision when MODEL is a repo id.
     #[arg(long, default_value = "main")]
     pub revision: String,
+    /// A LoRA adapter folder (PEFT's adapter_config.json + adapter_model.safetensors, as
+    /// `seek train` or `peft` writes it) applied on top of MODEL, unmerged.
+    #[arg(long, value_name = "DIR")]
+    pub lora: Option<PathBuf>,
 }
 
 impl ModelArg {

@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Port to bind (0 picks a free one; the address is printed).
     #[arg(long, default_value_t = 8000)]
     port: u16,
+    /// Serve the first MODEL with a LoRA adapter as another model: `NAME=DIR` (repeatable;
+    /// vLLM's --lora-modules). A GGUF base's weights are shared through the page cache.
+    #[arg(long = "lora", value_name = "NAME=DIR", conflicts_with = "upstream")]
+    loras: Vec<String>,
     /// The name clients pass as `model`, once per MODEL in order
     /// (default: the file stem, the folder name, or the repo id).
     #[arg(long = "served-model-name", value_name = "NAME")]
@@ -329,18 +333,42 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 prices[0],
             )]
         }
-        None => names
-            .into_iter()
-            .zip(&args.models)
-            .zip(prices)
-            .map(|((name, model), p)| {
-                let arg = ModelArg {
-                    model: model.clone(),
-                    revision: "main".into(),
+        None => {
+            let mut v: Vec<(String, Source, Prices)> = names
+                .iter()
+                .cloned()
+                .zip(&args.models)
+                .zip(prices.iter().copied())
+                .map(|((name, model), p)| {
+                    let arg = ModelArg {
+                        model: model.clone(),
+                        revision: "main".into(),
+                        lora: None,
+                    };
+                    (name, Source::Local(arg), p)
+                })
+                .collect();
+            for spec in &args.loras {
+                let Some((name, dir)) = spec.split_once('=') else {
+                    bail!("--lora {spec:?}: write NAME=DIR (the served name, then the adapter folder)");
                 };
-                (name, Source::Local(arg), p)
-            })
-            .collect(),
+                if name.is_empty()
+                    || names
+                        .iter()
+                        .chain(v.iter().map(|m| &m.0))
+                        .any(|n| n == name)
+                {
+                    bail!("--lora {spec:?}: the name {name:?} is empty or already served");
+                }
+                let arg = ModelArg {
+                    model: args.models[0].clone(),
+                    revision: "main".into(),
+                    lora: Some(PathBuf::from(dir)),
+                };
+                v.push((name.to_string(), Source::Local(arg), prices[0]));
+            }
+            v
+        }
     };
     let result = rt.block_on(run(addr, cfg, models, engine));
     // A signal during loading leaves a loading thread behind; do not wait for it.

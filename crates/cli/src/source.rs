@@ -88,7 +88,19 @@ pub struct Opened {
 pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
     let start = std::time::Instant::now();
     let path = arg.resolve()?;
-    let loaded = seek_models::load(&path, &load_options())?;
+    let mut opts = load_options();
+    if let Some(dir) = &arg.lora {
+        let (cfg, tensors) = seek_train::peft::read_adapter(dir)
+            .with_context(|| format!("--lora {}", dir.display()))?;
+        opts.lora = Some(seek_models::LoraAdapter {
+            scaling: cfg.scaling(),
+            tensors,
+        });
+    }
+    let loaded = seek_models::load(&path, &opts).with_context(|| match &arg.lora {
+        Some(d) => format!("{} with the adapter {}", path.display(), d.display()),
+        None => path.display().to_string(),
+    })?;
     let tokenizer = tokenizer_for(&loaded.format)?;
     if tokenizer.vocab_size() > loaded.info.vocab_size {
         bail!(

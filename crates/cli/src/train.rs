@@ -28,6 +28,31 @@ enum TrainCommand {
     Sft(Box<SftArgs>),
     /// R1's distillation: sample K traces per verifiable problem from a teacher, keep those the verifier accepts, SFT the student on them.
     Distill(Box<DistillArgs>),
+    /// Merge a LoRA adapter (or take a full fine-tune) into a GGUF file for llama.cpp / Ollama, or a merged Hugging Face folder.
+    Export(ExportArgs),
+}
+
+/// `seek train export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The base model the adapter or fine-tune was trained from (a GGUF file for --gguf).
+    #[arg(long)]
+    base: String,
+    /// A LoRA adapter folder to merge into the base.
+    #[arg(long, conflicts_with = "weights")]
+    lora: Option<PathBuf>,
+    /// Or a full fine-tune's output folder (model.safetensors).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Write a GGUF file here (metadata and tokenizer copied from --base, which must be GGUF).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Element type of the GGUF matrices: f16 or f32.
+    #[arg(long, default_value = "f16")]
+    outtype: String,
+    /// Write a merged Hugging Face folder here (model.safetensors, config.json, tokenizer).
+    #[arg(long = "merged_dir", visible_alias = "merged-dir")]
+    merged_dir: Option<PathBuf>,
 }
 
 /// `seek train distill`: teacher sampling with rejection, then `sft` of the student
@@ -238,6 +263,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     match args.command {
         TrainCommand::Sft(a) => sft_cmd(*a),
         TrainCommand::Distill(a) => distill_cmd(*a),
+        TrainCommand::Export(a) => export_cmd(a),
     }
 }
 
@@ -370,7 +396,7 @@ fn distill_cmd(a: DistillArgs) -> anyhow::Result<()> {
     let (teacher, _engine): (Box<dyn seek_eval::target::Target>, _) =
         match (&a.teacher, &a.teacher_url) {
             (Some(path), _) => {
-                let (engine, tok) = crate::eval::local(path, "teacher")?;
+                let (engine, tok) = crate::eval::local(path, "teacher", None)?;
                 (
                     Box::new(seek_eval::target::LocalTarget {
                         label: crate::serve::default_name(path),
@@ -441,6 +467,67 @@ fn distill_cmd(a: DistillArgs) -> anyhow::Result<()> {
     sft.dataset_name = Some(summary.dataset.display().to_string());
     sft.output_dir = Some(out.join("student").display().to_string());
     sft_cmd(sft)
+}
+
+fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
+    use seek_models::autograd::{Finetune, TrainableOptions};
+    if a.gguf.is_none() && a.merged_dir.is_none() {
+        bail!("say where to write: --gguf FILE and/or --merged_dir DIR");
+    }
+    let (finetune, adapter) = match (&a.lora, &a.weights) {
+        (Some(dir), _) => {
+            let (cfg, t) = seek_train::peft::read_adapter(dir)
+                .with_context(|| format!("--lora {}", dir.display()))?;
+            (Finetune::Lora(cfg), Some(t))
+        }
+        (None, Some(_)) => (Finetune::Full, None),
+        (None, None) => bail!(
+            "give what to export: --lora DIR (an adapter) or --weights DIR (a full fine-tune)"
+        ),
+    };
+    let opts = TrainableOptions {
+        finetune,
+        seed: 0,
+        quantized_base: false,
+    };
+    let (model, info, format) =
+        seek_models::load_trainable(Path::new(&a.base), &crate::source::load_options(), &opts)?;
+    if let Some(t) = &adapter {
+        model.load_adapter(t)?;
+    }
+    if let Some(dir) = &a.weights {
+        let p = dir.join("model.safetensors");
+        let t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)
+            .with_context(|| format!("reading {}", p.display()))?;
+        model.load_state(&t.into_iter().collect())?;
+    }
+    let state = model.state_dict(true)?;
+    if let Some(out) = &a.gguf {
+        let seek_models::ModelFormat::Gguf(file) = &format else {
+            bail!("--gguf needs a GGUF --base (its tokenizer and metadata are copied); for a Hugging Face base, write --merged_dir and convert it with llama.cpp's convert_hf_to_gguf.py");
+        };
+        let ty = a
+            .outtype
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--outtype {e}"))?;
+        seek_train::export::write_gguf(file, &state, ty, out)?;
+        eprintln!(
+            "wrote {} ({} tensors, {})",
+            out.display(),
+            state.len(),
+            a.outtype
+        );
+    }
+    if let Some(dir) = &a.merged_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let map: std::collections::HashMap<String, candle_core::Tensor> =
+            state.into_iter().collect();
+        candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
+        let tok = seek_train::sft::tokenizer_for(&format)?;
+        seek_train::sft::write_model_files_for(dir, &format, &model, &info, &tok)?;
+        eprintln!("wrote {}", dir.display());
+    }
+    Ok(())
 }
 
 fn sft_cmd(a: SftArgs) -> anyhow::Result<()> {

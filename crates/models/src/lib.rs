@@ -60,6 +60,7 @@ pub(crate) fn decode_each<M: CausalLm + ?Sized>(
     Ok(Tensor::cat(&rows, 0)?)
 }
 pub use kv_cache::KvCache;
+pub use llama::{permute_rows as llama_permute_rows, LoraAdapter};
 pub use load::{inspect, load, load_trainable, LoadOptions, LoadedModel, ModelFormat, ModelInfo};
 
 /// A decoder-only language model.

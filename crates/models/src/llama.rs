@@ -389,6 +389,59 @@ pub(crate) struct Linear {
     bias: Option<Tensor>,
     /// The bias in f32, for the fused decode path.
     bias_f32: Option<Vec<f32>>,
+    /// A LoRA adapter applied unmerged (the base stays quantized).
+    lora: Option<LoraDelta>,
+}
+
+/// `scale · B (A x)` of a LoRA adapter, kept apart from the (possibly quantized) base.
+#[derive(Clone)]
+pub(crate) struct LoraDelta {
+    /// `(in, r)`: Aᵀ.
+    a_t: Tensor,
+    /// `(r, out)`: Bᵀ.
+    b_t: Tensor,
+    /// A, `(r, in)` row-major, for the fused path.
+    a: Vec<f32>,
+    /// Bᵀ, `(r, out)` row-major.
+    b_rows_t: Vec<f32>,
+    r: usize,
+    scale: f32,
+}
+
+impl LoraDelta {
+    /// `a: (r, in)`, `b: (out, r)`.
+    pub(crate) fn new(a: &Tensor, b: &Tensor, scale: f64) -> Result<Self> {
+        let (r, _) = a.dims2()?;
+        let a = a.to_dtype(DType::F32)?;
+        let b_t = b.to_dtype(DType::F32)?.t()?.contiguous()?;
+        Ok(Self {
+            a: a.flatten_all()?.to_vec1()?,
+            b_rows_t: b_t.flatten_all()?.to_vec1()?,
+            a_t: a.t()?.contiguous()?,
+            b_t,
+            r,
+            scale: scale as f32,
+        })
+    }
+
+    /// Adds the update for rows `x: (m, in)` to `out: (m, out)`.
+    fn add_rows(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let n_in = x.len() / m.max(1);
+        let n_out = out.len() / m.max(1);
+        let mut u = vec![0f32; self.r];
+        for (xr, or) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+            for (k, uk) in u.iter_mut().enumerate() {
+                let a = &self.a[k * n_in..(k + 1) * n_in];
+                *uk = self.scale * a.iter().zip(xr).map(|(a, x)| a * x).sum::<f32>();
+            }
+            for (k, &uk) in u.iter().enumerate() {
+                let b = &self.b_rows_t[k * n_out..(k + 1) * n_out];
+                for (o, b) in or.iter_mut().zip(b) {
+                    *o += uk * b;
+                }
+            }
+        }
+    }
 }
 
 impl Linear {
@@ -429,13 +482,31 @@ impl Linear {
             weight,
             bias,
             bias_f32,
+            lora: None,
         })
+    }
+
+    /// Applies a LoRA adapter on top of this layer.
+    pub(crate) fn set_lora(&mut self, delta: LoraDelta) {
+        self.lora = Some(delta);
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.weight.forward(x)?;
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        Ok(match &self.lora {
+            Some(l) => {
+                // (..., in) @ (in, r) @ (r, out)
+                let d = x
+                    .to_dtype(DType::F32)?
+                    .broadcast_matmul(&l.a_t)?
+                    .broadcast_matmul(&l.b_t)?;
+                let d = (d * l.scale as f64)?.to_dtype(y.dtype())?;
+                (y + d)?
+            }
             None => y,
         })
     }
@@ -458,6 +529,9 @@ impl Linear {
             .collect();
         crate::weights::QuantMatrix::forward_many(&qs, x, m, outs)?;
         for (l, out) in layers.iter().zip(outs.iter_mut()) {
+            if let Some(d) = &l.lora {
+                d.add_rows(x, m, out);
+            }
             if let Some(b) = &l.bias_f32 {
                 for row in out.chunks_exact_mut(b.len()) {
                     for (o, b) in row.iter_mut().zip(b) {
@@ -477,6 +551,9 @@ impl Linear {
             .quantized()
             .expect("the fused path is only taken when every weight is quantized");
         q.forward_slice(x, m, out)?;
+        if let Some(d) = &self.lora {
+            d.add_rows(x, m, out);
+        }
         if let Some(b) = &self.bias_f32 {
             for row in out.chunks_exact_mut(b.len()) {
                 for (o, b) in row.iter_mut().zip(b) {
@@ -955,6 +1032,99 @@ impl Llama {
         };
         model.fused = model.can_fuse();
         Ok(model)
+    }
+}
+
+/// A LoRA adapter in PEFT's layout: its tensors by PEFT key
+/// (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`) and `lora_alpha / r`.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// The update's scale.
+    pub scaling: f64,
+    /// `lora_A` / `lora_B` tensors by PEFT key.
+    pub tensors: std::collections::BTreeMap<String, Tensor>,
+}
+
+/// llama.cpp's row permutation of a q/k projection for interleaved RoPE over `heads` heads
+/// (rows `(heads, 2, D/2)` stored as `(heads, D/2, 2)`), applied to a LoRA B.
+pub fn permute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rest: usize = dims[1..].iter().product();
+    let d = dims[0] / heads;
+    // (heads, 2, D/2, rest) -> (heads, D/2, 2, rest)
+    Ok(t.reshape((heads, 2, d / 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
+impl Llama {
+    /// Applies a LoRA adapter to the layers it names, unmerged: the base weights stay as they
+    /// are (quantized ones too) and each adapted layer adds `scaling · B A x`. Errors name an
+    /// adapter tensor that fits no layer of this model.
+    pub fn with_lora(mut self, adapter: &LoraAdapter) -> Result<Self> {
+        let (h, hkv) = (self.cfg.num_heads, self.cfg.num_kv_heads);
+        let interleaved = self.cfg.rope.interleaved;
+        let mut used = std::collections::BTreeSet::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            let named: [(&str, &mut Linear, Option<usize>); 7] = [
+                ("self_attn.q_proj", &mut a.q_proj, Some(h)),
+                ("self_attn.k_proj", &mut a.k_proj, Some(hkv)),
+                ("self_attn.v_proj", &mut a.v_proj, None),
+                ("self_attn.o_proj", &mut a.o_proj, None),
+                ("mlp.gate_proj", &mut m.gate_proj, None),
+                ("mlp.up_proj", &mut m.up_proj, None),
+                ("mlp.down_proj", &mut m.down_proj, None),
+            ];
+            for (name, lin, heads) in named {
+                let key = format!("base_model.model.model.layers.{i}.{name}");
+                let (ka, kb) = (
+                    format!("{key}.lora_A.weight"),
+                    format!("{key}.lora_B.weight"),
+                );
+                let (Some(ta), Some(tb)) = (adapter.tensors.get(&ka), adapter.tensors.get(&kb))
+                else {
+                    continue;
+                };
+                let tb = match heads {
+                    Some(n) if interleaved => permute_rows(&tb.to_dtype(DType::F32)?, n)?,
+                    _ => tb.clone(),
+                };
+                let (r, n_in) = ta.dims2()?;
+                let (n_out, rb) = tb.dims2()?;
+                let want_out = match name {
+                    "self_attn.q_proj" => h * self.cfg.head_dim,
+                    "self_attn.k_proj" | "self_attn.v_proj" => hkv * self.cfg.head_dim,
+                    "mlp.gate_proj" | "mlp.up_proj" => self.cfg.intermediate_size,
+                    _ => self.cfg.hidden_size,
+                };
+                let want_in = match name {
+                    "self_attn.o_proj" => h * self.cfg.head_dim,
+                    "mlp.down_proj" => self.cfg.intermediate_size,
+                    _ => self.cfg.hidden_size,
+                };
+                if rb != r || n_in != want_in || n_out != want_out {
+                    return Err(ModelError::Shape {
+                        name: key,
+                        expected: vec![want_out, r, want_in],
+                        found: vec![n_out, rb, n_in],
+                    });
+                }
+                lin.set_lora(LoraDelta::new(ta, &tb, adapter.scaling)?);
+                used.insert(ka);
+                used.insert(kb);
+            }
+        }
+        if let Some(k) = adapter.tensors.keys().find(|k| !used.contains(*k)) {
+            return Err(ModelError::Input(format!(
+                "the adapter's tensor {k:?} fits no layer of this model (only the attention and MLP projections of its {} layers take adapters); it was trained for another model",
+                self.layers.len()
+            )));
+        }
+        // The fused decode path handles adapters; nothing else changes.
+        Ok(self)
     }
 }
 

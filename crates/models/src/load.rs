@@ -34,6 +34,8 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Threads for the quantized kernels (default: every core).
     pub threads: Option<usize>,
+    /// A LoRA adapter applied on top of the weights (unmerged), for `llama` and `qwen2`.
+    pub lora: Option<crate::llama::LoraAdapter>,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +44,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             threads: None,
+            lora: None,
         }
     }
 }
@@ -209,7 +212,19 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let w = weights_for(&format, files, fp8_block, opts)?;
     let model: Box<dyn CausalLm> = match &arch {
         // llama and qwen2 are both the Llama decoder; `decoder` holds their differences.
-        ArchConfig::Llama(decoder) => Box::new(Llama::from_decoder(decoder.clone(), &w)?),
+        ArchConfig::Llama(decoder) => {
+            let m = Llama::from_decoder(decoder.clone(), &w)?;
+            Box::new(match &opts.lora {
+                Some(a) => m.with_lora(a)?,
+                None => m,
+            })
+        }
+        ArchConfig::Deepseek(_) if opts.lora.is_some() => {
+            return Err(config_err(
+                path,
+                "LoRA adapters at inference apply to llama and qwen2 models so far; merge the adapter into a full checkpoint instead".into(),
+            ))
+        }
         ArchConfig::Deepseek(c) => Box::new(DeepseekV3::from_config(c.clone(), &w)?),
     };
     let cache_dtype = model.new_cache().dtype().unwrap_or(w.dtype());

@@ -386,3 +386,52 @@ fn correction_bias_selects_experts_and_has_no_gradient() {
         "expert 0 picked for every token: loss {l} vs {base}"
     );
 }
+
+/// `dsv3-*` with its config edited, the weights copied.
+fn edited_config(name: &str, edits: serde_json::Value) -> tempfile::TempDir {
+    let src = dir().join(name);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    for (k, v) in edits.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        out.path().join("model.safetensors"),
+    )
+    .unwrap();
+    out
+}
+
+/// V2's softmax routing (greedy without normalization, so the weights are scaled; and
+/// group-limited with normalization, so they are not), on the same tiny weights: the
+/// training forward equals the inference forward and the router's gradient its finite
+/// differences.
+#[test]
+fn v2_softmax_routing_matches_inference_and_finite_differences() {
+    let cases = [
+        (
+            "dsv3-noqlora",
+            serde_json::json!({"model_type": "deepseek_v2", "scoring_func": "softmax",
+                "topk_method": "greedy", "norm_topk_prob": false}),
+        ),
+        (
+            "dsv3-qlora-yarn",
+            serde_json::json!({"model_type": "deepseek_v2", "scoring_func": "softmax",
+                "topk_method": "group_limited_greedy", "norm_topk_prob": true}),
+        ),
+    ];
+    for (name, edits) in cases {
+        let d = edited_config(name, edits);
+        let m = trainable(d.path(), Finetune::Full, false);
+        check_against_inference(d.path(), &m, 1e-4);
+        let mut names = vec![
+            "model.layers.1.mlp.gate.weight".to_string(),
+            "model.layers.2.mlp.gate.weight".to_string(),
+        ];
+        names.push(busiest_expert(&m, 1, "down_proj"));
+        check_finite_differences(&m, &names);
+    }
+}

@@ -16,6 +16,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod data;
 pub mod distill;
+pub mod export;
 pub mod optim;
 pub mod peft;
 pub mod report;

@@ -697,7 +697,24 @@ fn write_weights(dir: &Path, setup: &Setup, cfg: &SftConfig) -> Result<()> {
 
 /// `config.json` and the tokenizer files beside a full model's weights.
 pub fn write_model_files(dir: &Path, setup: &Setup) -> Result<()> {
-    match &setup.format {
+    write_model_files_for(
+        dir,
+        &setup.format,
+        &setup.model,
+        &setup.info,
+        &setup.tokenizer,
+    )
+}
+
+/// [`write_model_files`] from the parts.
+pub fn write_model_files_for(
+    dir: &Path,
+    format: &ModelFormat,
+    model: &Trainable,
+    info: &ModelInfo,
+    tok: &Tokenizer,
+) -> Result<()> {
+    match format {
         ModelFormat::HfDir(src) => {
             for f in [
                 "config.json",
@@ -715,9 +732,7 @@ pub fn write_model_files(dir: &Path, setup: &Setup) -> Result<()> {
             }
         }
         ModelFormat::Gguf(_) => {
-            let cfg = setup.model.hf_config(&setup.info.architecture);
-            let mut cfg = cfg;
-            let tok = &setup.tokenizer;
+            let mut cfg = model.hf_config(&info.architecture);
             if let Some(b) = tok.bos_token_id() {
                 cfg["bos_token_id"] = b.into();
             }
@@ -736,7 +751,7 @@ pub fn write_model_files(dir: &Path, setup: &Setup) -> Result<()> {
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "bos_token": name(tok.bos_token_id()),
                 "eos_token": name(tok.eos_token_ids().first().copied()),
-                "model_max_length": setup.info.context_length,
+                "model_max_length": info.context_length,
             });
             if let Some(t) = tok.chat_template() {
                 tc["chat_template"] = t.source().into();

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
+use crate::llama::permute_rows;
 use crate::weights::{Matmul, QuantMatrix, Weights};
 use crate::{ModelError, Result};
 
@@ -388,18 +389,6 @@ fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
     let d = dims[0] / heads;
     // (heads, D/2, 2, rest) -> (heads, 2, D/2, rest)
     Ok(t.reshape((heads, d / 2, 2, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?)
-}
-
-/// Hugging Face order -> GGUF order (llama.cpp's `permute`).
-fn permute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let rest: usize = dims[1..].iter().product();
-    let d = dims[0] / heads;
-    // (heads, 2, D/2, rest) -> (heads, D/2, 2, rest)
-    Ok(t.reshape((heads, 2, d / 2, rest))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape(dims)?)
