@@ -361,7 +361,7 @@ impl Progress for Bar {
             "loss {:.4} lr {:.2e} grad {:.2} {:.0} tok/s",
             r.loss, r.learning_rate, r.grad_norm, r.tokens_per_second
         ));
-        if self.logging_steps > 0 && r.step % self.logging_steps == 0 {
+        if self.logging_steps > 0 && r.step.is_multiple_of(self.logging_steps) {
             self.line(format!(
                 "step {:>5}/{max_steps}  epoch {:.2}  loss {:.4}  lr {:.3e}  grad_norm {:.3}  {:.0} tok/s  elapsed {:.0}s",
                 r.step, r.epoch, r.loss, r.learning_rate, r.grad_norm, r.tokens_per_second, r.elapsed_s

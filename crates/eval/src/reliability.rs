@@ -409,7 +409,7 @@ pub fn reliability(
         let found = extract_answer_how(&reply.content);
         Ok(ReliabilitySample {
             key: job.key(),
-            dataset: p.dataset.name().into(),
+            dataset: p.dataset.name(),
             problem_id: p.id.clone(),
             run: job.run,
             subject: p.subject.clone(),

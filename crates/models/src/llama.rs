@@ -390,7 +390,7 @@ pub(crate) struct Linear {
     /// The bias in f32, for the fused decode path.
     bias_f32: Option<Vec<f32>>,
     /// A LoRA adapter applied unmerged (the base stays quantized).
-    lora: Option<LoraDelta>,
+    lora: Option<Box<LoraDelta>>,
 }
 
 /// `scale · B (A x)` of a LoRA adapter, kept apart from the (possibly quantized) base.
@@ -488,7 +488,7 @@ impl Linear {
 
     /// Applies a LoRA adapter on top of this layer.
     pub(crate) fn set_lora(&mut self, delta: LoraDelta) {
-        self.lora = Some(delta);
+        self.lora = Some(Box::new(delta));
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -465,7 +465,7 @@ pub fn run(cfg: &SftConfig, setup: &Setup, progress: &mut dyn Progress) -> Resul
         append_metrics(&metrics_path, &rec)?;
         progress.step(&rec, max_steps);
         let stop = progress.should_stop();
-        if (cfg.save_steps > 0 && state.global_step % cfg.save_steps == 0 || stop)
+        if (cfg.save_steps > 0 && state.global_step.is_multiple_of(cfg.save_steps) || stop)
             && state.global_step < max_steps
         {
             let dir = out.join(format!("checkpoint-{}", state.global_step));

@@ -203,7 +203,7 @@ pub struct LlamaT {
 /// The output projection.
 pub(crate) enum LmHead {
     /// Its own matrix (or a quantized tied table, read as a matrix).
-    Linear(Linear),
+    Linear(Box<Linear>),
     /// The dense embedding table.
     Tied,
 }
@@ -366,16 +366,16 @@ pub(crate) fn lm_head(
 ) -> Result<LmHead> {
     let own = !tied && b.w.contains("lm_head.weight");
     if own {
-        return Ok(LmHead::Linear(b.linear("lm_head", v, e, false)?));
+        return Ok(LmHead::Linear(Box::new(b.linear("lm_head", v, e, false)?)));
     }
     match embed {
         EmbedT::Dense(_) => Ok(LmHead::Tied),
-        EmbedT::Quantized(_) => Ok(LmHead::Linear(b.linear_named(
+        EmbedT::Quantized(_) => Ok(LmHead::Linear(Box::new(b.linear_named(
             "model.embed_tokens",
             "lm_head",
             v,
             e,
-        )?)),
+        )?))),
     }
 }
 
