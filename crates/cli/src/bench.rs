@@ -30,7 +30,7 @@ use seek_models::{CausalLm, KvCache, LoadOptions, LoadedModel, ModelFormat, Mode
 use seek_types::TokenId;
 use serde::Serialize;
 
-use crate::source::{load_options, tokenizer_for};
+use crate::source::{load_options_for, tokenizer_for};
 use crate::ModelArg;
 
 /// `seek bench MODEL`.
@@ -287,7 +287,7 @@ commerce, trade and also in the patterns in nature, the field of astronomy and t
 /// `seek bench MODEL`.
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let plan = BenchPlan::new(&args)?;
-    let opts = load_options();
+    let opts = load_options_for(&args.model)?;
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = Threads {
         // What the model's kernel pool is built with (seek_models::load's rule).

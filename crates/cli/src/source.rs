@@ -88,15 +88,7 @@ pub struct Opened {
 pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
     let start = std::time::Instant::now();
     let path = arg.resolve()?;
-    let mut opts = load_options();
-    if let Some(dir) = &arg.lora {
-        let (cfg, tensors) = seek_train::peft::read_adapter(dir)
-            .with_context(|| format!("--lora {}", dir.display()))?;
-        opts.lora = Some(seek_models::LoraAdapter {
-            scaling: cfg.scaling(),
-            tensors,
-        });
-    }
+    let opts = load_options_for(arg)?;
     let loaded = seek_models::load(&path, &opts).with_context(|| match &arg.lora {
         Some(d) => format!("{} with the adapter {}", path.display(), d.display()),
         None => path.display().to_string(),
@@ -115,6 +107,20 @@ pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
         tokenizer,
         load_s: start.elapsed().as_secs_f64(),
     })
+}
+
+/// [`load_options`] plus the model argument's `--lora` adapter.
+pub fn load_options_for(arg: &crate::ModelArg) -> anyhow::Result<seek_models::LoadOptions> {
+    let mut opts = load_options();
+    if let Some(dir) = &arg.lora {
+        let (cfg, tensors) = seek_train::peft::read_adapter(dir)
+            .with_context(|| format!("--lora {}", dir.display()))?;
+        opts.lora = Some(seek_models::LoraAdapter {
+            scaling: cfg.scaling(),
+            tensors,
+        });
+    }
+    Ok(opts)
 }
 
 /// Load settings from the global flags (`--threads` arrives as `RAYON_NUM_THREADS`, which

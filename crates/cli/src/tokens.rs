@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use seek_types::TokenId;
 
-use crate::source::{load_options, tokenizer_for};
+use crate::source::{load_options_for, tokenizer_for};
 use crate::{npy, ModelArg};
 
 /// `seek tokenize MODEL TEXT`.
@@ -60,7 +60,7 @@ pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
 /// Runs a full-sequence forward and writes every position's logits.
 pub fn logits(args: LogitsArgs) -> anyhow::Result<()> {
     let path = args.model.resolve()?;
-    let loaded = seek_models::load(&path, &load_options())?;
+    let loaded = seek_models::load(&path, &load_options_for(&args.model)?)?;
     let ids = match &args.text {
         // Only `--text` needs the tokenizer, so token ids work with weight-only files too.
         Some(t) => tokenizer_for(&loaded.format)?.encode(t, true)?,
