@@ -283,3 +283,43 @@ fn adapters_round_trip_and_reject_a_mismatch() {
     let err = c.load_adapter(&saved).unwrap_err().to_string();
     assert!(err.contains("v_proj.lora_A.weight"), "{err}");
 }
+
+/// Gradient checkpointing recomputes each layer in the backward: the same loss and gradients
+/// as keeping every activation, dropout included (each layer draws from its own stream).
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients() {
+    let mut lora_dropout = lora(&["all-linear"]);
+    if let Finetune::Lora(l) = &mut lora_dropout {
+        l.dropout = 0.1;
+    }
+    for (path, finetune) in [
+        (golden_dir().join("tiny-llama"), Finetune::Full),
+        (golden_dir().join("tiny-qwen2"), Finetune::Full),
+        (golden_dir().join("gguf/tiny-llama.q8_0.gguf"), lora_dropout),
+    ] {
+        let m = trainable(&path, finetune, false);
+        for (name, v) in m.vars() {
+            if name.ends_with("lora_B.weight") {
+                v.set(&Tensor::randn(0f32, 0.05, v.shape(), v.device()).unwrap())
+                    .unwrap();
+            }
+        }
+        let run = |ckpt: bool| {
+            m.loss_and_grads(&batch(), &mut Ctx::train(7), 0.25, ckpt)
+                .unwrap()
+        };
+        let (la, na, ga) = run(false);
+        let (lb, nb, gb) = run(true);
+        assert_eq!(na, nb);
+        assert!(
+            (la - lb).abs() < 1e-5 * la.abs(),
+            "{}: loss {la} vs {lb}",
+            path.display()
+        );
+        for ((name, _), (a, b)) in m.vars().iter().zip(ga.iter().zip(&gb)) {
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-5 * scale, "{name}: max diff {diff} of {scale}");
+        }
+    }
+}

@@ -482,33 +482,46 @@ impl DeepseekT {
         self.cfg.vocab_size
     }
 
-    pub(crate) fn hidden(&self, batch: &super::Batch, ctx: &mut Ctx) -> Result<Tensor> {
+    pub(crate) fn prepare(&self, batch: &super::Batch) -> Result<Step> {
         let mut step = Step::new(batch, &self.inv_freq, &self.device)?;
         // (B, 1, T, Dr/2) each, times YaRN's attention factor as transformers applies it
         let af = self.attention_factor as f64;
         step.cos = (step.cos * af)?;
         step.sin = (step.sin * af)?;
-        let (b, t) = batch.dims();
-        let e = self.cfg.hidden_size;
+        Ok(step)
+    }
+
+    pub(crate) fn embed(&self, batch: &super::Batch) -> Result<Tensor> {
         // (B, T, E)
-        let mut x = self.embed_tokens.forward(&batch.input_ids, &self.device)?;
-        for l in &self.layers {
-            let h = (&x
-                + l.self_attn
-                    .forward(&l.input_layernorm.forward(&x)?, &step, ctx)?)?;
-            // (B, T, E) -> (M, E) for the MLP
-            let rows = l
-                .post_attention_layernorm
-                .forward(&h)?
-                .reshape((b * t, e))?;
-            let m = match &l.mlp {
-                FfnT::Dense(m) => m.forward(&rows, ctx)?,
-                FfnT::Moe(m) => m.forward(&rows, ctx)?,
-            };
-            // (M, E) -> (B, T, E)
-            x = (h + m.reshape((b, t, e))?)?;
-        }
-        self.norm.forward(&x)
+        self.embed_tokens.forward(&batch.input_ids, &self.device)
+    }
+
+    pub(crate) fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `i` on `x: (B, T, E)`.
+    pub(crate) fn layer(&self, i: usize, x: &Tensor, step: &Step, ctx: &mut Ctx) -> Result<Tensor> {
+        let l = &self.layers[i];
+        let (b, t, e) = x.dims3()?;
+        let h = (x + l
+            .self_attn
+            .forward(&l.input_layernorm.forward(x)?, step, ctx)?)?;
+        // (B, T, E) -> (M, E) for the MLP
+        let rows = l
+            .post_attention_layernorm
+            .forward(&h)?
+            .reshape((b * t, e))?;
+        let m = match &l.mlp {
+            FfnT::Dense(m) => m.forward(&rows, ctx)?,
+            FfnT::Moe(m) => m.forward(&rows, ctx)?,
+        };
+        // (M, E) -> (B, T, E)
+        Ok((h + m.reshape((b, t, e))?)?)
+    }
+
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
     }
 
     pub(crate) fn project(&self, h: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {

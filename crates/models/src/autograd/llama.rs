@@ -264,25 +264,37 @@ impl LlamaT {
         self.cfg.vocab_size
     }
 
-    pub(crate) fn hidden(&self, batch: &super::Batch, ctx: &mut Ctx) -> Result<Tensor> {
-        let step = Step::new(batch, &self.inv_freq, &self.device)?;
-        let (b, t) = batch.dims();
-        let e = self.cfg.hidden_size;
-        let mut x = self.embed_tokens.forward(&batch.input_ids, &self.device)?;
-        for l in &self.layers {
-            let h = (&x
-                + l.self_attn
-                    .forward(&l.input_layernorm.forward(&x)?, &step, ctx)?)?;
-            // (B, T, E) -> (B*T, E) for the MLP
-            let m = l.mlp.forward(
-                &l.post_attention_layernorm
-                    .forward(&h)?
-                    .reshape((b * t, e))?,
-                ctx,
-            )?;
-            x = (h + m.reshape((b, t, e))?)?;
-        }
-        self.norm.forward(&x)
+    pub(crate) fn prepare(&self, batch: &super::Batch) -> Result<Step> {
+        Step::new(batch, &self.inv_freq, &self.device)
+    }
+
+    pub(crate) fn embed(&self, batch: &super::Batch) -> Result<Tensor> {
+        self.embed_tokens.forward(&batch.input_ids, &self.device)
+    }
+
+    pub(crate) fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `i` on `x: (B, T, E)`.
+    pub(crate) fn layer(&self, i: usize, x: &Tensor, step: &Step, ctx: &mut Ctx) -> Result<Tensor> {
+        let l = &self.layers[i];
+        let (b, t, e) = x.dims3()?;
+        let h = (x + l
+            .self_attn
+            .forward(&l.input_layernorm.forward(x)?, step, ctx)?)?;
+        // (B, T, E) -> (B*T, E) for the MLP
+        let m = l.mlp.forward(
+            &l.post_attention_layernorm
+                .forward(&h)?
+                .reshape((b * t, e))?,
+            ctx,
+        )?;
+        Ok((h + m.reshape((b, t, e))?)?)
+    }
+
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
     }
 
     pub(crate) fn project(&self, h: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {

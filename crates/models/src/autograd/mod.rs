@@ -257,6 +257,7 @@ pub(crate) struct Linear {
 
 /// Per-forward state: dropout's random numbers.
 pub struct Ctx {
+    seed: Option<u64>,
     rng: Option<ops::SplitMix64>,
 }
 
@@ -264,15 +265,31 @@ impl Ctx {
     /// Training: dropout on, drawn from `seed`.
     pub fn train(seed: u64) -> Self {
         Self {
+            seed: Some(seed),
             rng: Some(ops::SplitMix64::new(seed)),
         }
     }
 
     /// Evaluation: no dropout.
     pub fn eval() -> Self {
-        Self { rng: None }
+        Self {
+            seed: None,
+            rng: None,
+        }
+    }
+
+    /// The context of one part of the model (a layer, the head): its own stream of random
+    /// numbers, so that recomputing a layer (gradient checkpointing) draws the same dropout.
+    fn part(&self, i: usize) -> Self {
+        match self.seed {
+            None => Self::eval(),
+            Some(s) => Self::train(s ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        }
     }
 }
+
+/// Stream index of the output head in [`Ctx::part`].
+const HEAD: usize = usize::MAX - 1;
 
 impl Linear {
     /// `x: (M, in)` -> `(M, out)`.
@@ -560,10 +577,121 @@ impl Trainable {
     /// Final hidden states `(B, T, E)` after the last norm.
     pub fn hidden(&self, batch: &Batch, ctx: &mut Ctx) -> Result<Tensor> {
         check_batch(batch, self.vocab_size())?;
-        match &self.inner {
-            Arch::Llama(m) => m.hidden(batch, ctx),
-            Arch::Deepseek(m) => m.hidden(batch, ctx),
+        let step = self.prepare(batch)?;
+        let mut x = self.embed(batch)?;
+        for i in 0..self.n_layers() {
+            x = self.layer(i, &x, &step, &mut ctx.part(i))?;
         }
+        self.final_norm(&x)
+    }
+
+    fn prepare(&self, batch: &Batch) -> Result<Step> {
+        match &self.inner {
+            Arch::Llama(m) => m.prepare(batch),
+            Arch::Deepseek(m) => m.prepare(batch),
+        }
+    }
+
+    fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        match &self.inner {
+            Arch::Llama(m) => m.embed(batch),
+            Arch::Deepseek(m) => m.embed(batch),
+        }
+    }
+
+    fn n_layers(&self) -> usize {
+        match &self.inner {
+            Arch::Llama(m) => m.n_layers(),
+            Arch::Deepseek(m) => m.n_layers(),
+        }
+    }
+
+    fn layer(&self, i: usize, x: &Tensor, step: &Step, ctx: &mut Ctx) -> Result<Tensor> {
+        match &self.inner {
+            Arch::Llama(m) => m.layer(i, x, step, ctx),
+            Arch::Deepseek(m) => m.layer(i, x, step, ctx),
+        }
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.inner {
+            Arch::Llama(m) => m.final_norm(x),
+            Arch::Deepseek(m) => m.final_norm(x),
+        }
+    }
+
+    /// The summed loss of `batch` and the gradients of `scale ·` that loss for every
+    /// trainable variable (flattened, in the order of [`Trainable::vars`]; zeros where the loss
+    /// does not reach). With `checkpoint`, only each layer's input is kept during the forward
+    /// and each layer is run again during the backward (gradient checkpointing): activation
+    /// memory of one layer instead of all, for about a third more compute; the gradients are
+    /// the same.
+    pub fn loss_and_grads(
+        &self,
+        batch: &Batch,
+        ctx: &mut Ctx,
+        scale: f64,
+        checkpoint: bool,
+    ) -> Result<(f64, usize, Vec<Vec<f32>>)> {
+        let mut acc: Vec<Option<Vec<f32>>> = vec![None; self.vars.len()];
+        let mut add = |store: &candle_core::backprop::GradStore| -> Result<()> {
+            for ((_, v), a) in self.vars.iter().zip(acc.iter_mut()) {
+                if let Some(g) = store.get(v.as_tensor()) {
+                    let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+                    match a {
+                        None => *a = Some(g),
+                        Some(a) => a.iter_mut().zip(&g).for_each(|(a, g)| *a += g),
+                    }
+                }
+            }
+            Ok(())
+        };
+        let (loss_sum, n) = if !checkpoint {
+            let (sum, n) = self.loss_sum(batch, ctx)?;
+            add(&(&sum * scale)?.backward()?)?;
+            (sum.to_scalar::<f32>()? as f64, n)
+        } else {
+            check_batch(batch, self.vocab_size())?;
+            let step = self.prepare(batch)?;
+            // Forward without a graph: each layer's input, detached.
+            let mut xs = vec![self.embed(batch)?.detach()];
+            for i in 0..self.n_layers() {
+                let y = self.layer(i, &xs[i], &step, &mut ctx.part(i))?;
+                xs.push(y.detach());
+            }
+            // The head and the loss, then each layer again from its input, last first.
+            let last = Var::from_tensor(&xs[self.n_layers()])?;
+            let h = self.final_norm(last.as_tensor())?;
+            let (sum, n) = self.loss_from_hidden(&h, batch, ctx)?;
+            let store = (&sum * scale)?.backward()?;
+            add(&store)?;
+            let mut g = match store.get(last.as_tensor()) {
+                Some(g) => g.clone(),
+                None => last.as_tensor().zeros_like()?,
+            };
+            for i in (0..self.n_layers()).rev() {
+                let x = Var::from_tensor(&xs[i])?;
+                let y = self.layer(i, x.as_tensor(), &step, &mut ctx.part(i))?;
+                let store = (y * &g)?.sum_all()?.backward()?;
+                add(&store)?;
+                g = match store.get(x.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => x.as_tensor().zeros_like()?,
+                };
+            }
+            let e = self.embed(batch)?;
+            if e.is_variable() || e.track_op() {
+                add(&(e * &g)?.sum_all()?.backward()?)?;
+            }
+            (sum.to_scalar::<f32>()? as f64, n)
+        };
+        let grads = self
+            .vars
+            .iter()
+            .zip(acc)
+            .map(|((_, v), a)| a.unwrap_or_else(|| vec![0.0; v.elem_count()]))
+            .collect();
+        Ok((loss_sum, n, grads))
     }
 
     /// Projects hidden rows `(M, E)` onto the vocabulary: `(M, V)`.
@@ -588,8 +716,18 @@ impl Trainable {
     /// Summed cross-entropy over the supervised positions (a scalar) and their count. Only
     /// supervised positions are projected onto the vocabulary.
     pub fn loss_sum(&self, batch: &Batch, ctx: &mut Ctx) -> Result<(Tensor, usize)> {
-        let (b, t) = batch.dims();
         let h = self.hidden(batch, ctx)?;
+        self.loss_from_hidden(&h, batch, ctx)
+    }
+
+    /// The loss from the final hidden states `h: (B, T, E)`.
+    fn loss_from_hidden(
+        &self,
+        h: &Tensor,
+        batch: &Batch,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, usize)> {
+        let (b, t) = batch.dims();
         let e = h.dim(D::Minus1)?;
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         for (i, labels) in batch.labels.iter().enumerate() {
@@ -607,7 +745,7 @@ impl Trainable {
         // (B*T, E) -> (N, E) -> (N, V)
         let rows = Tensor::new(rows.as_slice(), &self.device)?;
         let h = h.reshape((b * t, e))?.index_select(&rows, 0)?;
-        let logits = self.project(&h, ctx)?;
+        let logits = self.project(&h, &mut ctx.part(HEAD))?;
         Ok((cross_entropy_sum(&logits, &targets)?, n))
     }
 
