@@ -1,0 +1,326 @@
+//! `seek train` as a user runs it, on the miniature R1-Distill-Qwen
+//! (tests/fixtures/train/tiny-r1-qwen2): a TRL command pasted in, a TOML recipe under flags,
+//! the adapter used by `seek run`, `seek logits` and `seek serve --lora`, export, and
+//! distillation's rejection sampling.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn tiny() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/train/tiny-r1-qwen2")
+        .display()
+        .to_string()
+}
+
+fn seek(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seek"))
+        .args(args)
+        .env("SEEK_THREADS", "2")
+        .output()
+        .expect("seek runs")
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "seek failed: {err}");
+    err
+}
+
+fn data(dir: &Path) -> PathBuf {
+    let p = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("{}+{}?", i, i + 1)},
+                {"role": "assistant", "content": format!("{}", 2 * i + 1)},
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    p
+}
+
+fn metrics_lines(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+fn a_trl_command_pastes_in_and_its_adapter_runs_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let out = dir.path().join("out");
+    let (d, o) = (d.display().to_string(), out.display().to_string());
+    // TRL's spelling, as in its docs.
+    let log = ok(&seek(&[
+        "train",
+        "sft",
+        "--model_name_or_path",
+        &tiny(),
+        "--dataset_name",
+        &d,
+        "--output_dir",
+        &o,
+        "--learning_rate",
+        "2e-2",
+        "--max_steps",
+        "3",
+        "--use_peft",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+    ]));
+    assert!(log.contains("step     3/3"), "{log}");
+    assert_eq!(metrics_lines(&out), 3);
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "report.html",
+        "checkpoint-3/optimizer.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // The adapter changes the logits `seek logits` writes.
+    let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+    ok(&seek(&[
+        "logits",
+        &tiny(),
+        "--tokens",
+        "0,5,17,200",
+        "--out",
+        a.to_str().unwrap(),
+    ]));
+    ok(&seek(&[
+        "logits",
+        &tiny(),
+        "--tokens",
+        "0,5,17,200",
+        "--out",
+        b.to_str().unwrap(),
+        "--lora",
+        &o,
+    ]));
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // `seek run --lora` answers; a folder that is not an adapter is refused by name.
+    ok(&seek(&[
+        "run",
+        &tiny(),
+        "--lora",
+        &o,
+        "1+2?",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+    ]));
+    let bad = seek(&["run", &tiny(), "--lora", &d, "1+2?"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("adapter_config.json"));
+    // Merged into a Hugging Face folder, it runs without the adapter.
+    let merged = dir.path().join("merged");
+    ok(&seek(&[
+        "train",
+        "export",
+        "--base",
+        &tiny(),
+        "--lora",
+        &o,
+        "--merged_dir",
+        merged.to_str().unwrap(),
+    ]));
+    let c = dir.path().join("c.npy");
+    ok(&seek(&[
+        "logits",
+        merged.to_str().unwrap(),
+        "--tokens",
+        "0,5,17,200",
+        "--out",
+        c.to_str().unwrap(),
+    ]));
+    let (vb, vc) = (npy(&b), npy(&c));
+    let diff = vb
+        .iter()
+        .zip(&vc)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff < 1e-4, "merged vs adapter logits differ by {diff}");
+}
+
+/// The float32 values of a .npy file `seek logits` wrote.
+fn npy(p: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(p).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn a_toml_recipe_takes_flags_over_it_and_names_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let out = dir.path().join("out");
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "model_name_or_path = {:?}\ndataset_name = {:?}\noutput_dir = {:?}\nlearning_rate = 1e-3\nmax_steps = 4\nper_device_train_batch_size = 2\nlr_scheduler_type = \"cosine\"\nwarmup_ratio = 0.25\n",
+            tiny(),
+            d.display().to_string(),
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    ok(&seek(&[
+        "train",
+        "sft",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--max_steps",
+        "2",
+    ]));
+    assert_eq!(metrics_lines(&out), 2, "the flag wins over the recipe");
+    std::fs::write(&recipe, "learning_rat = 1e-3\n").unwrap();
+    let bad = seek(&["train", "sft", "--config", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("learning_rat") && err.contains("recipe.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_lora_serves_the_adapter_under_its_own_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let out = dir.path().join("out");
+    ok(&seek(&[
+        "train",
+        "sft",
+        "--model_name_or_path",
+        &tiny(),
+        "--dataset_name",
+        d.to_str().unwrap(),
+        "--output_dir",
+        out.to_str().unwrap(),
+        "--max_steps",
+        "1",
+        "--use_peft",
+    ]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seek"))
+        .args([
+            "serve",
+            &tiny(),
+            "--port",
+            "0",
+            "--served-model-name",
+            "base",
+        ])
+        .arg("--lora")
+        .arg(format!("tuned={}", out.display()))
+        .env("SEEK_THREADS", "2")
+        .env_remove("SEEK_API_KEY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let url = loop {
+        let line = lines.next().expect("the server printed its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Ready once every model has loaded (`/health` is 200 from the first one on).
+    loop {
+        let line = lines.next().expect("the server loaded its models");
+        assert!(!line.contains("error"), "{line}");
+        if line.contains("ready; serving") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let models: serde_json::Value = ureq::get(&format!("{url}/v1/models"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let names: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "tuned"]);
+    let r: serde_json::Value = ureq::post(&format!("{url}/v1/chat/completions"))
+        .send_json(serde_json::json!({"model": "tuned", "messages": [{"role": "user", "content": "1+2?"}], "max_tokens": 3}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(r["model"], "tuned");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn distill_rejects_what_the_verifier_does_not_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let problems = dir.path().join("p.jsonl");
+    std::fs::write(
+        &problems,
+        "{\"question\": \"What is 2 + 2?\", \"answer\": \"4\"}\n{\"question\": \"What is 3 * 3?\", \"answer\": \"9\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let args = [
+        "train",
+        "distill",
+        "--teacher",
+        &tiny(),
+        "--problems",
+        problems.to_str().unwrap(),
+        "--num_generations",
+        "2",
+        "--max_completion_length",
+        "6",
+        "--output_dir",
+        out.to_str().unwrap(),
+        "--model_name_or_path",
+        &tiny(),
+    ];
+    // A random tiny teacher answers nothing right: every trace is rejected, and SFT refuses
+    // to start on nothing.
+    let r = seek(&args);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("accepted no trace"),
+        "{err}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("distill_summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (summary["traces"].as_u64(), summary["accepted"].as_u64()),
+        (Some(4), Some(0))
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("traces/samples.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+    // Run again: every trace is already judged (resumed, nothing resampled).
+    let again = seek(&args);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("4 of 4 items already done"));
+}
