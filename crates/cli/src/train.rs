@@ -379,6 +379,37 @@ impl Progress for Bar {
     fn note(&mut self, msg: &str) {
         self.line(msg.to_string());
     }
+
+    fn should_stop(&mut self) -> bool {
+        STOP.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Set by the first Ctrl-C: the run stops after the current step with a checkpoint.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Ctrl-C once: finish the step, write a checkpoint, stop (resume with
+/// --resume_from_checkpoint). Twice: quit at once.
+fn stop_on_ctrl_c() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+                eprintln!(
+                    "\nstopping after this step with a checkpoint (Ctrl-C again quits at once)"
+                );
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    });
 }
 
 fn distill_cmd(a: DistillArgs) -> anyhow::Result<()> {
@@ -462,6 +493,18 @@ fn distill_cmd(a: DistillArgs) -> anyhow::Result<()> {
         summary.cut_off,
         a.max_completion_length,
         summary.dataset.display()
+    );
+    let mut by_count = std::collections::BTreeMap::<usize, usize>::new();
+    for (acc, _) in summary.per_problem.values() {
+        *by_count.entry(*acc).or_default() += 1;
+    }
+    eprintln!(
+        "problems by accepted traces: {}",
+        by_count
+            .iter()
+            .map(|(k, n)| format!("{k}/{}: {n}", a.num_generations))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     drop(teacher);
     if a.generate_only {
@@ -573,6 +616,7 @@ fn sft_cmd(a: SftArgs) -> anyhow::Result<()> {
             "full fine-tuning"
         }
     );
+    stop_on_ctrl_c();
     let summary = sft::run(&cfg, &setup, &mut progress)?;
     bar.finish_and_clear();
     eprintln!(
