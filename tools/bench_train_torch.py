@@ -4,7 +4,8 @@
 Both fine-tune the same model (a GGUF file, dequantized to f32 by each: transformers reads it
 with gguf_file=...), on the same token sequences of exactly --seq-len tokens (every token
 learned), batch --batch, --threads CPU threads, AdamW, for --steps optimizer steps; full
-fine-tuning and LoRA (r 16, alpha 32, --lora-targets). Tokens/s is the median over the steps
+fine-tuning and LoRA (r 16, alpha 32, --lora-targets), and Seek's LoRA over the GGUF base kept
+quantized (qlora; PyTorch has no CPU counterpart). Tokens/s is the median over the steps
 after the first (warm-up); peak memory is the process's maximum RSS. Prints a table with the
 ratios seek / PyTorch and writes --json.
 
@@ -57,7 +58,7 @@ def make_data(model, seq_len, n, path):
     return seqs
 
 
-def run_seek(binary, model, data, out, a, lora):
+def run_seek(binary, model, data, out, a, lora, quantized=False):
     cmd = [binary, "--threads", str(a.threads), "train", "sft", "--model_name_or_path", model,
            "--dataset_name", data, "--output_dir", out, "--max_steps", str(a.steps),
            "--per_device_train_batch_size", str(a.batch), "--max_length", str(a.seq_len),
@@ -66,6 +67,8 @@ def run_seek(binary, model, data, out, a, lora):
     if lora:
         cmd += ["--use_peft", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0",
                 "--lora_target_modules", a.lora_targets]
+    if quantized:
+        cmd += ["--quantized_base"]
     t = time.time()
     p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -131,7 +134,8 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     ap.add_argument("--attn", default="sdpa", help="transformers attention implementation (sdpa, eager)")
-    ap.add_argument("--only", choices=["full", "lora"])
+    ap.add_argument("--modes", default="full,lora,qlora",
+                    help="full, lora (both beside PyTorch), qlora (Seek only: LoRA over the GGUF base kept quantized)")
     ap.add_argument("--json", default="bench-train.json")
     a = ap.parse_args()
     binary = seek_bin(a.seek)
@@ -139,11 +143,14 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         data = str(Path(d) / "data.jsonl")
         seqs = make_data(a.model, a.seq_len, max(a.steps * a.batch, 8), data)
-        for mode in ("full", "lora"):
-            if a.only and a.only != mode:
+        for mode in a.modes.split(","):
+            lora = mode in ("lora", "qlora")
+            s = run_seek(binary, a.model, data, str(Path(d) / f"out-{mode}"), a, lora, mode == "qlora")
+            if mode == "qlora":
+                rows[mode] = {"seek": s}
+                print(f"{mode:5} seek {s['tokens_per_second']:8.1f} tok/s {s['peak_rss_mib']:7.0f} MiB "
+                      f"(LoRA over the quantized GGUF base; no PyTorch counterpart run)", flush=True)
                 continue
-            lora = mode == "lora"
-            s = run_seek(binary, a.model, data, str(Path(d) / f"out-{mode}"), a, lora)
             t = run_torch(a.model, seqs, a, lora)
             rows[mode] = {"seek": s, "torch": t}
             print(f"{mode:5} seek {s['tokens_per_second']:8.1f} tok/s {s['peak_rss_mib']:7.0f} MiB | "

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use seek_eval::report::escape;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// One line of a training run's `metrics.jsonl` (one JSON object per optimizer step).
@@ -108,22 +109,6 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepRecord>, ReportError> {
         out.push(record);
     }
     Ok(out)
-}
-
-/// Escapes text for HTML element content and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// A two-column table (key, value); both escaped.

@@ -485,14 +485,7 @@ pub fn run(cfg: &SftConfig, setup: &Setup, progress: &mut dyn Progress) -> Resul
                 "stopped at step {}; continue with --resume_from_checkpoint",
                 state.global_step
             ));
-            return Ok(RunSummary {
-                steps: state.global_step,
-                final_loss,
-                examples: examples.len(),
-                dropped_overlong: setup.data.dropped_overlong,
-                output_dir: out,
-                trainable_parameters: model.trainable_parameters(),
-            });
+            return Ok(RunSummary::new(setup, state.global_step, final_loss, out));
         }
     }
     // The final checkpoint (resumable) and the result at the top of output_dir.
@@ -503,14 +496,20 @@ pub fn run(cfg: &SftConfig, setup: &Setup, progress: &mut dyn Progress) -> Resul
     let settings = settings_table(cfg, setup);
     crate::report::write_report(&out, "seek train sft", &settings)
         .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    Ok(RunSummary {
-        steps: state.global_step,
-        final_loss,
-        examples: examples.len(),
-        dropped_overlong: setup.data.dropped_overlong,
-        output_dir: out,
-        trainable_parameters: model.trainable_parameters(),
-    })
+    Ok(RunSummary::new(setup, state.global_step, final_loss, out))
+}
+
+impl RunSummary {
+    fn new(setup: &Setup, steps: u64, final_loss: f64, output_dir: PathBuf) -> Self {
+        Self {
+            steps,
+            final_loss,
+            examples: setup.data.examples.len(),
+            dropped_overlong: setup.data.dropped_overlong,
+            output_dir,
+            trainable_parameters: setup.model.trainable_parameters(),
+        }
+    }
 }
 
 fn settings_table(cfg: &SftConfig, setup: &Setup) -> Vec<(String, String)> {
