@@ -295,7 +295,8 @@ impl Linear {
     /// `x: (M, in)` -> `(M, out)`.
     pub(crate) fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let y = match &self.weight {
-            Base::Dense(w) => x.matmul(&w.tensor().t()?)?,
+            Base::Dense(Param::Train(w)) => x.matmul(&w.as_tensor().t()?)?,
+            Base::Dense(Param::Frozen(w)) => ops::frozen_linear(x, w)?,
             Base::Quant(q) => ops::quant_linear(x, q)?,
         };
         let y = match &self.bias {
@@ -634,9 +635,10 @@ impl Trainable {
         checkpoint: bool,
     ) -> Result<(f64, usize, Vec<Vec<f32>>)> {
         let mut acc: Vec<Option<Vec<f32>>> = vec![None; self.vars.len()];
-        let mut add = |store: &candle_core::backprop::GradStore| -> Result<()> {
+        // Each gradient leaves the store once copied, so both are never held whole.
+        let mut add = |mut store: candle_core::backprop::GradStore| -> Result<()> {
             for ((_, v), a) in self.vars.iter().zip(acc.iter_mut()) {
-                if let Some(g) = store.get(v.as_tensor()) {
+                if let Some(g) = store.remove(v.as_tensor()) {
                     let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
                     match a {
                         None => *a = Some(g),
@@ -648,7 +650,7 @@ impl Trainable {
         };
         let (loss_sum, n) = if !checkpoint {
             let (sum, n) = self.loss_sum(batch, ctx)?;
-            add(&(&sum * scale)?.backward()?)?;
+            add((&sum * scale)?.backward()?)?;
             (sum.to_scalar::<f32>()? as f64, n)
         } else {
             check_batch(batch, self.vocab_size())?;
@@ -663,25 +665,25 @@ impl Trainable {
             let last = Var::from_tensor(&xs[self.n_layers()])?;
             let h = self.final_norm(last.as_tensor())?;
             let (sum, n) = self.loss_from_hidden(&h, batch, ctx)?;
-            let store = (&sum * scale)?.backward()?;
-            add(&store)?;
-            let mut g = match store.get(last.as_tensor()) {
-                Some(g) => g.clone(),
+            let mut store = (&sum * scale)?.backward()?;
+            let mut g = match store.remove(last.as_tensor()) {
+                Some(g) => g,
                 None => last.as_tensor().zeros_like()?,
             };
+            add(store)?;
             for i in (0..self.n_layers()).rev() {
                 let x = Var::from_tensor(&xs[i])?;
                 let y = self.layer(i, x.as_tensor(), &step, &mut ctx.part(i))?;
-                let store = (y * &g)?.sum_all()?.backward()?;
-                add(&store)?;
-                g = match store.get(x.as_tensor()) {
-                    Some(g) => g.clone(),
+                let mut store = (y * &g)?.sum_all()?.backward()?;
+                g = match store.remove(x.as_tensor()) {
+                    Some(g) => g,
                     None => x.as_tensor().zeros_like()?,
                 };
+                add(store)?;
             }
             let e = self.embed(batch)?;
             if e.is_variable() || e.track_op() {
-                add(&(e * &g)?.sum_all()?.backward()?)?;
+                add((e * &g)?.sum_all()?.backward()?)?;
             }
             (sum.to_scalar::<f32>()? as f64, n)
         };

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::weights::QuantMatrix;
@@ -38,18 +38,197 @@ impl SplitMix64 {
 }
 
 /// `x / sqrt(mean(x²) + eps) · w` over the last dimension, as transformers' `LlamaRMSNorm`
-/// computes it in f32.
+/// computes it in f32: one op with a written backward (the composed form holds six
+/// activations per norm for autograd; this one holds its input).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&r)?.broadcast_mul(w)?)
+    Ok(x.contiguous()?
+        .apply_op2(&w.contiguous()?, RmsNorm { eps })?)
 }
 
-/// Softmax over the last dimension. The row maximum is subtracted as a constant: it does
-/// not change the result, so it needs no gradient.
+struct RmsNorm {
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// `1 / sqrt(mean(x²) + eps)` of one row.
+    fn inv_rms(&self, row: &[f32]) -> f32 {
+        let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        (1.0 / (ss / row.len() as f64 + self.eps).sqrt()) as f32
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "seek-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let d = w.len();
+        if d == 0 || x.len() % d != 0 {
+            candle_core::bail!("rms_norm: rows of {} do not fit a weight of {d}", x.len());
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_exact_mut(d)
+            .zip(x.par_chunks_exact(d))
+            .for_each(|(o, row)| {
+                let r = self.inv_rms(row);
+                for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+                    *o = v * r * w;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let ws: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let gs: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut dx = vec![0f32; xs.len()];
+        // dx = r (g∘w) - x r³ mean(g∘w∘x);  dw = Σ_rows g∘x r
+        let dw_rows: Vec<Vec<f64>> = dx
+            .par_chunks_exact_mut(d)
+            .zip(xs.par_chunks_exact(d).zip(gs.par_chunks_exact(d)))
+            .fold(
+                || vec![0f64; d],
+                |mut dw, (dx, (x, g))| {
+                    let r = self.inv_rms(x);
+                    let dot: f64 = x
+                        .iter()
+                        .zip(g)
+                        .zip(&ws)
+                        .map(|((&x, &g), &w)| (g * w * x) as f64)
+                        .sum();
+                    let c = (dot / d as f64) as f32 * r * r * r;
+                    for i in 0..d {
+                        dx[i] = r * g[i] * ws[i] - x[i] * c;
+                        dw[i] += (g[i] * x[i] * r) as f64;
+                    }
+                    dw
+                },
+            )
+            .collect();
+        let mut dw = vec![0f64; d];
+        for part in dw_rows {
+            for (a, b) in dw.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        let dw: Vec<f32> = dw.into_iter().map(|v| v as f32).collect();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+        ))
+    }
+}
+
+/// Softmax over the last dimension, one op with a written backward
+/// (`dx = y ∘ (g - Σ g∘y)`): the composed form holds five `(…, T, T)` tensors per attention.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    Ok(x.contiguous()?.apply_op1(Softmax)?)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "seek-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let d = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d * 64)
+            .zip(x.par_chunks(d * 64))
+            .for_each(|(o, x)| {
+                for (o, row) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (o, &v) in o.iter_mut().zip(row) {
+                        *o = (v - m).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    o.iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let d = y.dims().last().copied().unwrap_or(1).max(1);
+        let ys: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        let gs: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut dx = vec![0f32; ys.len()];
+        dx.par_chunks_mut(d * 64)
+            .zip(ys.par_chunks(d * 64).zip(gs.par_chunks(d * 64)))
+            .for_each(|(dx, (y, g))| {
+                for ((dx, y), g) in dx
+                    .chunks_exact_mut(d)
+                    .zip(y.chunks_exact(d))
+                    .zip(g.chunks_exact(d))
+                {
+                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                    for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                        *dx = y * (g - dot);
+                    }
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+/// `x: (M, in)` times a frozen dense `w: (out, in)`: `x wᵀ`, whose backward computes only
+/// `dx = dy w`. candle's matmul backward always computes the weight's gradient too, a third
+/// of a layer's work (and its memory) wasted on a frozen LoRA base.
+pub(crate) fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(FrozenLinear { w: w.clone() })?)
+}
+
+struct FrozenLinear {
+    w: Tensor,
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "seek-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (m, k) = l.shape().dims2()?;
+        // The activations are copied once (M·K values) for candle's GEMM; the product is M·K·N.
+        let xt = Tensor::from_slice(x, (m, k), &candle_core::Device::Cpu)?;
+        let y = xt.matmul(&self.w.t()?)?;
+        let n = y.dim(1)?;
+        Ok((
+            CpuStorage::F32(y.flatten_all()?.to_vec1()?),
+            Shape::from((m, n)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.matmul(&self.w)?))
+    }
 }
 
 /// Rotates halves (`rotate_half`, Hugging Face layout): `x: (B, H, T, D)`, `cos, sin:
