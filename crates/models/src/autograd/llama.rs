@@ -395,6 +395,8 @@ pub(crate) fn lm_head(
 pub(crate) fn project(head: &LmHead, embed: &EmbedT, h: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
     match (head, embed) {
         (LmHead::Linear(l), _) => l.forward(h, ctx),
+        // A frozen tied table (LoRA) needs no gradient: candle's matmul would compute one.
+        (LmHead::Tied, EmbedT::Dense(Param::Frozen(w))) => super::ops::frozen_linear(h, w),
         (LmHead::Tied, EmbedT::Dense(w)) => Ok(h.matmul(&w.tensor().t()?)?),
         (LmHead::Tied, EmbedT::Quantized(_)) => {
             unreachable!("a quantized tied table is read as a matrix (lm_head)")
