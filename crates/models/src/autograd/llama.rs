@@ -164,9 +164,10 @@ impl MlpT {
     }
 
     pub(crate) fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, ctx)?.silu()?;
+        let gate = self.gate_proj.forward(x, ctx)?;
         let up = self.up_proj.forward(x, ctx)?;
-        self.down_proj.forward(&(gate * up)?, ctx)
+        self.down_proj
+            .forward(&super::ops::swiglu(&gate, &up)?, ctx)
     }
 
     pub(crate) fn state(&self, merge: bool, out: &mut BTreeMap<String, Tensor>) -> Result<()> {

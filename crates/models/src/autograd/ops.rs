@@ -192,6 +192,80 @@ impl CustomOp1 for Softmax {
     }
 }
 
+/// SwiGLU's gate, `silu(gate) · up`, one op with a written backward: candle's `silu` and
+/// product would hold and revisit four `(M, F)` tensors and take seven element-wise passes
+/// for silu's gradient alone.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
+}
+
+struct SwiGlu;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "seek-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, u) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        if g.len() != u.len() {
+            candle_core::bail!("swiglu: gate has {} values, up {}", g.len(), u.len());
+        }
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+            .for_each(|(o, (g, u))| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g: Vec<f32> = gate.flatten_all()?.to_vec1()?;
+        let u: Vec<f32> = up.flatten_all()?.to_vec1()?;
+        let d: Vec<f32> = grad.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut dg = vec![0f32; g.len()];
+        let mut du = vec![0f32; g.len()];
+        dg.par_chunks_mut(4096)
+            .zip(du.par_chunks_mut(4096))
+            .zip(
+                g.par_chunks(4096)
+                    .zip(u.par_chunks(4096))
+                    .zip(d.par_chunks(4096)),
+            )
+            .for_each(|((dg, du), ((g, u), d))| {
+                for i in 0..g.len() {
+                    let s = sigmoid(g[i]);
+                    // d silu(g) / dg = s (1 + g (1 - s))
+                    dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                    du[i] = d[i] * g[i] * s;
+                }
+            });
+        Ok((
+            Some(Tensor::from_vec(dg, gate.shape(), gate.device())?),
+            Some(Tensor::from_vec(du, up.shape(), up.device())?),
+        ))
+    }
+}
+
 /// `x: (M, in)` times a frozen dense `w: (out, in)`: `x wᵀ`, whose backward computes only
 /// `dx = dy w`. candle's matmul backward always computes the weight's gradient too, a third
 /// of a layer's work (and its memory) wasted on a frozen LoRA base.
