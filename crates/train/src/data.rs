@@ -136,7 +136,7 @@ pub fn load_jsonl(path: &Path, tok: &Tokenizer, cfg: &DataConfig) -> Result<Data
         };
         let row: Row = serde_json::from_str(line)
             .map_err(|e| err(format!("not a JSON object of a known format: {e}")))?;
-        let (ids, learn) = tokenize_row(row, tok, cfg).map_err(err)?;
+        let (ids, learn) = tokenize_row(row, tok).map_err(err)?;
         let mut ex = example(ids, learn, cfg.completion_only_loss, line_no);
         if ex.input_ids.len() > cfg.max_length {
             match cfg.overlong {
@@ -191,11 +191,7 @@ fn example(ids: Vec<TokenId>, learn: Vec<bool>, completion_only: bool, line: usi
 
 type Tokens = (Vec<TokenId>, Vec<bool>);
 
-fn tokenize_row(
-    row: Row,
-    tok: &Tokenizer,
-    _cfg: &DataConfig,
-) -> std::result::Result<Tokens, String> {
+fn tokenize_row(row: Row, tok: &Tokenizer) -> std::result::Result<Tokens, String> {
     let enc = |t: &str, special: bool| tok.encode(t, special).map_err(|e| e.to_string());
     if let Some(messages) = row.messages {
         return chat(messages, Vec::new(), tok);

@@ -102,18 +102,17 @@ pub fn config_json(cfg: &LoraConfig, base_model: &str) -> String {
     serde_json::to_string_pretty(&config).expect("json") + "\n"
 }
 
-/// Writes an adapter folder atomically (a temporary folder renamed into place).
-pub fn write_adapter(
+/// Writes an adapter's two files into `dir` (the caller makes the folder appear atomically:
+/// a checkpoint's temporary folder).
+pub fn write_adapter_files(
     dir: &Path,
     cfg: &LoraConfig,
     base_model: &str,
-    tensors: &BTreeMap<String, Tensor>,
+    tensors: BTreeMap<String, Tensor>,
 ) -> Result<()> {
-    crate::checkpoint::atomic_dir(dir, |tmp| {
-        let p = tmp.join(CONFIG);
-        std::fs::write(&p, config_json(cfg, base_model)).map_err(io_err(&p))?;
-        let map: HashMap<String, Tensor> = tensors.clone().into_iter().collect();
-        candle_core::safetensors::save(&map, tmp.join(WEIGHTS))?;
-        Ok(())
-    })
+    let p = dir.join(CONFIG);
+    std::fs::write(&p, config_json(cfg, base_model)).map_err(io_err(&p))?;
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&map, dir.join(WEIGHTS))?;
+    Ok(())
 }

@@ -320,18 +320,18 @@ pub fn run(cfg: &SftConfig, setup: &Setup, progress: &mut dyn Progress) -> Resul
     let model = &setup.model;
     let examples = &setup.data.examples;
     let accum = cfg.gradient_accumulation_steps as u64;
-    let batches_per_epoch = if cfg.packing {
-        epoch_batches(
-            examples,
-            &epoch_order(examples.len(), cfg.seed, 0),
-            cfg.per_device_train_batch_size,
-            true,
-            cfg.max_length,
-        )?
-        .len()
-    } else {
-        examples.len().div_ceil(cfg.per_device_train_batch_size)
-    } as u64;
+    // Epoch 0's micro-batches: their count sizes the run (packing makes it data-dependent),
+    // and they are the first ones trained on.
+    let first = epoch_batches(
+        examples,
+        &epoch_order(examples.len(), cfg.seed, 0),
+        cfg.per_device_train_batch_size,
+        cfg.packing,
+        cfg.max_length,
+    )?;
+    let batches_per_epoch = first.len() as u64;
+    let mut epoch_cache: HashMap<u64, Vec<seek_models::autograd::Batch>> =
+        HashMap::from([(0, first)]);
     let steps_per_epoch = batches_per_epoch.div_ceil(accum).max(1);
     let max_steps = if cfg.max_steps > 0 {
         cfg.max_steps as u64
@@ -384,7 +384,6 @@ pub fn run(cfg: &SftConfig, setup: &Setup, progress: &mut dyn Progress) -> Resul
     ));
 
     let start = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
-    let mut epoch_cache: HashMap<u64, Vec<seek_models::autograd::Batch>> = HashMap::new();
     let mut last_good: Option<PathBuf> = None;
     let mut final_loss = f64::NAN;
     while state.global_step < max_steps {
@@ -687,13 +686,12 @@ fn save_result(out: &Path, setup: &Setup, cfg: &SftConfig) -> Result<()> {
 /// The adapter (PEFT layout) or the full model (safetensors, config.json, tokenizer).
 fn write_weights(dir: &Path, setup: &Setup, cfg: &SftConfig) -> Result<()> {
     if let Some(lora) = cfg.lora() {
-        let tensors = setup.model.adapter_state()?;
-        let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-        candle_core::safetensors::save(&map, dir.join(crate::peft::WEIGHTS))?;
-        let p = dir.join(crate::peft::CONFIG);
-        std::fs::write(&p, crate::peft::config_json(&lora, &cfg.model_name_or_path))
-            .map_err(io_err(&p))?;
-        return Ok(());
+        return crate::peft::write_adapter_files(
+            dir,
+            &lora,
+            &cfg.model_name_or_path,
+            setup.model.adapter_state()?,
+        );
     }
     let state = setup.model.state_dict(false)?;
     let map: HashMap<String, Tensor> = state.into_iter().collect();
