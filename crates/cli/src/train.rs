@@ -634,14 +634,16 @@ fn sft_cmd(a: SftArgs) -> anyhow::Result<()> {
 /// A training step allocates and frees the same few hundred activation and gradient buffers
 /// every time. glibc returns blocks above its mmap threshold (from 128 KiB) to the kernel on
 /// free, so each step faulted in and zeroed every page again: measured, a third of a step went
-/// to `clear_page` and to waiting for a thread that was faulting. Raising the threshold to
-/// glibc's maximum (32 MiB) and not trimming the heap keeps the pages for the next step.
+/// to `clear_page` and to waiting for a thread that was faulting. Serving every block from the
+/// heap (no mmap: the logits of a 512-token step are 100 MB, above glibc's largest threshold)
+/// and never trimming it keeps the pages for the next step: after the first step a step takes
+/// no page faults.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc's allocation policy; it is called before the
     // training threads start allocating.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
