@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use clap::Args;
 use seek_engine::serve::{EngineConfig, EngineHandle};
-use seek_server::{ApiKeys, AppState, Prices, ServedModel, ServerConfig};
+use seek_server::{ApiKeys, AppState, ConnLimits, Prices, ServedModel, ServerConfig};
 
 use crate::source::open;
 use crate::ModelArg;
@@ -115,6 +115,31 @@ pub struct ServeArgs {
     /// `seek audit --db PATH`.
     #[arg(long, value_name = "PATH", env = "SEEK_AUDIT_DB")]
     audit_db: Option<PathBuf>,
+    /// Most client connections open at once (default: sized from the open-file limit, which
+    /// is raised to its hard limit at start). At the cap, the oldest connection with no
+    /// request in flight is closed to make room; if all are busy, new ones get a fast 503.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Most connections open at once from one client address (default: a quarter of
+    /// --max-connections; 0 turns the per-client cap off, e.g. behind a proxy).
+    #[arg(long, value_name = "N")]
+    max_connections_per_client: Option<usize>,
+    /// Seconds a request's header may take from its first byte (slow clients are cut off).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a request's body may take after its header (408), and a response may stay
+    /// unread by the client before the connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    body_timeout: f64,
+    /// Seconds a connection may stay open without a request (keep-alive).
+    #[arg(long, value_name = "SECS", default_value_t = 15.0)]
+    idle_timeout: f64,
+    /// Serve HTTPS: the certificate chain (PEM), with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Per-model prices, a JSON object:
     /// {"NAME": {"input_cache_hit": 0.14, "input_cache_miss": 0.55, "output": 2.19}, ...};
     /// models it leaves out use the --price-* flags.
@@ -123,6 +148,61 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Caps and timeouts from the flags, the caps sized from the open-file limit (raised to
+    /// its hard limit first).
+    fn connection_limits(&self) -> anyhow::Result<ConnLimits> {
+        let files = raise_open_file_limit();
+        let mut l = ConnLimits::for_open_files(files.now);
+        if let Some(n) = self.max_connections {
+            l.max_connections = n;
+            l.max_connections_per_client = (n / 4).max(1);
+        }
+        if let Some(n) = self.max_connections_per_client {
+            l.max_connections_per_client = n;
+        }
+        for (name, v) in [
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ] {
+            ensure!(
+                v.is_finite() && v > 0.0 && v < 1e6,
+                "{name} must be a number of seconds above 0"
+            );
+        }
+        l.header_timeout = Duration::from_secs_f64(self.header_timeout);
+        l.body_timeout = Duration::from_secs_f64(self.body_timeout);
+        l.idle_timeout = Duration::from_secs_f64(self.idle_timeout);
+        l.check().map_err(anyhow::Error::msg)?;
+        let needed = l.max_connections as u64 + seek_server::RESERVED_FILES;
+        eprintln!(
+            "seek: open files {}{}; at most {} connections ({} per client address{})",
+            files.now,
+            if files.now > files.before {
+                format!(" (raised from {})", files.before)
+            } else {
+                String::new()
+            },
+            l.max_connections,
+            l.max_connections_per_client,
+            if l.max_connections_per_client == 0 { ": off" } else { "" },
+        );
+        if files.now < needed {
+            tracing::warn!(
+                open_files = files.now,
+                max_connections = l.max_connections,
+                "the open-file limit is below what --max-connections needs ({needed}); raise the \
+                 hard limit (`ulimit -Hn`, systemd LimitNOFILE=) or lower --max-connections"
+            );
+        } else if files.now < 4096 {
+            tracing::warn!(
+                open_files = files.now,
+                "the open-file limit is low for a server; raise it (`ulimit -n`, systemd LimitNOFILE=)"
+            );
+        }
+        Ok(l)
+    }
+
     fn keys(&self) -> anyhow::Result<ApiKeys> {
         let mut keys = ApiKeys::none();
         for k in &self.api_keys {
@@ -308,7 +388,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let connections = args.connection_limits()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(seek_server::Tls::from_pem_files(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
     let cfg = ServerConfig {
+        connections,
+        tls,
         api_keys: keys,
         insecure_no_auth: args.insecure_no_auth,
         model_names: names.clone(),
@@ -376,6 +465,51 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
+/// The open-file soft limit before and after raising it.
+struct OpenFiles {
+    before: u64,
+    now: u64,
+}
+
+/// Raises the open-file soft limit to the hard limit (every connection holds a descriptor).
+fn raise_open_file_limit() -> OpenFiles {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit write/read the struct we own.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                let before = lim.rlim_cur as u64;
+                // An unlimited hard limit is still capped by the kernel (fs.nr_open).
+                let target = lim.rlim_max.min(1 << 20);
+                if lim.rlim_cur < target {
+                    let raised = libc::rlimit {
+                        rlim_cur: target,
+                        rlim_max: lim.rlim_max,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                        return OpenFiles {
+                            before,
+                            now: target as u64,
+                        };
+                    }
+                }
+                return OpenFiles {
+                    before,
+                    now: before,
+                };
+            }
+        }
+    }
+    OpenFiles {
+        before: 1024,
+        now: 1024,
+    }
+}
+
 /// Where a served model comes from.
 enum Source {
     /// A local file or folder, loaded here.
@@ -394,9 +528,10 @@ async fn run(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let state = AppState::new(cfg);
     eprintln!(
-        "seek: listening on http://{local} ({} model{} loading; /health says 503 until ready)",
+        "seek: listening on {scheme}://{local} ({} model{} loading; /health says 503 until ready)",
         models.len(),
         if models.len() == 1 { "" } else { "s" }
     );

@@ -33,6 +33,9 @@ pub enum AppError {
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The request body did not arrive within the body timeout (408); the connection closes.
+    #[error("{0}")]
+    Timeout(String),
     /// The queue is full (429); retry after the given seconds.
     #[error("{message}")]
     Busy {
@@ -74,6 +77,7 @@ impl AppError {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +92,7 @@ impl AppError {
             AppError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
             AppError::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
             AppError::TooLarge(_) => ("invalid_request_error", None, Some("request_too_large")),
+            AppError::Timeout(_) => ("invalid_request_error", None, Some("request_timeout")),
             AppError::Busy { .. } => ("requests", None, Some("rate_limit_exceeded")),
             AppError::Unavailable { code, .. } => ("server_error", None, Some(*code)),
             AppError::Internal(_) => ("server_error", None, Some("internal_error")),
@@ -139,6 +144,11 @@ impl IntoResponse for AppError {
             AppError::Unauthorized(_) => {
                 res.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            AppError::Timeout(_) => {
+                // The rest of the body may still be on its way: do not read it as a request.
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+mod conn;
 mod error;
 mod guarded;
 mod metrics;
@@ -40,6 +41,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use auth::ApiKeys;
+pub use conn::{BodyTimeout, ConnLimits, Tls, RESERVED_FILES};
 pub use error::AppError;
 pub use price::Prices;
 pub use state::{AppState, Backend, Phase, ServedModel, ServerConfig};
@@ -73,7 +75,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves `state` on `listener` until `shutdown` completes, then drains: `/health` turns 503,
+/// Serves `state` on `listener` (with the caps, timeouts and TLS of its
+/// [`ServerConfig::connections`] and [`ServerConfig::tls`]) until `shutdown` completes, then drains: `/health` turns 503,
 /// new requests get 503, in-flight ones finish within [`ServerConfig::shutdown_grace`] (the
 /// engines cancel what is left), and the server returns once every connection has closed.
 ///
@@ -98,10 +101,12 @@ pub async fn serve(
         tracing::info!("every engine has stopped");
         let _ = stopped_tx.send(());
     });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            let _ = stopped_rx.await;
-        })
-        .await?;
+    let limits = cfg.connections;
+    let tls = cfg.tls.clone();
+    let stats = state.connection_stats();
+    conn::serve_connections(listener, app(state), limits, tls, stats, async move {
+        let _ = stopped_rx.await;
+    })
+    .await;
     Ok(())
 }

@@ -144,6 +144,11 @@ async fn generate_inner(
             AppError::TooLarge(format!(
                 "the request body is larger than {BODY_LIMIT} bytes"
             ))
+        } else if crate::conn::is_body_timeout(&e) {
+            AppError::Timeout(format!(
+                "the request body did not arrive in time ({}); send it in one go",
+                e.body_text()
+            ))
         } else {
             AppError::BadRequest {
                 message: format!("cannot read the request body: {}", e.body_text()),

@@ -11,6 +11,7 @@ use seek_tokenizer::Tokenizer;
 use seek_types::SamplingParams;
 
 use crate::auth::ApiKeys;
+use crate::conn::{ConnLimits, ConnStats, Tls};
 use crate::error::AppError;
 use crate::metrics::{EngineGauges, Metrics};
 use crate::price::Prices;
@@ -35,6 +36,10 @@ pub struct ServerConfig {
     pub guard: Option<Arc<PolicySet>>,
     /// The audit log every request is written to (none: no audit trail).
     pub audit: Option<Arc<AuditLog>>,
+    /// Caps and timeouts of client connections.
+    pub connections: ConnLimits,
+    /// Serve HTTPS with this certificate (none: plain HTTP).
+    pub tls: Option<Tls>,
 }
 
 /// Where a served model runs.
@@ -127,6 +132,7 @@ struct Shared {
     models: RwLock<Vec<Arc<ServedModel>>>,
     phase: AtomicU8,
     metrics: Metrics,
+    connections: Arc<ConnStats>,
 }
 
 /// The state every handler gets; cheap to clone.
@@ -149,6 +155,7 @@ impl AppState {
                 models: RwLock::new(Vec::new()),
                 phase: AtomicU8::new(phase as u8),
                 metrics: Metrics::default(),
+                connections: Arc::default(),
             }),
         }
     }
@@ -248,9 +255,16 @@ impl AppState {
                 max_context: m.max_context().unwrap_or(0),
             })
             .collect();
-        self.inner
+        let mut text = self
+            .inner
             .metrics
-            .render(&gauges, self.phase() == Phase::Draining)
+            .render(&gauges, self.phase() == Phase::Draining);
+        self.inner.connections.render(&mut text);
+        text
+    }
+
+    pub(crate) fn connection_stats(&self) -> Arc<ConnStats> {
+        self.inner.connections.clone()
     }
 
     /// Starts draining: `/health` says 503, new requests get 503, in-flight ones may finish
