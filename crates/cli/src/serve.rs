@@ -185,7 +185,11 @@ impl ServeArgs {
             },
             l.max_connections,
             l.max_connections_per_client,
-            if l.max_connections_per_client == 0 { ": off" } else { "" },
+            if l.max_connections_per_client == 0 {
+                ": off"
+            } else {
+                ""
+            },
         );
         if files.now < needed {
             tracing::warn!(

@@ -560,17 +560,19 @@ impl AuditDraft {
     }
 }
 
-/// Writes an entry on a blocking thread (the log waits for its commit).
-pub(crate) fn record(log: Arc<AuditLog>, entry: AuditEntry) {
+/// Writes an entry on a blocking thread (the log waits for its commit); the handle ends when
+/// it is committed (none: written already, outside a runtime).
+pub(crate) fn record(log: Arc<AuditLog>, entry: AuditEntry) -> Option<tokio::task::JoinHandle<()>> {
     let write = move || {
         if let Err(e) = log.record(&entry) {
             tracing::error!(request_id = %entry.request_id, error = %e, "cannot write the audit entry");
         }
     };
     match tokio::runtime::Handle::try_current() {
-        Ok(h) => {
-            h.spawn_blocking(write);
+        Ok(h) => Some(h.spawn_blocking(write)),
+        Err(_) => {
+            write();
+            None
         }
-        Err(_) => write(),
     }
 }

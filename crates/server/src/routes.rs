@@ -125,10 +125,13 @@ async fn generate(
         Endpoint::Completion => ("completions", "cmpl"),
     };
     let mut rec = RequestRecord::new(&state, label, prefix);
-    match generate_inner(&state, endpoint, &headers, body, &mut rec).await {
+    let res = match generate_inner(&state, endpoint, &headers, body, &mut rec).await {
         Ok(r) => r,
         Err(e) => rec.fail(e),
-    }
+    };
+    // A streamed answer's record lives in its stream, which waits there.
+    rec.committed().await;
+    res
 }
 
 async fn generate_inner(
@@ -316,6 +319,10 @@ fn stream(state: AppState, running: Guarded, out: Output, rec: RequestRecord) ->
     };
     let events = futures_util::stream::unfold(st, |mut st| async move {
         loop {
+            if st.ended {
+                // The last events acknowledge the request: its audit entry is committed first.
+                st.rec.committed().await;
+            }
             if let Some(data) = st.pending.pop_front() {
                 return Some((Ok::<_, Infallible>(Event::default().data(data)), st));
             }
@@ -793,6 +800,9 @@ pub(crate) struct RequestRecord {
     done: bool,
     /// What the audit entry will say.
     pub audit: AuditDraft,
+    /// The audit entry's write, once finished: the answer waits for its commit, so an
+    /// acknowledged request is in the audit log even if the process is killed next.
+    written: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RequestRecord {
@@ -806,6 +816,7 @@ impl RequestRecord {
             model: "unknown".into(),
             done: false,
             audit: AuditDraft::default(),
+            written: None,
         }
     }
 
@@ -846,6 +857,7 @@ impl RequestRecord {
             model: self.model.clone(),
             done: false,
             audit: std::mem::take(&mut self.audit),
+            written: None,
         }
     }
 
@@ -896,7 +908,14 @@ impl RequestRecord {
                 latency_ms: secs * 1e3,
                 error: error.map(|e| e.to_string()),
             });
-            guarded::record(log.clone(), entry);
+            self.written = guarded::record(log.clone(), entry);
+        }
+    }
+
+    /// Waits until the audit entry (if any) is committed.
+    async fn committed(&mut self) {
+        if let Some(w) = self.written.take() {
+            let _ = w.await;
         }
     }
 }

@@ -176,7 +176,10 @@ fn a_dribbled_body_gets_408_and_the_connection_closes() {
     let (closed, text) = closed_within(&mut s, Duration::from_secs(5));
     assert!(closed, "still open: {text}");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
     live.shutdown();
 }
@@ -191,10 +194,8 @@ fn when_every_connection_is_busy_a_new_one_gets_a_fast_503() {
     let mut busy: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut s = live.connect();
-            s.write_all(
-                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{",
-            )
-            .unwrap();
+            s.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+                .unwrap();
             s
         })
         .collect();
