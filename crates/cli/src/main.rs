@@ -57,7 +57,7 @@ enum Command {
     /// Time prefill, decode and time to first token; measure peak memory and the bandwidth bound.
     Bench(bench::BenchArgs),
     /// Serve models over an OpenAI/DeepSeek-compatible HTTP API (continuous batching, API keys, metrics, cost).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Check a text against a guard policy offline (`seek guard check POLICY --text ...`; exit 3 when blocked).
     Guard(guard::GuardArgs),
     /// Read the audit trail: list, show, export (JSONL) and summarise entries; purge old ones.
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokens::tokenize(a),
         Command::Logits(a) => tokens::logits(a),
         Command::Bench(a) => bench::bench(a),
-        Command::Serve(a) => serve::serve(a),
+        Command::Serve(a) => serve::serve(*a),
         // The only command with an exit status of its own: 3 when a rail blocked.
         Command::Guard(a) => match guard::guard(a) {
             Ok(code) => return code,

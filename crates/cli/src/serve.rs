@@ -486,7 +486,7 @@ fn raise_open_file_limit() -> OpenFiles {
         // SAFETY: getrlimit/setrlimit write/read the struct we own.
         unsafe {
             if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-                let before = lim.rlim_cur as u64;
+                let before = lim.rlim_cur;
                 // An unlimited hard limit is still capped by the kernel (fs.nr_open).
                 let target = lim.rlim_max.min(1 << 20);
                 if lim.rlim_cur < target {
@@ -497,7 +497,7 @@ fn raise_open_file_limit() -> OpenFiles {
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                         return OpenFiles {
                             before,
-                            now: target as u64,
+                            now: target,
                         };
                     }
                 }
