@@ -1,5 +1,5 @@
-//! What every handler shares: the served models (one engine each), the keys, the metrics
-//! and the server's phase (loading, ready, draining).
+//! What every handler shares: the served models (one engine each), the keys, the rate
+//! limiter, the metrics and the server's phase (loading, ready, draining).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,6 +14,7 @@ use crate::auth::ApiKeys;
 use crate::error::AppError;
 use crate::metrics::{EngineGauges, Metrics};
 use crate::price::Prices;
+use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::upstream::Upstream;
 use seek_audit::AuditLog;
 use seek_guard::PolicySet;
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub guard: Option<Arc<PolicySet>>,
     /// The audit log every request is written to (none: no audit trail).
     pub audit: Option<Arc<AuditLog>>,
+    /// Requests and tokens per minute, per tenant (default: no limits).
+    pub rate_limits: RateLimits,
 }
 
 /// Where a served model runs.
@@ -127,6 +130,7 @@ struct Shared {
     models: RwLock<Vec<Arc<ServedModel>>>,
     phase: AtomicU8,
     metrics: Metrics,
+    limiter: RateLimiter,
 }
 
 /// The state every handler gets; cheap to clone.
@@ -145,6 +149,7 @@ impl AppState {
         };
         Self {
             inner: Arc::new(Shared {
+                limiter: RateLimiter::new(cfg.rate_limits.clone()),
                 cfg,
                 models: RwLock::new(Vec::new()),
                 phase: AtomicU8::new(phase as u8),
@@ -234,6 +239,10 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn rate_limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
     }
 
     /// The Prometheus exposition of the server's metrics.
