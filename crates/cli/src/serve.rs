@@ -19,7 +19,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use clap::Args;
 use seek_engine::serve::{EngineConfig, EngineHandle};
-use seek_server::{ApiKeys, AppState, ConnLimits, Prices, ServedModel, ServerConfig};
+use seek_server::{
+    ApiKeys, AppState, ConnLimits, Limits, Prices, RateLimits, ServedModel, ServerConfig,
+};
 
 use crate::source::open;
 use crate::ModelArg;
@@ -82,8 +84,18 @@ pub struct ServeArgs {
     )]
     api_keys: Vec<String>,
     /// A file of API keys: one `tenant:key` (or bare `key`) per line; `#` starts a comment.
+    /// A tenant's own rate limits may follow its key: `team-a:sk-... rpm=60 tpm=40000`.
     #[arg(long, value_name = "FILE")]
     api_keys_file: Option<PathBuf>,
+    /// Requests per minute each tenant may send (all its keys together; without keys, all
+    /// clients together) unless the keys file gives it `rpm=`; more get 429 with Retry-After.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rpm_limit: Option<u32>,
+    /// Prompt plus completion tokens per minute each tenant may use unless the keys file gives
+    /// it `tpm=`. A request's tokens are counted when it ends; while a tenant's balance is
+    /// spent, its requests get 429 with Retry-After.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    tpm_limit: Option<u64>,
     /// Serve a non-loopback address without API keys (only on a network you trust completely).
     #[arg(long)]
     insecure_no_auth: bool,
@@ -207,7 +219,15 @@ impl ServeArgs {
         Ok(l)
     }
 
-    fn keys(&self) -> anyhow::Result<ApiKeys> {
+    /// The keys, and the rate limits of the flags and the keys file.
+    fn keys(&self) -> anyhow::Result<(ApiKeys, RateLimits)> {
+        let mut limits = RateLimits {
+            default: Limits {
+                requests_per_minute: self.rpm_limit,
+                tokens_per_minute: self.tpm_limit,
+            },
+            ..RateLimits::default()
+        };
         let mut keys = ApiKeys::none();
         for k in &self.api_keys {
             keys.add(seek_server::auth::DEFAULT_TENANT, k)
@@ -216,7 +236,8 @@ impl ServeArgs {
         if let Some(f) = &self.api_keys_file {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read the keys file {}", f.display()))?;
-            keys.add_file(&text)
+            limits.tenants = keys
+                .add_file(&text)
                 .with_context(|| format!("{}", f.display()))?;
             ensure!(
                 !keys.is_empty(),
@@ -224,7 +245,7 @@ impl ServeArgs {
                 f.display()
             );
         }
-        Ok(keys)
+        Ok((keys, limits))
     }
 
     fn names(&self) -> anyhow::Result<Vec<String>> {
@@ -334,7 +355,7 @@ pub(crate) fn default_name(model: &str) -> String {
 
 /// `seek serve`.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let keys = args.keys()?;
+    let (keys, rate_limits) = args.keys()?;
     let addr = args.address()?;
     // Refuse before spending minutes on loading.
     seek_server::auth::check_exposure(&addr, &keys, args.insecure_no_auth)?;
@@ -408,6 +429,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
         guard,
         audit,
+        rate_limits,
     };
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -735,11 +757,49 @@ mod tests {
             "--api-keys-file",
             f.to_str().unwrap(),
         ]);
-        let k = a.keys().unwrap();
+        let (k, limits) = a.keys().unwrap();
         assert_eq!(k.tenants().collect::<Vec<_>>(), ["default", "team-a"]);
+        assert_eq!(limits, RateLimits::default());
         std::fs::write(&f, "# nothing\n").unwrap();
         let a = args(&["x", "--api-keys-file", f.to_str().unwrap()]);
         assert!(a.keys().is_err());
+    }
+
+    #[test]
+    fn rate_limits_from_flags_and_the_keys_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("keys");
+        std::fs::write(&f, "team-a:sk-a rpm=60 tpm=40000\nteam-b:sk-b tpm=100\n").unwrap();
+        let a = args(&[
+            "x",
+            "--api-keys-file",
+            f.to_str().unwrap(),
+            "--rpm-limit",
+            "5",
+            "--tpm-limit",
+            "1000",
+        ]);
+        let (_, limits) = a.keys().unwrap();
+        let l = |rpm, tpm| Limits {
+            requests_per_minute: Some(rpm),
+            tokens_per_minute: Some(tpm),
+        };
+        assert_eq!(limits.default, l(5, 1000));
+        assert_eq!(limits.for_tenant("team-a"), l(60, 40000));
+        assert_eq!(limits.for_tenant("team-b"), l(5, 100));
+        assert_eq!(limits.for_tenant("default"), l(5, 1000));
+        // A bad field names the file and the line.
+        std::fs::write(&f, "team-a:sk-a\nteam-b:sk-b rmp=5\n").unwrap();
+        let a = args(&["x", "--api-keys-file", f.to_str().unwrap()]);
+        let e = format!("{:#}", a.keys().unwrap_err());
+        assert!(
+            e.contains("line 2 of the keys file") && e.contains("unknown field \"rmp\""),
+            "{e}"
+        );
+        // Zero is refused by the flag parser.
+        let cmd = || std::iter::once("serve");
+        assert!(T::try_parse_from(cmd().chain(["x", "--rpm-limit", "0"])).is_err());
+        assert!(T::try_parse_from(cmd().chain(["x", "--tpm-limit", "0"])).is_err());
     }
 
     #[test]

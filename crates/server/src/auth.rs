@@ -5,12 +5,16 @@
 //! guess was right. A server bound to anything but loopback refuses to start without keys,
 //! unless the operator says `--insecure-no-auth` (the exposed-database lesson).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::error::AppError;
+use crate::ratelimit::Limits;
+#[cfg(doc)]
+use crate::ratelimit::RateLimits;
 
 /// The tenant of keys given without one (`--api-key KEY`, or a bare line in a keys file).
 pub const DEFAULT_TENANT: &str = "default";
@@ -83,10 +87,15 @@ impl ApiKeys {
         Ok(())
     }
 
-    /// Adds the keys of a keys file: one `tenant:key` or bare `key` per line; blank lines and
-    /// lines starting with `#` are skipped. Tenant names are `[A-Za-z0-9_.-]+` (they become
-    /// metrics labels).
-    pub fn add_file(&mut self, text: &str) -> Result<(), KeysError> {
+    /// Adds the keys of a keys file: one `tenant:key` or bare `key` per line, optionally
+    /// followed by the tenant's rate limits (`tenant:key rpm=60 tpm=40000`; keys cannot contain
+    /// whitespace, so what follows it is fields); blank lines and lines starting with `#` are
+    /// skipped. Tenant names are `[A-Za-z0-9_.-]+` (they become metrics labels).
+    ///
+    /// Returns the limits the lines give tenants (for [`RateLimits::tenants`]); a tenant with
+    /// several keys may state its limits on one line or repeat them, but not contradict them.
+    pub fn add_file(&mut self, text: &str) -> Result<BTreeMap<String, Limits>, KeysError> {
+        let mut limits: BTreeMap<String, (Limits, usize)> = BTreeMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -96,10 +105,11 @@ impl ApiKeys {
                 line: i + 1,
                 problem: problem.into(),
             };
-            let (tenant, key) = match line.split_once(':') {
+            let (tenant, rest) = match line.split_once(':') {
                 Some((t, k)) => (t.trim(), k.trim()),
                 None => (DEFAULT_TENANT, line),
             };
+            let (key, fields) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
             if tenant.is_empty()
                 || !tenant
                     .chars()
@@ -110,11 +120,28 @@ impl ApiKeys {
                 ));
             }
             self.add(tenant, key).map_err(|e| match e {
-                KeysError::BadKey => bad("the key is empty or contains whitespace"),
+                KeysError::BadKey => bad("the key is empty or contains control characters"),
                 e => e,
             })?;
+            let given =
+                Limits::parse_fields(fields).map_err(|e| bad(&format!("after the key: {e}")))?;
+            if given.is_none() {
+                continue;
+            }
+            match limits.get(tenant) {
+                Some((earlier, at)) if *earlier != given => {
+                    return Err(bad(&format!(
+                        "tenant {tenant:?} was given {earlier} on line {at} and {given} here; \
+                         give a tenant's limits on one of its lines, or the same on each"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    limits.insert(tenant.to_string(), (given, i + 1));
+                }
+            }
         }
-        Ok(())
+        Ok(limits.into_iter().map(|(t, (l, _))| (t, l)).collect())
     }
 
     /// Whether no key is configured (the server is open).
@@ -215,6 +242,67 @@ mod tests {
         assert!(matches!(e, KeysError::Duplicate(..)), "{e}");
         let e = ApiKeys::none().add_file("a:\n").unwrap_err();
         assert!(matches!(e, KeysError::BadLine { line: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn keys_file_lines_carry_rate_limits() {
+        let mut k = ApiKeys::none();
+        let limits = k
+            .add_file(
+                "team-a:sk-a1 rpm=60 tpm=40000\nteam-a:sk-a2\nteam-a:sk-a3 rpm=60  tpm=40000\n\
+                 team-b : sk-b tpm=100\nsk-bare rpm=5\nteam-c:sk-c\n",
+            )
+            .unwrap();
+        assert_eq!(k.check(&headers("Bearer sk-a2")).unwrap(), "team-a");
+        assert_eq!(k.check(&headers("Bearer sk-b")).unwrap(), "team-b");
+        assert_eq!(k.check(&headers("Bearer sk-bare")).unwrap(), DEFAULT_TENANT);
+        let want = |rpm, tpm| Limits {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+        };
+        assert_eq!(
+            limits.into_iter().collect::<Vec<_>>(),
+            [
+                ("default".to_string(), want(Some(5), None)),
+                ("team-a".to_string(), want(Some(60), Some(40000))),
+                ("team-b".to_string(), want(None, Some(100))),
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_file_limit_errors_name_the_line_and_the_fix() {
+        for (text, line, says) in [
+            (
+                "a:sk-1\nb:sk-2 rpm=ten\n",
+                2,
+                "rpm=\"ten\" is not a whole number; write e.g. rpm=60",
+            ),
+            ("a:sk-1 burst=3\n", 1, "unknown field \"burst\""),
+            ("# c\na:sk-1 tpm=0\n", 2, "tpm=0 would refuse every request"),
+            (
+                "a:sk-1 rpm=60\na:sk-2\na:sk-3 rpm=30\n",
+                3,
+                "tenant \"a\" was given rpm=60 on line 1 and rpm=30 here",
+            ),
+            (
+                "a:sk-1 rpm=60\na:sk-2 rpm=60 tpm=9\n",
+                2,
+                "was given rpm=60 on line 1 and rpm=60 tpm=9 here",
+            ),
+        ] {
+            let e = ApiKeys::none().add_file(text).unwrap_err();
+            assert!(
+                matches!(e, KeysError::BadLine { line: l, .. } if l == line),
+                "{text:?}: {e}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!("line {line} of the keys file: ")),
+                "{msg}"
+            );
+            assert!(msg.contains(says), "{text:?}: {msg}");
+        }
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //!
 //! Statuses follow OpenAI (and TGI where OpenAI is silent): 400 for anything wrong with the
 //! request (bad JSON, unknown model, context overflow), 401 without a valid key, 429 with
-//! `Retry-After` when the queue is full, 503 while loading or draining, 500 without internals
+//! `Retry-After` when the queue is full or a tenant's rate limit is reached (the latter with
+//! OpenAI's `x-ratelimit-*` headers), 503 while loading or draining, 500 without internals
 //! (the details go to the log, under the request id).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use seek_engine::serve::SubmitError;
 
+use crate::ratelimit::RateLimited;
 use crate::wire::{ErrorBody, ErrorResponse};
 
 /// Why a request was not served.
@@ -44,6 +46,10 @@ pub enum AppError {
         /// The `Retry-After` header.
         retry_after_s: u64,
     },
+    /// The tenant's requests or tokens per minute are spent (429, with `Retry-After` and the
+    /// `x-ratelimit-*` headers).
+    #[error("{0}")]
+    RateLimited(Box<RateLimited>),
     /// The server is loading or draining (503).
     #[error("{message}")]
     Unavailable {
@@ -78,7 +84,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            AppError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Busy { .. } | AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -94,6 +100,7 @@ impl AppError {
             AppError::TooLarge(_) => ("invalid_request_error", None, Some("request_too_large")),
             AppError::Timeout(_) => ("invalid_request_error", None, Some("request_timeout")),
             AppError::Busy { .. } => ("requests", None, Some("rate_limit_exceeded")),
+            AppError::RateLimited(r) => (r.kind.as_str(), None, Some("rate_limit_exceeded")),
             AppError::Unavailable { code, .. } => ("server_error", None, Some(*code)),
             AppError::Internal(_) => ("server_error", None, Some("internal_error")),
             AppError::Upstream(_) => ("server_error", None, Some("upstream_error")),
@@ -131,6 +138,12 @@ impl From<SubmitError> for AppError {
     }
 }
 
+impl From<RateLimited> for AppError {
+    fn from(r: RateLimited) -> Self {
+        AppError::RateLimited(Box::new(r))
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -140,6 +153,11 @@ impl IntoResponse for AppError {
             AppError::Busy { retry_after_s, .. } => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            AppError::RateLimited(r) => {
+                let h = res.headers_mut();
+                h.insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_s()));
+                r.status.write_headers(h);
             }
             AppError::Unauthorized(_) => {
                 res.headers_mut()
@@ -170,6 +188,44 @@ mod tests {
         let res = e.into_response();
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn a_rate_limit_is_429_in_openai_shape_with_its_headers() {
+        use crate::ratelimit::{BucketStatus, LimitKind, RateStatus};
+        use std::time::Duration;
+        let e: AppError = RateLimited {
+            tenant: "x".into(),
+            kind: LimitKind::Tokens,
+            limit: 40000,
+            wait: Duration::from_millis(1200),
+            status: RateStatus {
+                requests: None,
+                tokens: Some(BucketStatus {
+                    limit: 40000,
+                    remaining: 0,
+                    reset: Duration::from_secs(360),
+                }),
+            },
+        }
+        .into();
+        let body = e.body();
+        assert_eq!(
+            body.message,
+            "Rate limit reached for tokens per minute (limit 40000) for tenant \"x\": please try again in 1.2s."
+        );
+        assert_eq!(
+            (body.kind.as_str(), body.code.as_deref()),
+            ("tokens", Some("rate_limit_exceeded"))
+        );
+        let res = e.into_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = res.headers();
+        assert_eq!(h[header::RETRY_AFTER], "2");
+        assert_eq!(h["x-ratelimit-limit-tokens"], "40000");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "0");
+        assert_eq!(h["x-ratelimit-reset-tokens"], "6m0s");
+        assert!(!h.contains_key("x-ratelimit-limit-requests"));
     }
 
     #[test]

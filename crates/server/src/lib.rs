@@ -1,6 +1,6 @@
 //! An OpenAI- and DeepSeek-compatible HTTP server over Seek's engines: chat and text
 //! completions (streamed or not), models, health and Prometheus metrics, with API keys per
-//! tenant and the cost of every request.
+//! tenant, rate limits per tenant and the cost of every request.
 //!
 //! Design decision: the server holds no tensors and runs no model code. Each served model is
 //! an [`seek_engine::serve::EngineHandle`] (a synchronous loop on its own thread); a handler
@@ -27,6 +27,7 @@ mod error;
 mod guarded;
 mod metrics;
 pub mod price;
+pub mod ratelimit;
 mod routes;
 mod run;
 mod state;
@@ -44,6 +45,7 @@ pub use auth::ApiKeys;
 pub use conn::{BodyTimeout, ConnLimits, Tls, RESERVED_FILES};
 pub use error::AppError;
 pub use price::Prices;
+pub use ratelimit::{Limits, RateLimits};
 pub use state::{AppState, Backend, Phase, ServedModel, ServerConfig};
 pub use upstream::Upstream;
 pub use valid::{DEFAULT_COMPLETION_MAX_TOKENS, MAX_N};

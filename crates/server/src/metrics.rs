@@ -83,6 +83,8 @@ struct Inner {
     itl: BTreeMap<String, Histogram>,
     duration: BTreeMap<String, Histogram>,
     json_invalid: BTreeMap<String, u64>,
+    /// (tenant, limit) -> requests refused by a rate limit.
+    rate_limited: BTreeMap<(String, &'static str), u64>,
 }
 
 /// What the scrape reads from one model's engine.
@@ -166,6 +168,15 @@ impl Metrics {
         self.with(|m| *m.json_invalid.entry(model.to_string()).or_default() += 1);
     }
 
+    /// A request refused by its tenant's rate limit (`limit`: `requests` or `tokens`).
+    pub fn rate_limited(&self, tenant: &str, limit: &'static str) {
+        self.with(|m| {
+            *m.rate_limited
+                .entry((tenant.to_string(), limit))
+                .or_default() += 1
+        });
+    }
+
     /// The exposition text.
     pub fn render(&self, engines: &[EngineGauges<'_>], draining: bool) -> String {
         let mut o = String::new();
@@ -179,6 +190,14 @@ impl Metrics {
                     o,
                     "seek_requests_total{{endpoint=\"{e}\",model=\"{}\",tenant=\"{}\",status=\"{status}\"}} {n}",
                     esc(model),
+                    esc(tenant)
+                );
+            }
+            help(&mut o, "seek_rate_limited_total", "counter", "Requests refused with 429 by their tenant's rate limit, by tenant and limit (requests or tokens per minute).");
+            for ((tenant, limit), n) in &m.rate_limited {
+                let _ = writeln!(
+                    o,
+                    "seek_rate_limited_total{{tenant=\"{}\",limit=\"{limit}\"}} {n}",
                     esc(tenant)
                 );
             }
@@ -377,9 +396,31 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_refusals_are_counted_by_tenant_and_limit() {
+        let m = Metrics::default();
+        m.rate_limited("a", "requests");
+        m.rate_limited("a", "requests");
+        m.rate_limited("b", "tokens");
+        let text = m.render(&[], false);
+        assert!(
+            text.contains("# TYPE seek_rate_limited_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("seek_rate_limited_total{tenant=\"a\",limit=\"requests\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("seek_rate_limited_total{tenant=\"b\",limit=\"tokens\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn every_sample_line_has_a_type() {
         let m = Metrics::default();
         m.request("chat", "m", "t", 200, 0.1);
+        m.rate_limited("t", "tokens");
         m.latencies("m", Some(0.2), &[0.01, 0.02]);
         let text = m.render(
             &[EngineGauges {

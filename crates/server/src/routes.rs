@@ -2,6 +2,10 @@
 //! JSON body or a server-sent event stream. Every request ends in exactly one access-log line
 //! and one metrics update ([`RequestRecord`]), whether it succeeds, fails, or its client leaves.
 //!
+//! A tenant's rate limits are checked as soon as its key is known, before the body is read; the
+//! tokens a request used are debited from its tenant when its record is written, so a request
+//! whose client left pays for what it used.
+//!
 //! `response_format: json_object` is not enforced while decoding: when a choice ends with
 //! `stop` and its content does not parse as JSON, the response is still returned as generated,
 //! the failure is logged and counted in `seek_json_invalid_total`.
@@ -126,7 +130,14 @@ async fn generate(
     };
     let mut rec = RequestRecord::new(&state, label, prefix);
     let res = match generate_inner(&state, endpoint, &headers, body, &mut rec).await {
-        Ok(r) => r,
+        Ok(mut r) => {
+            // As OpenAI does, a limited tenant's answers say where its limits stand (after
+            // this request's tokens, unless they are still being streamed).
+            if let Some(s) = state.rate_limiter().status(&rec.tenant, Instant::now()) {
+                s.write_headers(r.headers_mut());
+            }
+            r
+        }
         Err(e) => rec.fail(e),
     };
     // A streamed answer's record lives in its stream, which waits there.
@@ -142,6 +153,12 @@ async fn generate_inner(
     rec: &mut RequestRecord,
 ) -> Result<Response, AppError> {
     rec.tenant = state.config().api_keys.check(headers)?;
+    if let Err(refused) = state.rate_limiter().admit(&rec.tenant, Instant::now()) {
+        state
+            .metrics()
+            .rate_limited(&rec.tenant, refused.kind.as_str());
+        return Err(refused.into());
+    }
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             AppError::TooLarge(format!(
@@ -290,6 +307,7 @@ async fn collect(
 ) -> Result<Response, AppError> {
     while let Some(ChoiceEvent { choice, at, event }) = running.next().await {
         out.outputs[choice].take(at, &event);
+        rec.used_tokens = out.usage().total_tokens as u64;
     }
     rec.audit_outputs(&running, &out);
     drop(running);
@@ -351,6 +369,7 @@ impl StreamState {
     fn on_event(&mut self, ChoiceEvent { choice, at, event }: ChoiceEvent) {
         let offset = self.out.outputs[choice].text_chars();
         self.out.outputs[choice].take(at, &event);
+        self.rec.used_tokens = self.out.usage().total_tokens as u64;
         match &event {
             ServeEvent::Started { .. } => {}
             ServeEvent::Delta { delta, logprob, .. } => {
@@ -454,6 +473,7 @@ impl Output {
     }
 
     /// Usage as billed: each prompt once (its first choice's counts), every choice's output.
+    /// Before every choice has finished, what was used so far.
     fn usage(&self) -> wire::Usage {
         let (mut prompt, mut hit, mut completion, mut reasoning) = (0, 0, 0, 0);
         for (i, o) in self.outputs.iter().enumerate() {
@@ -797,6 +817,9 @@ pub(crate) struct RequestRecord {
     pub start: Instant,
     pub tenant: String,
     model: String,
+    /// Tokens used so far, debited from the tenant's rate limit if the record is written
+    /// without usage (the client left, the generation failed).
+    pub used_tokens: u64,
     done: bool,
     /// What the audit entry will say.
     pub audit: AuditDraft,
@@ -814,6 +837,7 @@ impl RequestRecord {
             start: Instant::now(),
             tenant: "unknown".into(),
             model: "unknown".into(),
+            used_tokens: 0,
             done: false,
             audit: AuditDraft::default(),
             written: None,
@@ -855,6 +879,7 @@ impl RequestRecord {
             start: self.start,
             tenant: self.tenant.clone(),
             model: self.model.clone(),
+            used_tokens: self.used_tokens,
             done: false,
             audit: std::mem::take(&mut self.audit),
             written: None,
@@ -875,6 +900,13 @@ impl RequestRecord {
             return;
         }
         let secs = self.start.elapsed().as_secs_f64();
+        // Before the metrics, so a scrape that sees this request sees its tokens debited.
+        let tokens = usage.map_or(self.used_tokens, |u| u.total_tokens as u64);
+        if tokens > 0 {
+            self.state
+                .rate_limiter()
+                .debit(&self.tenant, tokens, Instant::now());
+        }
         let m = self.state.metrics();
         m.request(self.endpoint, &self.model, &self.tenant, status, secs);
         if let Some(u) = usage {

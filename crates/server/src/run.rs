@@ -124,6 +124,7 @@ pub(crate) struct ChoiceOutput {
     pub token_offsets: Vec<usize>,
     pub finish: Option<FinishReason>,
     pub failed: Option<String>,
+    /// The engine's counts once finished; before that, the prompt and the tokens seen.
     pub usage: Usage,
     chars: usize,
     first_token: Option<Instant>,
@@ -136,7 +137,16 @@ impl ChoiceOutput {
     /// Takes in one event.
     pub fn take(&mut self, at: Instant, event: &ServeEvent) {
         match event {
-            ServeEvent::Started { .. } => {}
+            // Until the engine's counts arrive with `Finished`, `usage` counts what has been
+            // seen (what a request whose client leaves is charged to its rate limit).
+            ServeEvent::Started {
+                prompt_tokens,
+                cached_tokens,
+            } => {
+                self.usage.prompt_tokens = *prompt_tokens;
+                self.usage.cached_prompt_tokens = *cached_tokens;
+                self.usage.total_tokens = self.usage.prompt_tokens + self.usage.completion_tokens;
+            }
             ServeEvent::Delta {
                 delta,
                 token,
@@ -149,6 +159,8 @@ impl ChoiceOutput {
                 self.content.push_str(&delta.content);
                 self.chars += delta.reasoning.chars().count() + delta.content.chars().count();
                 if token.is_some() {
+                    self.usage.completion_tokens += 1;
+                    self.usage.total_tokens += 1;
                     if let Some(last) = self.last_token {
                         self.gaps.push((at - last).as_secs_f64());
                     }

@@ -1,5 +1,5 @@
-//! What every handler shares: the served models (one engine each), the keys, the metrics
-//! and the server's phase (loading, ready, draining).
+//! What every handler shares: the served models (one engine each), the keys, the rate
+//! limiter, the metrics and the server's phase (loading, ready, draining).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
@@ -15,6 +15,7 @@ use crate::conn::{ConnLimits, ConnStats, Tls};
 use crate::error::AppError;
 use crate::metrics::{EngineGauges, Metrics};
 use crate::price::Prices;
+use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::upstream::Upstream;
 use seek_audit::AuditLog;
 use seek_guard::PolicySet;
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub connections: ConnLimits,
     /// Serve HTTPS with this certificate (none: plain HTTP).
     pub tls: Option<Tls>,
+    /// Requests and tokens per minute, per tenant (default: no limits).
+    pub rate_limits: RateLimits,
 }
 
 /// Where a served model runs.
@@ -133,6 +136,7 @@ struct Shared {
     phase: AtomicU8,
     metrics: Metrics,
     connections: Arc<ConnStats>,
+    limiter: RateLimiter,
 }
 
 /// The state every handler gets; cheap to clone.
@@ -151,6 +155,7 @@ impl AppState {
         };
         Self {
             inner: Arc::new(Shared {
+                limiter: RateLimiter::new(cfg.rate_limits.clone()),
                 cfg,
                 models: RwLock::new(Vec::new()),
                 phase: AtomicU8::new(phase as u8),
@@ -241,6 +246,10 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub(crate) fn rate_limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
     }
 
     /// The Prometheus exposition of the server's metrics.

@@ -20,7 +20,9 @@ use seek_engine::chat::render_chat;
 use seek_engine::serve::{EngineConfig, EngineHandle, EngineStats};
 use seek_models::paged::{KvBlocks, PagedLayout, Span};
 use seek_models::{CausalLm, KvCache};
-use seek_server::{app, ApiKeys, AppState, Phase, Prices, ServedModel, ServerConfig};
+use seek_server::{
+    app, ApiKeys, AppState, Limits, Phase, Prices, RateLimits, ServedModel, ServerConfig,
+};
 use seek_tokenizer::Tokenizer;
 use seek_types::ChatMessage;
 use serde_json::{json, Value};
@@ -70,6 +72,12 @@ impl Gate {
 
     fn open(&self) {
         self.state.lock().unwrap().0 = usize::MAX;
+        self.cv.notify_all();
+    }
+
+    /// Lets `n` more forward passes through.
+    fn permit(&self, n: usize) {
+        self.state.lock().unwrap().0 += n;
         self.cv.notify_all();
     }
 
@@ -149,6 +157,7 @@ struct Setup {
     prices: Prices,
     gate: Option<Arc<Gate>>,
     grace: Duration,
+    limits: RateLimits,
 }
 
 impl Default for Setup {
@@ -159,6 +168,7 @@ impl Default for Setup {
             prices: Prices::default(),
             gate: None,
             grace: Duration::from_secs(600),
+            limits: RateLimits::default(),
         }
     }
 }
@@ -190,6 +200,7 @@ impl Setup {
             insecure_no_auth: false,
             model_names: vec![],
             shutdown_grace: self.grace,
+            rate_limits: self.limits,
             ..ServerConfig::default()
         };
         AppState::with_models(cfg, vec![ServedModel::new(MODEL, engine, tok, self.prices)])
@@ -953,6 +964,232 @@ async fn a_full_queue_is_429_with_retry_after() {
     assert!(m.contains("status=\"429\"} 2"), "{m}");
 }
 
+/// A server whose keys (and the tenants' limits) come from `keys_file`.
+fn limited(keys_file: &str, default: Limits) -> AppState {
+    let mut keys = ApiKeys::none();
+    let tenants = keys.add_file(keys_file).unwrap();
+    Setup {
+        keys,
+        limits: RateLimits { default, tenants },
+        ..Setup::default()
+    }
+    .state()
+}
+
+fn header<'a>(r: &'a Reply, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header: {:?}", r.headers))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_tenants_requests_per_minute_are_429_with_openais_headers() {
+    let s = limited("small:sk-small rpm=2\nbig:sk-big\n", Limits::default());
+    let body = chat(PROMPT, json!({"max_tokens": 2})).to_string();
+    let call = |key: &'static str, uri: &'static str, body: String| {
+        let s = s.clone();
+        async move { send(&s, "POST", uri, Some(body), Some(key)).await }
+    };
+    for remaining in ["1", "0"] {
+        let r = call("sk-small", "/v1/chat/completions", body.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), "2");
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), remaining);
+        // Only the configured kinds.
+        assert!(!r.headers.contains_key("x-ratelimit-limit-tokens"));
+    }
+    let r = call("sk-small", "/v1/chat/completions", body.clone()).await;
+    let message = assert_openai_error(&r, 429, Some("rate_limit_exceeded"), None);
+    let e = &r.json()["error"];
+    assert_eq!(e["type"], "requests", "{e}");
+    assert!(e["param"].is_null(), "{e}");
+    assert!(
+        message.starts_with(
+            "Rate limit reached for requests per minute (limit 2) for tenant \"small\": please try again in "
+        ),
+        "{message}"
+    );
+    // Two a minute: the next one in up to 30 s.
+    let retry: u64 = header(&r, "retry-after").parse().unwrap();
+    assert!((29..=30).contains(&retry), "Retry-After {retry}");
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), "2");
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+    let reset = header(&r, "x-ratelimit-reset-requests");
+    // Both spent: full again a minute after the first (a few milliseconds ago).
+    assert!(reset == "1m0s" || reset.starts_with("59."), "{reset}");
+    // The limit is the tenant's, whichever endpoint; another tenant is not limited.
+    let completion = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 2}).to_string();
+    let r = call("sk-small", "/v1/completions", completion.clone()).await;
+    assert_openai_error(&r, 429, Some("rate_limit_exceeded"), None);
+    for _ in 0..3 {
+        let r = call("sk-big", "/v1/chat/completions", body.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(!r.headers.contains_key("x-ratelimit-limit-requests"));
+    }
+    let m = send(&s, "GET", "/metrics", None, Some("sk-big")).await.text;
+    assert_eq!(
+        metric(
+            &m,
+            "seek_rate_limited_total{tenant=\"small\",limit=\"requests\"}"
+        ),
+        2.0
+    );
+    assert!(!m.contains("tenant=\"big\",limit"), "{m}");
+    // The refusals are requests like any other in the request metrics (and the access log).
+    assert_eq!(
+        metric(
+            &m,
+            "seek_requests_total{endpoint=\"chat\",model=\"unknown\",tenant=\"small\",status=\"429\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "seek_requests_total{endpoint=\"completions\",model=\"unknown\",tenant=\"small\",status=\"429\"}"
+        ),
+        1.0
+    );
+}
+
+/// Asserts a 429 of the tokens limit of `tpm` per minute after `used` tokens were debited from
+/// a full bucket: the balance `tpm - used` refills to 1 at `tpm / 60` a second.
+fn assert_tokens_refused(r: &Reply, tpm: u64, used: u64) {
+    assert_openai_error(r, 429, Some("rate_limit_exceeded"), None);
+    assert_eq!(r.json()["error"]["type"], "tokens", "{}", r.text);
+    assert_eq!(header(r, "x-ratelimit-limit-tokens"), tpm.to_string());
+    assert_eq!(header(r, "x-ratelimit-remaining-tokens"), "0");
+    let wait = (used + 1 - tpm) as f64 * 60.0 / tpm as f64;
+    let retry: f64 = header(r, "retry-after").parse().unwrap();
+    // A little time has passed since the debit.
+    assert!(
+        retry <= wait.ceil() && retry >= wait.ceil() - 1.0,
+        "Retry-After {retry}, want about {wait} s after {used} tokens"
+    );
+}
+
+#[tokio::test]
+async fn a_tokens_per_minute_limit_refuses_once_usage_is_debited() {
+    let tpm = 10;
+    assert!(
+        prompt_tokens(PROMPT) > tpm as usize,
+        "one request spends the minute"
+    );
+    let s = limited(
+        "streamed:sk-s tpm=10\nwhole:sk-w tpm=10\n",
+        Limits::default(),
+    );
+    let usage_of = |r: &Reply| -> u64 {
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json()["usage"]["total_tokens"].as_u64().unwrap()
+    };
+    // Non-streamed: the headers already count the request's tokens.
+    let body = chat(PROMPT, json!({"max_tokens": 3})).to_string();
+    let r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.clone()),
+        Some("sk-w"),
+    )
+    .await;
+    let used = usage_of(&r);
+    assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "10");
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "0");
+    assert!(!r.headers.contains_key("x-ratelimit-limit-requests"));
+    let r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.clone()),
+        Some("sk-w"),
+    )
+    .await;
+    assert_tokens_refused(&r, tpm, used);
+    // Streamed: admitted while the bucket is full, debited when the stream ends.
+    let streamed = chat(
+        PROMPT,
+        json!({"max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(streamed.to_string()),
+        Some("sk-s"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "10");
+    let events = r.events();
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let used = last["usage"]["total_tokens"].as_u64().unwrap();
+    let r = send(&s, "POST", "/v1/chat/completions", Some(body), Some("sk-s")).await;
+    assert_tokens_refused(&r, tpm, used);
+    let m = send(&s, "GET", "/metrics", None, Some("sk-s")).await.text;
+    for tenant in ["streamed", "whole"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("seek_rate_limited_total{{tenant=\"{tenant}\",limit=\"tokens\"}}")
+            ),
+            1.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_keys_the_default_limits_apply_to_the_anonymous_tenant() {
+    let s = Setup {
+        limits: RateLimits {
+            default: Limits {
+                requests_per_minute: Some(1),
+                tokens_per_minute: Some(100_000),
+            },
+            ..RateLimits::default()
+        },
+        ..Setup::default()
+    }
+    .state();
+    let body = chat(PROMPT, json!({"max_tokens": 2}));
+    let r = post(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), "1");
+    assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "100000");
+    let r = post(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert!(r.text.contains("tenant \\\"anonymous\\\""), "{}", r.text);
+    // Both kinds' headers on the refusal.
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+    let tokens_left: u64 = header(&r, "x-ratelimit-remaining-tokens").parse().unwrap();
+    assert!(
+        tokens_left < 100_000,
+        "the first request's tokens were debited"
+    );
+}
+
+#[test]
+fn keys_file_limit_errors_name_the_line() {
+    let e = ApiKeys::none()
+        .add_file("# keys\nteam-a:sk-a rpm=60\nteam-b:sk-b rpm=sixty\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("line 3 of the keys file: ") && e.contains("write e.g. rpm=60"),
+        "{e}"
+    );
+    let e = ApiKeys::none()
+        .add_file("team-a:sk-a1 rpm=60\nteam-a:sk-a2 rpm=10\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("line 2 of the keys file: ") && e.contains("line 1"),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loading_and_draining_are_503() {
     // Loading: the model is named but not added yet.
@@ -1410,6 +1647,77 @@ fn a_client_that_disconnects_frees_its_sequence() {
         );
         live.shutdown();
     }
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_pays_for_the_tokens_it_used() {
+    let tpm = 10;
+    let p = prompt_tokens(PROMPT) as u64;
+    assert!(p > tpm, "the prompt alone spends the minute");
+    let gate = Arc::new(Gate::default());
+    let state = Setup {
+        gate: Some(gate.clone()),
+        limits: RateLimits {
+            default: Limits {
+                requests_per_minute: None,
+                tokens_per_minute: Some(tpm),
+            },
+            ..RateLimits::default()
+        },
+        ..Setup::no_prefix_cache()
+    }
+    .state();
+    let live = Live::start(state.clone());
+    let body = chat(
+        PROMPT,
+        json!({"max_tokens": 150, "ignore_eos": true, "stream": true, "logprobs": true}),
+    );
+    let conn = raw_request(&live.url, &body);
+    // One forward pass (the prefill) makes the first token; read until its chunk arrives, so
+    // the server has seen the prompt and that token.
+    gate.permit(1);
+    conn.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
+        if line.starts_with("data:") && line.contains("\"logprobs\":{") {
+            break;
+        }
+    }
+    gate.wait_for_waiter();
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
+    drop((conn, r));
+    let mut seen = false;
+    for _ in 0..60_000 {
+        if state.metrics_text().contains("status=\"499\"} 1") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(seen, "the dropped request was never recorded");
+    gate.open();
+    // The tokens it used (the prompt and one or two generated) were debited.
+    let r = live.rt.block_on(post(
+        &state,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"max_tokens": 2})),
+    ));
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert_eq!(r.json()["error"]["type"], "tokens");
+    let retry: f64 = header(&r, "retry-after").parse().unwrap();
+    let wait = |used: u64| (used + 1 - tpm) as f64 * 60.0 / tpm as f64;
+    assert!(
+        retry >= wait(p + 1).ceil() - 1.0 && retry <= wait(p + 3).ceil(),
+        "Retry-After {retry}: not the prompt ({p} tokens) and a token or two"
+    );
+    live.shutdown();
 }
 
 #[test]
