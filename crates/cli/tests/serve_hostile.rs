@@ -497,3 +497,75 @@ fn serve_and_run_on_local_models_open_no_socket_beyond_loopback() {
     assert!(run.wait().unwrap().success());
     assert_eq!(seen, 0, "seek run on a local model opened a socket");
 }
+
+#[test]
+fn sigterm_under_load_finishes_what_is_in_flight_and_exits_cleanly() {
+    let server = Server::start(&["--shutdown-grace", "30"], None, None);
+    let outcomes = Arc::new(Mutex::new(Vec::<String>::new()));
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, outcomes, started) = (server.url(), outcomes.clone(), started.clone());
+            std::thread::spawn(move || loop {
+                started.fetch_add(1, Ordering::Relaxed);
+                // Streamed and long, so that requests are in flight when the signal comes: the
+                // head is sent at once, and a stream cut short has no `[DONE]`.
+                let mut body = chat_body();
+                body["stream"] = true.into();
+                body["max_tokens"] = 160.into();
+                body["ignore_eos"] = true.into();
+                let r = ureq::post(&format!("{url}/v1/chat/completions"))
+                    .timeout(Duration::from_secs(60))
+                    .send_json(body);
+                let outcome = match r {
+                    Ok(r) => match r.into_string() {
+                        Ok(t)
+                            if t.trim_end().ends_with("data: [DONE]")
+                                && t.contains("\"length\"") =>
+                        {
+                            "200".into()
+                        }
+                        Ok(t) => format!("stream cut short: {}", &t[t.len().saturating_sub(300)..]),
+                        Err(e) => format!("stream cut off: {e}"),
+                    },
+                    Err(ureq::Error::Status(503, _)) => "503".into(),
+                    // No response head: the request was never taken in (refused, or reset in
+                    // the listen backlog or on an idle connection as the server stopped). A
+                    // client's request is lost only if an answer it got is cut off.
+                    Err(ureq::Error::Transport(_)) => "not served".into(),
+                    Err(e) => format!("failed: {e}"),
+                };
+                let last = outcome == "not served";
+                outcomes.lock().unwrap().push(outcome);
+                if last {
+                    return;
+                }
+            })
+        })
+        .collect();
+    while outcomes.lock().unwrap().len() < 12 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut server = server;
+    let status = server.child.wait().unwrap();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let mut log = server.started.clone();
+    log.extend(server.log.try_iter());
+    assert!(status.success(), "exit {status:?}: {log:#?}");
+    assert!(log.iter().any(|l| l.contains("draining")), "{log:#?}");
+    let outcomes = outcomes.lock().unwrap();
+    let bad: Vec<&String> = outcomes
+        .iter()
+        .filter(|o| !matches!(o.as_str(), "200" | "503" | "not served"))
+        .collect();
+    assert!(bad.is_empty(), "{bad:?} among {} requests", outcomes.len());
+    assert!(outcomes.iter().filter(|o| *o == "200").count() >= 12);
+}

@@ -63,7 +63,27 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(routes::BODY_LIMIT))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            close_when_draining,
+        ))
         .with_state(state)
+}
+
+/// While draining, every answer closes its connection, so clients stop reusing connections
+/// before the idle ones are closed (a request sent on a connection as it closes is lost to a
+/// client that does not retry POSTs).
+async fn close_when_draining(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut res: axum::response::Response,
+) -> axum::response::Response {
+    if state.phase() == Phase::Draining {
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// Why [`serve`] stopped with an error.
