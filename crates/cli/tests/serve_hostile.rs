@@ -1,7 +1,8 @@
 //! `seek serve` as a process on a hostile network: a slowloris of more connections than the
 //! server has file descriptors, kill -9 in the middle of traffic (no acknowledged request may be
 //! missing from the audit log), TLS with the Python `openai` client trusting a self-signed
-//! certificate authority, and no socket to anything but loopback from `seek serve` or
+//! certificate authority, a rate-limited tenant seen through `openai.RateLimitError`, SIGTERM
+//! under streamed load, and no socket to anything but loopback from `seek serve` or
 //! `seek run` on local models. Uses the tiny DeepSeek-V3 fixture, so no download is needed.
 //!
 //! The Python packages come from `scripts/test-deps.sh` (into `SEEK_PYDEPS`).
@@ -568,4 +569,50 @@ fn sigterm_under_load_finishes_what_is_in_flight_and_exits_cleanly() {
         .collect();
     assert!(bad.is_empty(), "{bad:?} among {} requests", outcomes.len());
     assert!(outcomes.iter().filter(|o| *o == "200").count() >= 12);
+}
+
+const OPENAI_RATE_LIMITED: &str = r#"
+import json, sys, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-a", max_retries=0)
+first = client.chat.completions.with_raw_response.create(
+    model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+try:
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    second = None
+except openai.RateLimitError as e:
+    second = {"status": e.status_code, "code": e.code, "retry_after": e.response.headers.get("retry-after"),
+              "limit": e.response.headers.get("x-ratelimit-limit-requests")}
+print(json.dumps({"first_remaining": first.headers.get("x-ratelimit-remaining-requests"), "second": second}))
+"#;
+
+#[test]
+fn the_openai_client_raises_rate_limit_error_with_openais_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.txt");
+    std::fs::write(&keys, "team-a:sk-a rpm=1\n").unwrap();
+    let server = Server::start(
+        &[
+            "--api-keys-file",
+            keys.to_str().unwrap(),
+            "--rpm-limit",
+            "100",
+        ],
+        None,
+        None,
+    );
+    let out = python(OPENAI_RATE_LIMITED, &[&server.url()]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["first_remaining"], "0", "{v}");
+    let second = &v["second"];
+    assert_eq!(second["status"], 429, "{v}");
+    assert_eq!(second["code"], "rate_limit_exceeded", "{v}");
+    assert_eq!(second["limit"], "1", "{v}");
+    assert!(
+        second["retry_after"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
 }
