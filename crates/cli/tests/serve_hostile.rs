@@ -460,7 +460,7 @@ fn local_only(hex: &str) -> bool {
 }
 
 #[test]
-fn serve_and_run_on_local_models_open_no_socket_beyond_loopback() {
+fn serve_run_and_eval_on_local_models_open_no_socket_beyond_loopback() {
     let server = Server::start(&[], None, None);
     let v: serde_json::Value = ureq::post(&format!("{}/v1/chat/completions", server.url()))
         .send_json(chat_body())
@@ -478,25 +478,51 @@ fn serve_and_run_on_local_models_open_no_socket_beyond_loopback() {
     }
     drop(server);
 
-    let mut run = Command::new(env!("CARGO_BIN_EXE_seek"))
-        .args(["run", &fixture(), "--max-tokens", "16", "Say hello."])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut seen = 0;
-    while run.try_wait().unwrap().is_none() {
-        for (local, remote) in sockets_of(run.id()) {
-            seen += 1;
-            assert!(
-                local_only(&local) && local_only(&remote),
-                "run: {local} -> {remote}"
-            );
+    let out = tempfile::tempdir().unwrap();
+    let eval_out = out.path().join("eval");
+    let runs: [Vec<String>; 2] = [
+        ["run", &fixture(), "--max-tokens", "16", "Say hello."]
+            .map(String::from)
+            .to_vec(),
+        [
+            "eval",
+            "reliability",
+            "--model",
+            &fixture(),
+            "--datasets",
+            "gsm8k",
+            "--limit",
+            "3",
+            "--max-tokens",
+            "32",
+            "--out",
+            eval_out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for args in runs {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seek"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Polled while it runs: any internet socket it holds at a look is reported.
+        let mut seen = 0;
+        while child.try_wait().unwrap().is_none() {
+            for (local, remote) in sockets_of(child.id()) {
+                seen += 1;
+                assert!(
+                    local_only(&local) && local_only(&remote),
+                    "{args:?}: {local} -> {remote}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        assert!(child.wait().unwrap().success(), "{args:?} failed");
+        assert_eq!(seen, 0, "{args:?} on a local model opened a socket");
     }
-    assert!(run.wait().unwrap().success());
-    assert_eq!(seen, 0, "seek run on a local model opened a socket");
 }
 
 #[test]
