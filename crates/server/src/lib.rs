@@ -59,6 +59,9 @@ pub fn app(state: AppState) -> Router {
         .route("/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
         .route("/models", get(routes::models))
+        // A model name may hold slashes (`deepseek-ai/DeepSeek-R1`).
+        .route("/v1/models/{*id}", get(routes::model))
+        .route("/models/{*id}", get(routes::model))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
