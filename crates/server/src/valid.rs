@@ -150,6 +150,7 @@ impl ValidRequest {
                 role: role.into(),
                 content,
                 reasoning_content: m.reasoning_content,
+                ..ChatMessage::default()
             });
         }
         let (json_object, json_schema) = response_format(req.response_format.as_ref())?;
@@ -248,6 +249,7 @@ impl ValidRequest {
                     starts_in_reasoning: rendered.starts_in_reasoning,
                     max_reasoning_tokens: None,
                     split_reasoning: true,
+                    ..SequenceParams::default()
                 },
             }],
             model,
@@ -378,6 +380,7 @@ impl ValidRequest {
                     max_reasoning_tokens: None,
                     // Raw completions return the text as the model wrote it, tags included.
                     split_reasoning: false,
+                    ..SequenceParams::default()
                 },
             });
         }
