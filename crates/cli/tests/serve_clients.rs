@@ -49,3 +49,27 @@ fn the_openai_sdk_parses_structured_outputs_and_round_trips_tool_calls() {
     assert_eq!(v["unknown_model"], "model_not_found");
     assert_eq!(v["bad_logit_bias"], "logit_bias");
 }
+
+#[test]
+fn langchain_tools_and_structured_output_and_litellm_cost() {
+    let server = qwen();
+    let out = python(
+        include_str!("clients/langchain_litellm.py"),
+        &[&server.url(), "qwen"],
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    // `bind_tools(..., tool_choice="required")`: LangChain reads the call back.
+    let calls = v["bind_tools"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{v:#}");
+    assert_eq!(calls[0]["name"], "get_weather");
+    assert!(calls[0]["args"]["city"].is_string(), "{v:#}");
+    // `with_structured_output(Person)` returns a validated Person.
+    assert!(v["structured"]["name"].is_string(), "{v:#}");
+    assert!(v["structured"]["age"].is_i64(), "{v:#}");
+    // LiteLLM takes `usage.cost` as the number it expects, without a warning.
+    let l = &v["litellm"];
+    assert_eq!(l["cost_is_number"], true, "{l:#}");
+    assert!(l["cost"].as_f64().unwrap() > 0.0, "{l:#}");
+    assert_eq!(l["warnings"], serde_json::json!([]), "{l:#}");
+    assert_eq!(l["log"], serde_json::json!([]), "{l:#}");
+}
