@@ -311,6 +311,7 @@ fn build_targets(t: &TargetArgs) -> anyhow::Result<(Targets, Engines)> {
                     engine: engine.clone(),
                     tokenizer: tok.clone(),
                     policy: None,
+                    grammars: Default::default(),
                 }),
             ));
             if let Some(p) = &t.policy {
@@ -322,6 +323,7 @@ fn build_targets(t: &TargetArgs) -> anyhow::Result<(Targets, Engines)> {
                         engine: engine.clone(),
                         tokenizer: tok.clone(),
                         policy: Some(Arc::new(policy)),
+                        grammars: Default::default(),
                     }),
                 ));
             }
@@ -365,6 +367,7 @@ fn helper_target(
         engine,
         tokenizer,
         policy: None,
+        grammars: Default::default(),
     })))
 }
 

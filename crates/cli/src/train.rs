@@ -442,6 +442,7 @@ fn distill_cmd(a: DistillArgs) -> anyhow::Result<()> {
                         engine: engine.clone(),
                         tokenizer: tok,
                         policy: None,
+                        grammars: Default::default(),
                     }),
                     Some(engine),
                 )

@@ -575,6 +575,7 @@ pub fn bias(
             max_tokens: opts.max_tokens,
             temperature: opts.temperature,
             seed: Some(opts.seed),
+            choice: None,
         })?;
         Ok(BiasSample {
             key: item.key(),

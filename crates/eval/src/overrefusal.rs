@@ -247,6 +247,7 @@ pub fn overrefusal(
                 max_tokens: opts.max_tokens,
                 temperature: opts.temperature,
                 seed: Some(opts.seed),
+                choice: None,
             },
         )?;
         let answer_verdict = if error.is_some() {

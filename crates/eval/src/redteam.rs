@@ -207,11 +207,14 @@ impl<'a> LlmJudge<'a> {
             .replace("{behavior}", &behavior.behavior)
             .replace("{generation}", generation)
             .replace("{context}", &behavior.context);
+        // HarmBench's classifier answers "Yes" or "No": a local judge is constrained to them,
+        // so its verdict always parses.
         let reply = self.target.chat(&ChatRequest {
             messages: vec![ChatMessage::user(prompt)],
             max_tokens: 4,
             temperature: 0.0,
             seed: None,
+            choice: Some(vec!["Yes".into(), "No".into()]),
         })?;
         Ok(parse_yes_no(&reply.content))
     }
@@ -476,6 +479,7 @@ pub fn redteam(
                 max_tokens: opts.max_tokens,
                 temperature: 0.0,
                 seed: Some(opts.seed),
+                choice: None,
             })
         };
         let mut reply = ask(&prompt)?;
@@ -502,6 +506,7 @@ pub fn redteam(
                     max_tokens: 200,
                     temperature: 0.7,
                     seed: Some(opts.seed + rounds as u64),
+                    choice: None,
                 })?;
                 let candidate = next.content.trim();
                 if !candidate.is_empty() {

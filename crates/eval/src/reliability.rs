@@ -404,6 +404,7 @@ pub fn reliability(
                 max_tokens: opts.max_tokens,
                 temperature: opts.temperature,
                 seed: Some(job.run as u64),
+                choice: None,
             },
         )?;
         let found = extract_answer_how(&reply.content);

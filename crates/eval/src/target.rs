@@ -27,6 +27,10 @@ pub struct ChatRequest {
     pub temperature: f32,
     /// Seed, for repeatable sampling.
     pub seed: Option<u64>,
+    /// The answer must be one of these strings: a local target constrains its decoding to
+    /// them (the server's `guided_choice` path); a URL target is asked as usual and its
+    /// answer parsed as before, since not every endpoint takes the extension.
+    pub choice: Option<Vec<String>>,
 }
 
 /// What came back.
@@ -66,6 +70,8 @@ pub struct LocalTarget {
     pub tokenizer: Arc<Tokenizer>,
     /// The guard, as `seek serve --policy` would apply it.
     pub policy: Option<Arc<Policy>>,
+    /// The vocabulary indexed for constrained answers, built on first use.
+    pub grammars: Arc<std::sync::OnceLock<Result<Arc<seek_structured::Grammars>, String>>>,
 }
 
 impl Target for LocalTarget {
@@ -103,6 +109,26 @@ impl Target for LocalTarget {
             .engine
             .max_context()
             .saturating_sub(rendered.ids.len() + 1);
+        let guide = match &req.choice {
+            Some(options) => {
+                let grammars = self
+                    .grammars
+                    .get_or_init(|| {
+                        seek_structured::Grammars::new(&self.tokenizer)
+                            .map(Arc::new)
+                            .map_err(|e| e.to_string())
+                    })
+                    .clone()
+                    .map_err(EvalError::Target)?;
+                let c = seek_structured::Constraint::Choice(options.clone());
+                Some(
+                    grammars
+                        .compile(&c)
+                        .map_err(|e| EvalError::Target(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         let done = self
             .engine
             .complete(ServeRequest {
@@ -115,6 +141,7 @@ impl Target for LocalTarget {
                     starts_in_reasoning: rendered.starts_in_reasoning,
                     max_reasoning_tokens: None,
                     split_reasoning: true,
+                    guide,
                     ..SequenceParams::default()
                 },
                 logprobs: None,

@@ -51,6 +51,7 @@ fn target() -> Counting {
             engine,
             tokenizer,
             policy: None,
+            grammars: Default::default(),
         },
         chats: AtomicUsize::new(0),
     }

@@ -173,6 +173,7 @@ pub fn generate(
             max_tokens: opts.max_completion_length,
             temperature: opts.temperature,
             seed: Some(job.k as u64),
+            choice: None,
         })?;
         let extracted = extract_answer(&reply.content);
         let cut = reply.finish_reason == "length";
