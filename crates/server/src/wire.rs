@@ -37,6 +37,8 @@ pub struct ChatCompletionRequest {
     pub top_p: Option<f32>,
     /// Random seed (OpenAI's is a signed 64-bit integer).
     pub seed: Option<i64>,
+    /// An id of the end user, kept in the audit entry and the access log.
+    pub user: Option<String>,
     /// In `[-2, 2]`.
     pub presence_penalty: Option<f32>,
     /// In `[-2, 2]`.

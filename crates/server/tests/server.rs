@@ -1294,6 +1294,350 @@ async fn draining_past_the_grace_period_cancels_in_flight_requests() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Anthropic's Messages API
+// ---------------------------------------------------------------------------------------------
+
+/// A greedy Messages request for `content`, with `extra` fields on top.
+fn message(content: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "model": MODEL,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+    });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+/// POST with extra headers.
+async fn post_with(state: &AppState, uri: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = app(state.clone())
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+/// The events of an Anthropic stream: each `event:` name must be its data's `type`.
+fn anthropic_events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let field = |name: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|l| l.trim_start().to_string())
+                    .unwrap_or_else(|| panic!("no {name} line in {e:?}"))
+            };
+            let v: Value = serde_json::from_str(&field("data:")).unwrap();
+            assert_eq!(v["type"], field("event:"), "{e}");
+            v
+        })
+        .collect()
+}
+
+/// The message a stream of events adds up to (as the `anthropic` SDK accumulates it),
+/// checking the order of the events on the way.
+fn accumulate(events: &[Value]) -> Value {
+    let (first, rest) = events.split_first().unwrap();
+    assert_eq!(first["type"], "message_start", "{events:?}");
+    assert_eq!(rest[0]["type"], "ping", "{events:?}");
+    assert_eq!(events.last().unwrap()["type"], "message_stop", "{events:?}");
+    let mut m = first["message"].clone();
+    assert!(
+        m["stop_reason"].is_null() && m["content"] == json!([]),
+        "{m}"
+    );
+    let mut open: Option<usize> = None;
+    for e in &rest[1..rest.len() - 2] {
+        let i = e["index"].as_u64().map(|i| i as usize);
+        match e["type"].as_str().unwrap() {
+            "content_block_start" => {
+                assert!(
+                    open.is_none(),
+                    "a block opens while one is open: {events:?}"
+                );
+                assert_eq!(i, Some(m["content"].as_array().unwrap().len()));
+                m["content"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(e["content_block"].clone());
+                open = i;
+            }
+            "content_block_delta" => {
+                assert_eq!(i, open, "{e}");
+                let b = &mut m["content"][i.unwrap()];
+                let (field, d) = match e["delta"]["type"].as_str().unwrap() {
+                    "text_delta" => ("text", &e["delta"]["text"]),
+                    "thinking_delta" => ("thinking", &e["delta"]["thinking"]),
+                    other => panic!("delta {other}"),
+                };
+                let t = b[field].as_str().unwrap().to_string() + d.as_str().unwrap();
+                assert!(!d.as_str().unwrap().is_empty(), "an empty delta: {e}");
+                b[field] = json!(t);
+            }
+            "content_block_stop" => {
+                assert_eq!(i, open, "{e}");
+                open = None;
+            }
+            other => panic!("unexpected {other} in {events:?}"),
+        }
+    }
+    assert!(open.is_none(), "a block is left open: {events:?}");
+    let d = &events[events.len() - 2];
+    assert_eq!(d["type"], "message_delta", "{events:?}");
+    m["stop_reason"] = d["delta"]["stop_reason"].clone();
+    m["stop_sequence"] = d["delta"]["stop_sequence"].clone();
+    m["usage"] = d["usage"].clone();
+    m
+}
+
+#[tokio::test]
+async fn a_message_is_the_chat_completion_of_the_same_request() {
+    let s = state();
+    let system = "You answer in one sentence.";
+    let openai = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "max_tokens": 40, "temperature": 0,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": PROMPT}]}),
+    )
+    .await
+    .json();
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message(
+            PROMPT,
+            json!({"max_tokens": 40, "system": [{"type": "text", "text": system}]}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = r.json();
+    assert!(m["id"].as_str().unwrap().starts_with("msg_"), "{m}");
+    assert_eq!(
+        (&m["type"], &m["role"], &m["model"]),
+        (&json!("message"), &json!("assistant"), &json!(MODEL))
+    );
+    let want = &openai["choices"][0];
+    // A reasoning model: its chain of thought first, as a thinking block, then the text.
+    let reasoning = want["message"]["reasoning_content"].as_str().unwrap();
+    assert!(!reasoning.is_empty(), "{openai}");
+    assert_eq!(
+        m["content"][0],
+        json!({"type": "thinking", "thinking": reasoning, "signature": ""})
+    );
+    assert_eq!(
+        m["content"][1],
+        json!({"type": "text", "text": want["message"]["content"]})
+    );
+    assert_eq!(m["content"].as_array().unwrap().len(), 2, "{m}");
+    let stop = match want["finish_reason"].as_str().unwrap() {
+        "stop" => "end_turn",
+        "length" => "max_tokens",
+        other => panic!("{other}"),
+    };
+    assert_eq!(m["stop_reason"], stop);
+    assert!(m["stop_sequence"].is_null());
+    // The same prompt: the second request reads it from the prefix cache, and Anthropic counts
+    // cache reads apart from the input tokens.
+    let u = &m["usage"];
+    let prompt = want_usage(&openai, "prompt_tokens");
+    assert!(u["cache_read_input_tokens"].as_u64().unwrap() > 0, "{u}");
+    assert_eq!(
+        u["input_tokens"].as_u64().unwrap() + u["cache_read_input_tokens"].as_u64().unwrap(),
+        prompt
+    );
+    assert_eq!(
+        u["output_tokens"].as_u64().unwrap(),
+        want_usage(&openai, "completion_tokens")
+    );
+    assert_eq!(u["cache_creation_input_tokens"], 0);
+    // count_tokens says the same, and counts the system prompt.
+    let mut count = message(PROMPT, json!({"system": system}));
+    count.as_object_mut().unwrap().remove("max_tokens");
+    let r = post(&s, "/v1/messages/count_tokens", &count).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), json!({"input_tokens": prompt}));
+    let r = post(&s, "/messages/count_tokens", &message(PROMPT, json!({}))).await;
+    assert_eq!(r.json()["input_tokens"], prompt_tokens(PROMPT));
+}
+
+fn want_usage(openai: &Value, field: &str) -> u64 {
+    openai["usage"][field].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_streamed_message_adds_up_to_the_message() {
+    let s = Setup::no_prefix_cache().state();
+    let body = message(PROMPT, json!({"max_tokens": 40}));
+    let whole = post(&s, "/v1/messages", &body).await.json();
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let r = post(&s, "/messages", &sbody).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = anthropic_events(&r.text);
+    // message_start has the prompt's tokens already.
+    assert_eq!(
+        events[0]["message"]["usage"]["input_tokens"],
+        whole["usage"]["input_tokens"]
+    );
+    let mut got = accumulate(&events);
+    assert_ne!(got["id"], whole["id"]);
+    got["id"] = whole["id"].clone();
+    assert_eq!(got, whole);
+}
+
+#[tokio::test]
+async fn messages_errors_are_in_anthropics_shape_with_openais_statuses() {
+    fn assert_error(r: &Reply, status: u16, kind: &str) -> String {
+        assert_eq!(r.status, status, "{}", r.text);
+        let v = r.json();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], kind, "{v}");
+        v["error"]["message"].as_str().unwrap().to_string()
+    }
+    let s = limited("team-a:sk-a rpm=2\n", Limits::default());
+    let key = [("x-api-key", "sk-a")];
+    let body = message(PROMPT, json!({"max_tokens": 2}));
+    // Keys: Anthropic's header, or OpenAI's.
+    let r = post_with(&s, "/v1/messages", &body, &[]).await;
+    assert!(assert_error(&r, 401, "authentication_error").contains("x-api-key"));
+    let r = post_with(&s, "/v1/messages", &body, &[("x-api-key", "sk-wrong")]).await;
+    assert_error(&r, 401, "authentication_error");
+    let r = post_with(
+        &s,
+        "/v1/messages/count_tokens",
+        &body,
+        &[("x-api-key", "sk-wrong")],
+    )
+    .await;
+    assert_error(&r, 401, "authentication_error");
+    let r = post_with(&s, "/v1/messages", &body, &key).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = post_with(
+        &s,
+        "/v1/messages",
+        &body,
+        &[("authorization", "Bearer sk-a")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The tenant's rate limit, as for OpenAI's routes.
+    let r = post_with(&s, "/v1/messages", &body, &key).await;
+    let m = assert_error(&r, 429, "rate_limit_error");
+    assert!(m.contains("tenant \"team-a\""), "{m}");
+    assert!(header(&r, "retry-after").parse::<u64>().unwrap() >= 1);
+    // count_tokens is not rate limited (it generates nothing).
+    let r = post_with(&s, "/v1/messages/count_tokens", &body, &key).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let s = state();
+    let mut no_max = body.clone();
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    let m = assert_error(
+        &post(&s, "/v1/messages", &no_max).await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(m.contains("`max_tokens` is required"), "{m}");
+    let mut unknown = body.clone();
+    unknown["model"] = json!("claude-sonnet-4-5");
+    let m = assert_error(
+        &post(&s, "/v1/messages", &unknown).await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(m.contains("claude-sonnet-4-5") && m.contains(MODEL), "{m}");
+    let r = send(
+        &s,
+        "POST",
+        "/v1/messages",
+        Some("{\"model\": ".into()),
+        None,
+    )
+    .await;
+    assert_error(&r, 400, "invalid_request_error");
+    let too_long = message(&"sky ".repeat(300), json!({}));
+    let m = assert_error(
+        &post(&s, "/v1/messages", &too_long).await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(m.contains("maximum context length is 256 tokens"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stream_cut_short_ends_with_an_error_event() {
+    let gate = Arc::new(Gate::default());
+    let s = Setup {
+        gate: Some(gate.clone()),
+        grace: Duration::ZERO,
+        ..Setup::default()
+    }
+    .state();
+    let streamed = tokio::spawn({
+        let s = s.clone();
+        async move {
+            post(
+                &s,
+                "/v1/messages",
+                &message(PROMPT, json!({"max_tokens": 100, "stream": true})),
+            )
+            .await
+        }
+    });
+    gate.wait_for_waiter();
+    let engine = s.models()[0].engine().expect("a local model").clone();
+    let drain = tokio::spawn({
+        let s = s.clone();
+        async move { s.drain().await }
+    });
+    while !engine.is_shutting_down() {
+        tokio::task::yield_now().await;
+    }
+    gate.open();
+    drain.await.unwrap();
+    let r = streamed.await.unwrap();
+    assert_eq!(r.status, 200);
+    let events = anthropic_events(&r.text);
+    let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    // What was generated before the drain, then the error, and nothing after it.
+    assert_eq!(names[..2], ["message_start", "ping"], "{events:?}");
+    assert_eq!(names.last(), Some(&"error"), "{events:?}");
+    assert!(
+        !names.contains(&"message_delta") && !names.contains(&"message_stop"),
+        "{events:?}"
+    );
+    let e = &events.last().unwrap()["error"];
+    assert_eq!(e["type"], "overloaded_error", "{events:?}");
+    assert!(e["message"].as_str().unwrap().contains("shut down"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Models, health, metrics
 // ---------------------------------------------------------------------------------------------
 
