@@ -69,10 +69,11 @@ def main():
     check(u.total_tokens == u.prompt_tokens + u.completion_tokens, "total = prompt + completion")
     hit, miss = extra(u, "prompt_cache_hit_tokens"), extra(u, "prompt_cache_miss_tokens")
     check(hit + miss == u.prompt_tokens, "cache hit + miss = prompt")
-    cost = extra(u, "cost")
+    cost = extra(u, "cost_details")
     check(cost["currency"] == "USD" and abs(cost["total"] - cost["input_cache_hit"]
                                             - cost["input_cache_miss"] - cost["output"]) < 1e-12,
           f"cost adds up: {cost}")
+    check(extra(u, "cost") == cost["total"], "usage.cost is the total in dollars")
     check(u.completion_tokens_details.reasoning_tokens <= u.completion_tokens, "reasoning tokens counted")
     whole = r.choices[0].message
     whole_reasoning = extra(whole, "reasoning_content") or ""

@@ -1,7 +1,7 @@
 //! The server's one error type and its one mapping to HTTP.
 //!
 //! Statuses follow OpenAI (and TGI where OpenAI is silent): 400 for anything wrong with the
-//! request (bad JSON, unknown model, context overflow), 401 without a valid key, 429 with
+//! request (bad JSON, context overflow), 404 for an unknown route or model, 401 without a valid key, 429 with
 //! `Retry-After` when the queue is full or a tenant's rate limit is reached (the latter with
 //! OpenAI's `x-ratelimit-*` headers), 503 while loading or draining, 500 without internals
 //! (the details go to the log, under the request id). `/v1/messages` renders the same
@@ -34,6 +34,9 @@ pub enum AppError {
     /// No such route (404).
     #[error("{0}")]
     NotFound(String),
+    /// No such model (404 `model_not_found`, which SDKs raise as `NotFoundError`).
+    #[error("{0}")]
+    ModelNotFound(String),
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     TooLarge(String),
@@ -83,7 +86,7 @@ impl AppError {
         match self {
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::NotFound(_) | AppError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::Busy { .. } | AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -99,6 +102,11 @@ impl AppError {
             AppError::BadRequest { param, code, .. } => ("invalid_request_error", *param, *code),
             AppError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
             AppError::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
+            AppError::ModelNotFound(_) => (
+                "invalid_request_error",
+                Some("model"),
+                Some("model_not_found"),
+            ),
             AppError::TooLarge(_) => ("invalid_request_error", None, Some("request_too_large")),
             AppError::Timeout(_) => ("invalid_request_error", None, Some("request_timeout")),
             AppError::Busy { .. } => ("requests", None, Some("rate_limit_exceeded")),

@@ -553,7 +553,7 @@ impl AuditDraft {
             completion_tokens: u.map_or(0, |u| u.completion_tokens as u64),
             reasoning_tokens: u.map_or(0, |u| u.completion_tokens_details.reasoning_tokens as u64),
             cached_prompt_tokens: u.map_or(0, |u| u.prompt_cache_hit_tokens as u64),
-            cost_usd: u.map_or(0.0, |u| u.cost.total),
+            cost_usd: u.map_or(0.0, |u| u.cost),
             latency_ms: meta.latency_ms,
             error: meta.error,
         }

@@ -65,6 +65,9 @@ pub fn app(state: AppState) -> Router {
         .route("/messages/count_tokens", post(routes::count_tokens))
         .route("/v1/models", get(routes::models))
         .route("/models", get(routes::models))
+        // A model name may hold slashes (`deepseek-ai/DeepSeek-R1`).
+        .route("/v1/models/{*id}", get(routes::model))
+        .route("/models/{*id}", get(routes::model))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)

@@ -140,7 +140,7 @@ impl Metrics {
             t.reasoning += u.completion_tokens_details.reasoning_tokens as u64;
             t.cache_hit += u.prompt_cache_hit_tokens as u64;
             t.cache_miss += u.prompt_cache_miss_tokens as u64;
-            t.cost += u.cost.total;
+            t.cost += u.cost;
         });
     }
 

@@ -131,6 +131,36 @@ fn count_prompt(
     Ok(valid.prompts.iter().map(|p| p.ids.len()).sum())
 }
 
+fn wire_model(m: &crate::state::ServedModel) -> wire::Model {
+    wire::Model {
+        id: m.name.clone(),
+        object: "model".into(),
+        created: m.created,
+        owned_by: "seek".into(),
+        max_model_len: m.max_context(),
+    }
+}
+
+/// `GET /v1/models/{id}`: one model, or 404 `model_not_found`.
+pub(crate) async fn model(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let mut rec = RequestRecord::new(&state, "models", "models");
+    let res = state.config().api_keys.check(&headers).and_then(|tenant| {
+        rec.tenant = tenant;
+        state.model(&id)
+    });
+    match res {
+        Err(e) => rec.fail(e),
+        Ok(m) => {
+            rec.finish(200, None);
+            Json(wire_model(&m)).into_response()
+        }
+    }
+}
+
 /// `GET /v1/models`.
 pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let mut rec = RequestRecord::new(&state, "models", "models-");
@@ -138,17 +168,7 @@ pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
         Err(e) => rec.fail(e),
         Ok(tenant) => {
             rec.tenant = tenant;
-            let data = state
-                .models()
-                .iter()
-                .map(|m| wire::Model {
-                    id: m.name.clone(),
-                    object: "model".into(),
-                    created: m.created,
-                    owned_by: "seek".into(),
-                    max_model_len: m.max_context(),
-                })
-                .collect();
+            let data = state.models().iter().map(|m| wire_model(m)).collect();
             rec.finish(200, None);
             Json(wire::ModelList {
                 object: "list".into(),
@@ -660,6 +680,7 @@ impl Output {
             reasoning += o.usage.reasoning_tokens;
         }
         let miss = prompt - hit;
+        let cost = self.prices.cost(hit, miss, completion);
         wire::Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
@@ -670,7 +691,8 @@ impl Output {
             },
             prompt_cache_hit_tokens: hit,
             prompt_cache_miss_tokens: miss,
-            cost: self.prices.cost(hit, miss, completion),
+            cost: cost.total,
+            cost_details: cost,
         }
     }
 
@@ -833,6 +855,7 @@ impl Output {
                     reasoning_content: some(&delta.reasoning),
                     reasoning: some(&delta.reasoning),
                     role: None,
+                    tool_calls: None,
                 };
                 if delta.is_empty() {
                     d.content = Some(String::new());
@@ -903,9 +926,10 @@ impl Output {
                     index,
                     message: wire::ResponseMessage {
                         role: "assistant".into(),
-                        content: o.content.clone(),
+                        content: Some(o.content.clone()),
                         reasoning_content: reasoning.clone(),
                         reasoning,
+                        tool_calls: None,
                     },
                     logprobs: self.logprobs.then(|| wire::ChatLogprobs {
                         content: o.logprobs.iter().map(chat_logprob).collect(),
@@ -1103,7 +1127,7 @@ impl RequestRecord {
             cached_tokens = u.map(|u| u.prompt_cache_hit_tokens),
             completion_tokens = u.map(|u| u.completion_tokens),
             reasoning_tokens = u.map(|u| u.completion_tokens_details.reasoning_tokens),
-            cost_usd = u.map(|u| u.cost.total),
+            cost_usd = u.map(|u| u.cost),
             latency_ms = (secs * 1e3).round() as u64,
             error = error.map(tracing::field::display),
             "request"

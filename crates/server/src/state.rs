@@ -219,7 +219,7 @@ impl AppState {
             .clone()
     }
 
-    /// The model named `name`: 400 `model_not_found` when it is not served, 503 while it
+    /// The model named `name`: 404 `model_not_found` when it is not served, 503 while it
     /// loads or the server drains.
     pub(crate) fn model(&self, name: &str) -> Result<Arc<ServedModel>, AppError> {
         if self.phase() == Phase::Draining {
@@ -234,14 +234,10 @@ impl AppState {
                 code: "model_loading",
             });
         }
-        Err(AppError::BadRequest {
-            message: format!(
-                "the model `{name}` does not exist; this server serves: {}",
-                self.inner.cfg.model_names.join(", ")
-            ),
-            param: Some("model"),
-            code: Some("model_not_found"),
-        })
+        Err(AppError::ModelNotFound(format!(
+            "the model `{name}` does not exist; this server serves: {}",
+            self.inner.cfg.model_names.join(", ")
+        )))
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

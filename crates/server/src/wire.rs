@@ -57,6 +57,116 @@ pub struct ChatCompletionRequest {
     pub repetition_penalty: Option<f32>,
     /// vLLM extension: keep generating past end-of-sequence tokens.
     pub ignore_eos: Option<bool>,
+    /// Functions the model may call.
+    pub tools: Option<Vec<Tool>>,
+    /// `"auto"`, `"none"`, `"required"` or `{"type": "function", "function": {"name": ..}}`.
+    pub tool_choice: Option<serde_json::Value>,
+    /// Allow more than one call per turn (default true).
+    pub parallel_tool_calls: Option<bool>,
+    /// Token id (as a string) -> bias in `[-100, 100]` added to its logit.
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// vLLM extension: constrain the output (`json`, `regex`, `choice`, `grammar`).
+    pub structured_outputs: Option<StructuredOutputs>,
+    /// vLLM's older names of the same constraints.
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM: a regular expression the output must match.
+    pub guided_regex: Option<String>,
+    /// vLLM: the output is one of these strings.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM: a grammar the output must match.
+    pub guided_grammar: Option<String>,
+    /// llama.cpp extension: a grammar (Lark syntax, llguidance's dialect) for the output.
+    pub grammar: Option<String>,
+    /// llama.cpp extension: a JSON Schema for the output.
+    pub json_schema: Option<serde_json::Value>,
+}
+
+/// vLLM's `structured_outputs`: exactly one of its fields.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct StructuredOutputs {
+    /// A JSON Schema (an object, or its text).
+    pub json: Option<serde_json::Value>,
+    /// A regular expression.
+    pub regex: Option<String>,
+    /// One of these strings.
+    pub choice: Option<Vec<String>>,
+    /// A grammar (Lark syntax, llguidance's dialect).
+    pub grammar: Option<String>,
+    /// Any JSON object.
+    pub json_object: Option<bool>,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Tool {
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    pub function: FunctionDef,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct FunctionDef {
+    /// Its name.
+    pub name: String,
+    /// What it does, for the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema of its arguments (an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    /// OpenAI's strict mode (arguments are always constrained to the schema here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// A call the model made (in a response) or made earlier (in a request's assistant message).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ToolCall {
+    /// `call_...`; a `tool` message answers it by this id.
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function and its arguments.
+    pub function: FunctionCall,
+}
+
+/// The function of a [`ToolCall`].
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments, a JSON object as text.
+    pub arguments: String,
+}
+
+/// A streamed piece of a tool call: index, id and name first, then argument fragments.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ToolCallDelta {
+    /// Which call of the choice this piece belongs to.
+    pub index: usize,
+    /// The call's id (first piece only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function` (first piece only).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name (first piece) or an arguments fragment.
+    pub function: FunctionCallDelta,
+}
+
+/// The function part of a [`ToolCallDelta`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct FunctionCallDelta {
+    /// The function's name (first piece only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A fragment of the arguments' text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 /// One message of a chat request.
@@ -69,6 +179,14 @@ pub struct RequestMessage {
     pub content: Option<MessageContent>,
     /// An earlier assistant turn's chain of thought (DeepSeek's field; R1's template drops it).
     pub reasoning_content: Option<String>,
+    /// An earlier assistant turn's function calls.
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the function's name (optional).
+    pub name: Option<String>,
+    /// DeepSeek's chat prefix completion: the last assistant message is continued, not answered.
+    pub prefix: Option<bool>,
 }
 
 /// A message's content.
@@ -163,7 +281,7 @@ pub struct CompletionRequest {
     pub logprobs: Option<u64>,
     /// Echo the prompt before the completion (refused).
     pub echo: Option<bool>,
-    /// Text after the completion (refused).
+    /// Fill in the middle: the text after the completion (needs a model with FIM tokens).
     pub suffix: Option<String>,
     /// vLLM extension: keep only the k most likely tokens (`-1` or `0` disables).
     pub top_k: Option<i64>,
@@ -173,6 +291,24 @@ pub struct CompletionRequest {
     pub repetition_penalty: Option<f32>,
     /// vLLM extension: keep generating past end-of-sequence tokens.
     pub ignore_eos: Option<bool>,
+    /// Token id (as a string) -> bias in `[-100, 100]` added to its logit.
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `{"type": "json_object"}` or `{"type": "json_schema", ...}` (vLLM accepts it here too).
+    pub response_format: Option<ResponseFormat>,
+    /// vLLM extension: constrain the output (`json`, `regex`, `choice`, `grammar`).
+    pub structured_outputs: Option<StructuredOutputs>,
+    /// vLLM's older names of the same constraints.
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM: a regular expression the output must match.
+    pub guided_regex: Option<String>,
+    /// vLLM: the output is one of these strings.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM: a grammar the output must match.
+    pub guided_grammar: Option<String>,
+    /// llama.cpp extension: a grammar (Lark syntax, llguidance's dialect) for the output.
+    pub grammar: Option<String>,
+    /// llama.cpp extension: a JSON Schema for the output.
+    pub json_schema: Option<serde_json::Value>,
 }
 
 /// `prompt` of a completion request.
@@ -219,7 +355,7 @@ pub struct ChatChoice {
     pub message: ResponseMessage,
     /// Per-token log-probabilities, when asked.
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     pub finish_reason: Option<String>,
 }
 
@@ -228,12 +364,15 @@ pub struct ChatChoice {
 pub struct ResponseMessage {
     /// `assistant`.
     pub role: String,
-    /// The answer.
-    pub content: String,
+    /// The answer; null when the turn is only tool calls.
+    pub content: Option<String>,
     /// The chain of thought (DeepSeek's name); null for a model that does not reason.
     pub reasoning_content: Option<String>,
     /// The same text under vLLM's and Ollama's name.
     pub reasoning: Option<String>,
+    /// The functions the model called (`finish_reason: "tool_calls"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// `logprobs` of a chat choice or chunk.
@@ -284,8 +423,11 @@ pub struct Usage {
     pub prompt_cache_hit_tokens: usize,
     /// DeepSeek: prompt tokens computed (`prompt_tokens - prompt_cache_hit_tokens`).
     pub prompt_cache_miss_tokens: usize,
-    /// What the request costs at the configured prices.
-    pub cost: Cost,
+    /// What the request costs at the configured prices, US dollars (OpenRouter's field; LiteLLM
+    /// and other clients read a number here).
+    pub cost: f64,
+    /// The breakdown of `cost` (OpenRouter's `cost_details`).
+    pub cost_details: Cost,
 }
 
 /// `usage.prompt_tokens_details`.
@@ -416,6 +558,9 @@ pub struct ChunkDelta {
     /// The same text under vLLM's and Ollama's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    /// Pieces of tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// A text completion (`object: "text_completion"`), also the shape of its stream chunks.

@@ -313,7 +313,7 @@ fn assert_usage_consistent(u: &Value, prices: Prices) {
         .as_u64()
         .unwrap() as usize;
     assert!(reasoning <= c, "{u}");
-    let cost = &u["cost"];
+    let cost = &u["cost_details"];
     assert_eq!(cost["currency"], "USD", "{u}");
     let want = [
         ("input_cache_hit", hit as f64 * prices.input_cache_hit / 1e6),
@@ -333,6 +333,8 @@ fn assert_usage_consistent(u: &Value, prices: Prices) {
         (cost["total"].as_f64().unwrap() - total).abs() <= 1e-12,
         "{u}"
     );
+    // `usage.cost` is the number in dollars that LiteLLM and OpenRouter clients read.
+    assert_eq!(u["cost"].as_f64(), cost["total"].as_f64(), "{u}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,11 +498,11 @@ async fn a_repeated_prompt_reports_prefix_cache_hits() {
     assert_eq!(hit % 16, 0, "hits are whole blocks: {u}");
     assert!(hit < p, "the last prompt token is always computed: {u}");
     assert!(
-        u["cost"]["total"].as_f64().unwrap() < first["usage"]["cost"]["total"].as_f64().unwrap()
+        u["cost"].as_f64().unwrap() < first["usage"]["cost"].as_f64().unwrap()
             || u["completion_tokens"] != first["usage"]["completion_tokens"],
         "cache hits are cheaper"
     );
-    assert!(u["cost"]["input_cache_hit"].as_f64().unwrap() > 0.0);
+    assert!(u["cost_details"]["input_cache_hit"].as_f64().unwrap() > 0.0);
 }
 
 #[tokio::test]
@@ -744,12 +746,12 @@ async fn bad_json_is_400_in_openai_shape() {
 }
 
 #[tokio::test]
-async fn an_unknown_model_is_400_model_not_found() {
+async fn an_unknown_model_is_404_model_not_found() {
     let s = state();
     let mut body = chat(PROMPT, json!({}));
     body["model"] = json!("gpt-4o");
     let r = post(&s, "/v1/chat/completions", &body).await;
-    let m = assert_openai_error(&r, 400, Some("model_not_found"), Some("model"));
+    let m = assert_openai_error(&r, 404, Some("model_not_found"), Some("model"));
     assert!(m.contains("gpt-4o") && m.contains(MODEL), "{m}");
     let r = post(
         &s,
@@ -757,7 +759,7 @@ async fn an_unknown_model_is_400_model_not_found() {
         &json!({"model": "nope", "prompt": "x"}),
     )
     .await;
-    assert_openai_error(&r, 400, Some("model_not_found"), Some("model"));
+    assert_openai_error(&r, 404, Some("model_not_found"), Some("model"));
 }
 
 #[tokio::test]
@@ -1653,6 +1655,13 @@ async fn models_lists_the_served_model() {
     assert_eq!(v["data"][0]["max_model_len"], CONTEXT);
     // DeepSeek's base URL without /v1 works too.
     assert_eq!(send(&s, "GET", "/models", None, None).await.json(), v);
+    // `client.models.retrieve(id)`: one model, or 404 model_not_found.
+    let one = send(&s, "GET", &format!("/v1/models/{MODEL}"), None, None).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json(), v["data"][0]);
+    let r = send(&s, "GET", "/v1/models/org/no-such-model", None, None).await;
+    let m = assert_openai_error(&r, 404, Some("model_not_found"), Some("model"));
+    assert!(m.contains("org/no-such-model"), "{m}");
 }
 
 fn metric(text: &str, line_prefix: &str) -> f64 {
@@ -1715,7 +1724,7 @@ async fn metrics_count_requests_tokens_latency_and_cost() {
     assert_eq!(hit + miss, 2.0 * p);
     assert!(hit > 0.0, "the second request hit the cache: {m}");
     let cost = metric(&m, &format!("seek_cost_usd_total{labels}"));
-    let first_cost = a["usage"]["cost"]["total"].as_f64().unwrap();
+    let first_cost = a["usage"]["cost"].as_f64().unwrap();
     assert!(cost > first_cost, "{m}");
     let pr = Prices::default();
     let want =
