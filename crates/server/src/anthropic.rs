@@ -12,19 +12,26 @@
 //! - `system` (a string or text blocks) becomes a system message; `thinking` blocks of
 //!   assistant turns become `reasoning_content`; Anthropic's `stop_sequences`, `top_k` and
 //!   `metadata.user_id` become `stop`, `top_k` and `user`.
+//! - Tools: `tools` (`{name, description, input_schema}`) become functions; `tool_choice`
+//!   `auto`, `any`, `tool` and `none` become `"auto"`, `"required"`, the named function and
+//!   `"none"` (`disable_parallel_tool_use` is `parallel_tool_calls: false`); an assistant's
+//!   `tool_use` blocks become its `tool_calls`, and a user turn's `tool_result` blocks become
+//!   `tool` messages (before the turn's text), answering by `tool_use_id`.
 //! - The answer's chain of thought comes back as a `thinking` block (with an empty
-//!   `signature`: nothing is signed) before the `text` block. A turn has a text block unless it
-//!   is only tool calls, streamed or not.
+//!   `signature`: nothing is signed) before the `text` block, and its tool calls as `tool_use`
+//!   blocks after it (streamed: `input_json_delta`s of the arguments). A turn has a text block
+//!   unless it is only tool calls, streamed or not.
 //! - `usage.input_tokens` counts the prompt tokens computed, `cache_read_input_tokens` those
 //!   served from the prefix cache (their sum is the prompt), as Anthropic counts;
 //!   `cache_creation_input_tokens` is always 0 (the prefix cache needs no opt-in).
 //! - `stop_reason`: `stop` is `end_turn`, or `stop_sequence` when one of the request's stop
-//!   sequences ended the turn; `length` is `max_tokens`, `content_filter` (a guard rail) is
-//!   `refusal`.
+//!   sequences ended the turn; `length` is `max_tokens`, `tool_calls` is `tool_use`,
+//!   `content_filter` (a guard rail) is `refusal`.
 //!
 //! What is refused (400, naming the field): a missing `max_tokens`, a last message from the
 //! assistant (prefill: the turn would not be continued but answered anew), image and document
-//! blocks. `thinking` settings, `cache_control` and other fields are accepted and ignored.
+//! blocks, Anthropic's server tools (`web_search_...`, `bash_...`: they run on Anthropic's
+//! servers). `thinking` settings, `cache_control` and other fields are accepted and ignored.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -60,6 +67,40 @@ pub struct MessagesRequest {
     pub top_k: Option<i64>,
     /// `user_id`: the end user, kept in the audit entry and the access log.
     pub metadata: Option<Metadata>,
+    /// Tools the model may call.
+    pub tools: Option<Vec<ToolDef>>,
+    /// `{"type": "auto" | "any" | "tool" | "none"}` (with `name` for `tool`).
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// One entry of `tools`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ToolDef {
+    /// Absent (or `custom`) for a client tool; a server tool's versioned type otherwise.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The tool's name.
+    pub name: String,
+    /// What it does, for the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema of its input (an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ToolChoice {
+    /// `auto`, `any`, `tool` or `none`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The tool, with `tool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// At most one tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_parallel_tool_use: Option<bool>,
 }
 
 /// One turn of a Messages request.
@@ -98,6 +139,24 @@ pub struct InputBlock {
     /// A `thinking` block's signature (not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// A `tool_use` block's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A `tool_use` block's tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A `tool_use` block's input (an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// A `tool_result` block: the `tool_use` it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_use_id: Option<String>,
+    /// A `tool_result` block's content: a string or text blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+    /// A `tool_result` block: the tool failed (passed on as `Error: ` before its content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_error: Option<bool>,
 }
 
 /// `metadata`.
@@ -171,7 +230,7 @@ impl MessagesRequest {
                     "the last message is the assistant's: continuing a prefilled assistant turn is not supported; end with a user message",
                 ));
             }
-            messages.push(translate_message(i, assistant, m.content)?);
+            translate_message(i, assistant, m.content, &mut messages)?;
         }
         let stop = match self.stop_sequences {
             Some(s) if s.len() > MAX_STOP => {
@@ -187,6 +246,43 @@ impl MessagesRequest {
             _ => None,
         };
         let stream = generate && self.stream.unwrap_or(false);
+        let tools = match self.tools {
+            None => None,
+            Some(tools) => Some(
+                tools
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| translate_tool(i, t))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let (tool_choice, parallel_tool_calls) = match self.tool_choice {
+            None => (None, None),
+            Some(c) => {
+                let choice = match (c.kind.as_str(), c.name) {
+                    ("auto", _) => Value::from("auto"),
+                    ("any", _) => Value::from("required"),
+                    ("none", _) => Value::from("none"),
+                    ("tool", Some(name)) => {
+                        serde_json::json!({"type": "function", "function": {"name": name}})
+                    }
+                    ("tool", None) => {
+                        return Err(AppError::bad(
+                            "tool_choice",
+                            "tool_choice of type \"tool\" needs `name`: the tool to call",
+                        ))
+                    }
+                    (other, _) => {
+                        return Err(AppError::bad(
+                            "tool_choice",
+                            format!("tool_choice.type is {other:?}; use auto, any, tool or none"),
+                        ))
+                    }
+                };
+                let parallel = c.disable_parallel_tool_use.map(|d| !d);
+                (Some(choice), parallel)
+            }
+        };
         Ok(wire::ChatCompletionRequest {
             model: self.model,
             messages,
@@ -201,9 +297,33 @@ impl MessagesRequest {
             top_p: self.top_p,
             top_k: self.top_k,
             user: self.metadata.and_then(|m| m.user_id),
+            tools,
+            tool_choice,
+            parallel_tool_calls,
             ..Default::default()
         })
     }
+}
+
+fn translate_tool(i: usize, t: ToolDef) -> Result<wire::Tool, AppError> {
+    if let Some(kind) = t.kind.as_deref().filter(|k| *k != "custom") {
+        return Err(AppError::bad(
+            "tools",
+            format!(
+                "tools[{i}] ({:?}) is Anthropic's server tool {kind:?}, which runs on Anthropic's servers; give client tools (name, description, input_schema)",
+                t.name
+            ),
+        ));
+    }
+    Ok(wire::Tool {
+        kind: "function".into(),
+        function: wire::FunctionDef {
+            name: t.name,
+            description: t.description,
+            parameters: t.input_schema,
+            strict: None,
+        },
+    })
 }
 
 fn text_part(text: String) -> wire::ContentPart {
@@ -213,67 +333,122 @@ fn text_part(text: String) -> wire::ContentPart {
     }
 }
 
-/// One Anthropic turn as chat messages.
+/// One Anthropic turn as chat messages: an assistant turn is one message (its `tool_use`
+/// blocks its `tool_calls`); a user turn is a `tool` message per `tool_result` block, then a
+/// user message of its text, if it has any.
 fn translate_message(
     i: usize,
     assistant: bool,
     content: Content,
-) -> Result<wire::RequestMessage, AppError> {
+    out: &mut Vec<wire::RequestMessage>,
+) -> Result<(), AppError> {
     let role = if assistant { "assistant" } else { "user" };
     let blocks = match content {
         Content::Text(t) => {
-            return Ok(wire::RequestMessage {
+            out.push(wire::RequestMessage {
                 role: role.into(),
                 content: Some(wire::MessageContent::Text(t)),
                 ..Default::default()
-            })
+            });
+            return Ok(());
         }
         Content::Blocks(b) => b,
     };
     let mut parts = Vec::new();
     let mut thinking: Vec<String> = Vec::new();
+    let mut calls = Vec::new();
+    let mut results = Vec::new();
     for (j, b) in blocks.into_iter().enumerate() {
-        let at = || format!("messages[{i}].content[{j}]");
+        let at = format!("messages[{i}].content[{j}]");
+        let missing = |field: &str| {
+            AppError::bad(
+                "messages",
+                format!("{at} is a {} block without `{field}`", b.kind),
+            )
+        };
         match b.kind.as_str() {
-            "text" => match b.text {
-                Some(t) => parts.push(text_part(t)),
-                None => {
-                    return Err(AppError::bad(
-                        "messages",
-                        format!("{} is a text block without `text`", at()),
-                    ))
-                }
-            },
-            "thinking" if assistant => thinking.extend(b.thinking),
+            "text" => parts.push(text_part(b.text.clone().ok_or_else(|| missing("text"))?)),
+            "thinking" if assistant => thinking.extend(b.thinking.clone()),
             // Its text is encrypted: nothing to pass on.
             "redacted_thinking" if assistant => {}
-            "thinking" | "redacted_thinking" => {
+            "tool_use" if assistant => {
+                let id = b.id.clone().ok_or_else(|| missing("id"))?;
+                let name = b.name.clone().ok_or_else(|| missing("name"))?;
+                let input = b.input.clone().unwrap_or_else(|| Value::Object(Default::default()));
+                calls.push(wire::ToolCall {
+                    id,
+                    kind: "function".into(),
+                    function: wire::FunctionCall {
+                        name,
+                        arguments: input.to_string(),
+                    },
+                });
+            }
+            "tool_result" if !assistant => {
+                let id = b.tool_use_id.clone().ok_or_else(|| missing("tool_use_id"))?;
+                let mut text = match b.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t,
+                    Some(Content::Blocks(inner)) => {
+                        let mut texts = Vec::with_capacity(inner.len());
+                        for (k, ib) in inner.into_iter().enumerate() {
+                            match (ib.kind.as_str(), ib.text) {
+                                ("text", Some(t)) => texts.push(t),
+                                (kind, _) => {
+                                    return Err(AppError::bad(
+                                        "messages",
+                                        format!("{at}.content[{k}] is a {kind:?} block; a tool result holds text blocks here"),
+                                    ))
+                                }
+                            }
+                        }
+                        texts.join("\n")
+                    }
+                };
+                if b.is_error == Some(true) {
+                    text = format!("Error: {text}");
+                }
+                results.push(wire::RequestMessage {
+                    role: "tool".into(),
+                    content: Some(wire::MessageContent::Text(text)),
+                    tool_call_id: Some(id),
+                    ..Default::default()
+                });
+            }
+            kind @ ("thinking" | "redacted_thinking" | "tool_use") => {
                 return Err(AppError::bad(
                     "messages",
-                    format!(
-                    "{} is a {:?} block in a user turn; thinking blocks belong to assistant turns",
-                    at(),
-                    b.kind
-                ),
+                    format!("{at} is a {kind:?} block in a user turn; it belongs to assistant turns"),
+                ))
+            }
+            "tool_result" => {
+                return Err(AppError::bad(
+                    "messages",
+                    format!("{at} is a tool_result block in an assistant turn; it belongs to user turns"),
                 ))
             }
             kind => {
                 return Err(AppError::bad(
                     "messages",
                     format!(
-                        "{} is a {kind:?} block; this server reads text and thinking blocks",
-                        at()
+                        "{at} is a {kind:?} block; this server reads text, thinking, tool_use and tool_result blocks"
                     ),
                 ))
             }
         }
     }
-    Ok(wire::RequestMessage {
-        role: role.into(),
-        content: Some(wire::MessageContent::Parts(parts)),
-        reasoning_content: (!thinking.is_empty()).then(|| thinking.concat()),
-        ..Default::default()
-    })
+    let has_results = !results.is_empty();
+    out.extend(results);
+    if assistant || !parts.is_empty() || !has_results {
+        out.push(wire::RequestMessage {
+            role: role.into(),
+            content: Some(wire::MessageContent::Parts(parts)),
+            reasoning_content: (!thinking.is_empty()).then(|| thinking.concat()),
+            tool_calls: (!calls.is_empty()).then_some(calls),
+            ..Default::default()
+        });
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,6 +493,15 @@ pub enum ContentBlock {
         /// Always empty: Seek signs nothing.
         signature: String,
     },
+    /// A tool call.
+    ToolUse {
+        /// Its id, which a `tool_result` answers by.
+        id: String,
+        /// The tool.
+        name: String,
+        /// Its input (an object; `{}` in `content_block_start`).
+        input: Value,
+    },
 }
 
 /// `stop_reason`.
@@ -330,6 +514,8 @@ pub enum StopReason {
     MaxTokens,
     /// One of `stop_sequences` was generated.
     StopSequence,
+    /// The model called tools.
+    ToolUse,
     /// A guard rail stopped the answer.
     Refusal,
 }
@@ -340,6 +526,7 @@ impl StopReason {
         match finish_reason {
             "length" => StopReason::MaxTokens,
             "content_filter" => StopReason::Refusal,
+            "tool_calls" => StopReason::ToolUse,
             _ if stop_sequence.is_some() => StopReason::StopSequence,
             _ => StopReason::EndTurn,
         }
@@ -390,9 +577,16 @@ pub fn message(c: wire::ChatCompletion) -> Message {
                 signature: String::new(),
             });
         }
-        content.push(ContentBlock::Text {
-            text: ch.message.content,
-        });
+        let calls = ch.message.tool_calls.unwrap_or_default();
+        let text = ch.message.content.unwrap_or_default();
+        if !text.is_empty() || calls.is_empty() {
+            content.push(ContentBlock::Text { text });
+        }
+        content.extend(calls.into_iter().map(|c| ContentBlock::ToolUse {
+            input: tool_input(&c.function.arguments),
+            id: c.id,
+            name: c.function.name,
+        }));
         stop_reason = StopReason::of(ch.finish_reason.as_deref().unwrap_or("stop"), None);
     }
     Message {
@@ -404,6 +598,18 @@ pub fn message(c: wire::ChatCompletion) -> Message {
         stop_reason: Some(stop_reason),
         stop_sequence: None,
         usage,
+    }
+}
+
+/// A call's arguments as the object Anthropic's `input` is. Arguments are constrained to the
+/// tool's schema, so this is a broken invariant: logged, and `{}` sent.
+fn tool_input(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            tracing::error!(arguments, "a tool call's arguments are not a JSON object");
+            Value::Object(Default::default())
+        }
     }
 }
 
@@ -487,6 +693,11 @@ pub enum BlockDelta {
         /// The text.
         thinking: String,
     },
+    /// Of a `tool_use` block: a piece of its input's JSON text.
+    InputJsonDelta {
+        /// The piece.
+        partial_json: String,
+    },
 }
 
 /// `message_delta.delta`.
@@ -503,6 +714,7 @@ pub struct MessageDelta {
 enum Open {
     Text,
     Thinking,
+    Tool,
 }
 
 /// Turns the chunks of a one-choice chat stream into a message's events.
@@ -515,6 +727,8 @@ pub struct MessageStream {
     /// Blocks opened so far (the next block's index).
     blocks: usize,
     text_blocks: usize,
+    /// OpenAI's index of each tool call -> its block's index.
+    tools: Vec<(usize, usize)>,
     stop_reason: Option<StopReason>,
 }
 
@@ -527,6 +741,7 @@ impl MessageStream {
             open: None,
             blocks: 0,
             text_blocks: 0,
+            tools: Vec::new(),
             stop_reason: None,
         }
     }
@@ -573,9 +788,12 @@ impl MessageStream {
                     BlockDelta::TextDelta { text: t.into() },
                 );
             }
+            for call in ch.delta.tool_calls.iter().flatten() {
+                self.tool_call(&mut out, call);
+            }
             if let Some(f) = &ch.finish_reason {
                 self.close(&mut out);
-                if self.text_blocks == 0 {
+                if self.text_blocks == 0 && self.tools.is_empty() {
                     // As in a message that is not streamed: a turn has a text block.
                     self.open(&mut out, Open::Text);
                     self.close(&mut out);
@@ -604,6 +822,50 @@ impl MessageStream {
         }
     }
 
+    /// A piece of a tool call: its first (with id and name) opens its block; arguments go to
+    /// the block as `input_json_delta`s.
+    fn tool_call(&mut self, out: &mut Vec<StreamEvent>, call: &wire::ToolCallDelta) {
+        let known = self
+            .tools
+            .iter()
+            .find(|(i, _)| *i == call.index)
+            .map(|t| t.1);
+        let index = match (known, &call.id, &call.function.name) {
+            (Some(index), _, _) => index,
+            (None, Some(id), Some(name)) => {
+                self.close(out);
+                let index = self.blocks;
+                out.push(StreamEvent::ContentBlockStart {
+                    index,
+                    content_block: ContentBlock::ToolUse {
+                        id: id.clone(),
+                        name: name.clone(),
+                        input: Value::Object(Default::default()),
+                    },
+                });
+                self.blocks += 1;
+                self.open = Some(Open::Tool);
+                self.tools.push((call.index, index));
+                index
+            }
+            (None, _, _) => {
+                tracing::error!(
+                    index = call.index,
+                    "a tool call's first piece has no id or name"
+                );
+                return;
+            }
+        };
+        if let Some(args) = call.function.arguments.as_deref().filter(|a| !a.is_empty()) {
+            out.push(StreamEvent::ContentBlockDelta {
+                index,
+                delta: BlockDelta::InputJsonDelta {
+                    partial_json: args.into(),
+                },
+            });
+        }
+    }
+
     fn delta(&mut self, out: &mut Vec<StreamEvent>, kind: Open, delta: BlockDelta) {
         if self.open != Some(kind) {
             self.close(out);
@@ -627,6 +889,7 @@ impl MessageStream {
                 thinking: String::new(),
                 signature: String::new(),
             },
+            Open::Tool => unreachable!("tool blocks open in `tool_call`"),
         };
         out.push(StreamEvent::ContentBlockStart {
             index: self.blocks,
@@ -675,7 +938,7 @@ pub fn error_body(e: &AppError) -> ErrorResponse {
     let kind = match e {
         AppError::BadRequest { .. } | AppError::Timeout(_) => "invalid_request_error",
         AppError::Unauthorized(_) => "authentication_error",
-        AppError::NotFound(_) => "not_found_error",
+        AppError::NotFound(_) | AppError::ModelNotFound(_) => "not_found_error",
         AppError::TooLarge(_) => "request_too_large",
         AppError::RateLimited(_) => "rate_limit_error",
         // A full queue, loading, draining: try again (elsewhere).
@@ -691,12 +954,18 @@ pub fn error_body(e: &AppError) -> ErrorResponse {
     }
 }
 
-/// A request body's top-level fields without the nulls of unset options (what gateway mode
-/// forwards to an OpenAI-compatible upstream).
+/// A chat request as JSON without the nulls of unset options, at the top level and in each
+/// message (what gateway mode forwards to an OpenAI-compatible upstream).
 pub(crate) fn raw_of(req: &wire::ChatCompletionRequest) -> Value {
+    fn drop_nulls(v: &mut Value) {
+        if let Value::Object(m) = v {
+            m.retain(|_, x| !x.is_null());
+        }
+    }
     let mut v = serde_json::to_value(req).expect("requests serialize");
-    if let Value::Object(m) = &mut v {
-        m.retain(|_, x| !x.is_null());
+    drop_nulls(&mut v);
+    if let Some(Value::Array(messages)) = v.get_mut("messages") {
+        messages.iter_mut().for_each(drop_nulls);
     }
     v
 }
@@ -735,12 +1004,11 @@ mod tests {
             json!({
                 "model": "m",
                 "messages": [
-                    {"role": "system", "content": [{"type": "text", "text": "Be brief."}], "reasoning_content": null},
-                    {"role": "user", "content": "Hi", "reasoning_content": null},
+                    {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                    {"role": "user", "content": "Hi"},
                     {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}],
                      "reasoning_content": "They greet."},
-                    {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
-                     "reasoning_content": null}
+                    {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
                 ],
                 "stream": true, "stream_options": {"include_usage": true},
                 "stop": ["\n\nHuman:"], "max_tokens": 64, "temperature": 0.5, "top_p": 0.75,
@@ -796,7 +1064,7 @@ mod tests {
             (
                 user(json!([{"type": "thinking", "thinking": "x", "signature": ""}])),
                 "messages",
-                "thinking blocks belong to assistant turns",
+                "\"thinking\" block in a user turn; it belongs to assistant turns",
             ),
             (
                 json!({"model": "m", "max_tokens": 8, "system": [{"type": "image"}],
@@ -832,8 +1100,9 @@ mod tests {
             "prompt_tokens_details": {"cached_tokens": 16},
             "completion_tokens_details": {"reasoning_tokens": 5},
             "prompt_cache_hit_tokens": 16, "prompt_cache_miss_tokens": 14,
-            "cost": {"currency": "USD", "input_cache_hit": 0.0, "input_cache_miss": 0.0,
-                     "output": 0.0, "total": 0.0}
+            "cost": 0.0,
+            "cost_details": {"currency": "USD", "input_cache_hit": 0.0, "input_cache_miss": 0.0,
+                             "output": 0.0, "total": 0.0}
         }))
         .unwrap();
         wire::ChatCompletion {
@@ -845,9 +1114,10 @@ mod tests {
                 index: 0,
                 message: wire::ResponseMessage {
                     role: "assistant".into(),
-                    content: content.into(),
+                    content: Some(content.into()),
                     reasoning_content: reasoning.map(Into::into),
                     reasoning: reasoning.map(Into::into),
+                    tool_calls: None,
                 },
                 logprobs: None,
                 finish_reason: Some(finish.into()),
@@ -997,6 +1267,187 @@ mod tests {
                 "message_stop"
             ]
         );
+    }
+
+    #[test]
+    fn tools_tool_uses_and_tool_results_become_openais() {
+        let got = chat_of(json!({
+            "model": "m", "max_tokens": 64,
+            "tools": [{"name": "get_weather", "description": "Weather in a city.",
+                       "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                                        "required": ["city"]}},
+                      {"type": "custom", "name": "noop", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true},
+            "messages": [
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"},
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": true,
+                     "content": [{"type": "text", "text": "timeout"}]},
+                    {"type": "text", "text": "Thanks."}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_3"}]}
+            ]
+        }));
+        let no = Value::Null;
+        assert_eq!(
+            got["tools"],
+            json!([
+                {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+                {"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}}
+            ])
+        );
+        assert_eq!(
+            got["tool_choice"],
+            json!({"type": "function", "function": {"name": "get_weather"}})
+        );
+        assert_eq!(got["parallel_tool_calls"], false);
+        let m = got["messages"].as_array().unwrap();
+        let brief: Vec<Value> = m
+            .iter()
+            .map(|m| json!([m["role"], m["content"], m["tool_calls"], m["tool_call_id"]]))
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                json!(["user", "Weather in Paris and Rome?", no, no]),
+                json!(["assistant", [{"type": "text", "text": "Checking."}], [
+                    {"id": "toolu_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "toolu_2", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}], no]),
+                // Results first, as OpenAI's tool messages must follow the calls, then the text.
+                json!(["tool", "18 C", no, "toolu_1"]),
+                json!(["tool", "Error: timeout", no, "toolu_2"]),
+                json!(["user", [{"type": "text", "text": "Thanks."}], no, no]),
+                // A turn of results alone is only tool messages.
+                json!(["tool", "", no, "toolu_3"]),
+            ]
+        );
+        for (choice, want) in [
+            (json!({"type": "auto"}), json!("auto")),
+            (json!({"type": "any"}), json!("required")),
+            (json!({"type": "none"}), json!("none")),
+        ] {
+            let got = chat_of(json!({"model": "m", "max_tokens": 8, "tool_choice": choice,
+                                     "messages": [{"role": "user", "content": "Hi"}]}));
+            assert_eq!(got["tool_choice"], want);
+            assert!(got.get("parallel_tool_calls").is_none(), "{got}");
+        }
+        let e = req(json!({"model": "m", "max_tokens": 8,
+                           "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+                           "messages": [{"role": "user", "content": "Hi"}]}))
+        .into_chat(true)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("server tool \"web_search_20250305\""),
+            "{e}"
+        );
+        let e = req(
+            json!({"model": "m", "max_tokens": 8, "tool_choice": {"type": "tool"},
+                           "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .into_chat(true)
+        .unwrap_err();
+        assert!(e.to_string().contains("needs `name`"), "{e}");
+    }
+
+    #[test]
+    fn tool_calls_become_tool_use_blocks() {
+        let mut c = completion(None, "", "tool_calls");
+        let msg = &mut c.choices[0].message;
+        msg.content = None;
+        msg.tool_calls = Some(vec![wire::ToolCall {
+            id: "call_1".into(),
+            kind: "function".into(),
+            function: wire::FunctionCall {
+                name: "get_weather".into(),
+                arguments: r#"{"city": "Paris"}"#.into(),
+            },
+        }]);
+        let m = message(c.clone());
+        assert_eq!(m.stop_reason, Some(StopReason::ToolUse));
+        // Only tool calls: no text block.
+        assert_eq!(
+            serde_json::to_value(&m.content).unwrap(),
+            json!([{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}])
+        );
+        c.choices[0].message.content = Some("Let me check.".into());
+        let m = message(c);
+        assert_eq!(m.content.len(), 2);
+        assert_eq!(
+            m.content[0],
+            ContentBlock::Text {
+                text: "Let me check.".into()
+            }
+        );
+    }
+
+    #[test]
+    fn streamed_tool_calls_become_tool_use_blocks_with_input_json_deltas() {
+        let usage = completion(None, "", "tool_calls").usage;
+        let call = |index: usize, head: Option<(&str, &str)>, args: &str| {
+            let mut f = json!({"arguments": args});
+            let mut d = json!({"index": index, "function": {}});
+            if let Some((id, name)) = head {
+                d["id"] = json!(id);
+                d["type"] = json!("function");
+                f["name"] = json!(name);
+            }
+            d["function"] = f;
+            json!({"tool_calls": [d]})
+        };
+        let events = run(&[
+            chunk(json!({"role": "assistant", "content": ""}), None, None),
+            chunk(json!({"content": "Checking."}), None, None),
+            chunk(call(0, Some(("call_a", "get_weather")), ""), None, None),
+            chunk(call(0, None, "{\"city\": "), None, None),
+            chunk(call(0, None, "\"Paris\"}"), None, None),
+            chunk(
+                call(1, Some(("call_b", "get_weather")), "{\"city\": \"Rome\"}"),
+                None,
+                None,
+            ),
+            chunk(json!({}), Some("tool_calls"), None),
+            chunk(Value::Null, None, Some(&usage)),
+        ]);
+        let want = json!([
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Checking."}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "content_block_start", "index": 1,
+             "content_block": {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {}}},
+            {"type": "content_block_delta", "index": 1,
+             "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}},
+            {"type": "content_block_delta", "index": 1,
+             "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}},
+            {"type": "content_block_stop", "index": 1},
+            {"type": "content_block_start", "index": 2,
+             "content_block": {"type": "tool_use", "id": "call_b", "name": "get_weather", "input": {}}},
+            {"type": "content_block_delta", "index": 2,
+             "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Rome\"}"}},
+            {"type": "content_block_stop", "index": 2}
+        ]);
+        assert_eq!(Value::Array(events[2..events.len() - 2].to_vec()), want);
+        assert_eq!(events[events.len() - 2]["delta"]["stop_reason"], "tool_use");
+        // Only tool calls: no text block at the end either.
+        let events = run(&[
+            chunk(json!({"role": "assistant", "content": ""}), None, None),
+            chunk(call(0, Some(("call_a", "noop")), "{}"), None, None),
+            chunk(json!({}), Some("tool_calls"), None),
+            chunk(Value::Null, None, Some(&usage)),
+        ]);
+        let starts: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "content_block_start")
+            .map(|e| &e["content_block"]["type"])
+            .collect();
+        assert_eq!(starts, [&json!("tool_use")]);
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub(crate) async fn model(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    let mut rec = RequestRecord::new(&state, "models", "models");
+    let mut rec = RequestRecord::new(&state, "models", "models-");
     let res = state.config().api_keys.check(&headers).and_then(|tenant| {
         rec.tenant = tenant;
         state.model(&id)

@@ -1568,10 +1568,11 @@ async fn messages_errors_are_in_anthropics_shape_with_openais_statuses() {
     assert!(m.contains("`max_tokens` is required"), "{m}");
     let mut unknown = body.clone();
     unknown["model"] = json!("claude-sonnet-4-5");
+    // 404, as on OpenAI's routes: the SDK raises NotFoundError.
     let m = assert_error(
         &post(&s, "/v1/messages", &unknown).await,
-        400,
-        "invalid_request_error",
+        404,
+        "not_found_error",
     );
     assert!(m.contains("claude-sonnet-4-5") && m.contains(MODEL), "{m}");
     let r = send(
