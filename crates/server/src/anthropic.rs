@@ -570,6 +570,7 @@ pub fn message(c: wire::ChatCompletion) -> Message {
     let choice = c.choices.into_iter().next();
     let mut content = Vec::new();
     let mut stop_reason = StopReason::EndTurn;
+    let mut stop_sequence = None;
     if let Some(ch) = choice {
         if let Some(t) = ch.message.reasoning_content.filter(|t| !t.is_empty()) {
             content.push(ContentBlock::Thinking {
@@ -587,7 +588,11 @@ pub fn message(c: wire::ChatCompletion) -> Message {
             id: c.id,
             name: c.function.name,
         }));
-        stop_reason = StopReason::of(ch.finish_reason.as_deref().unwrap_or("stop"), None);
+        stop_reason = StopReason::of(
+            ch.finish_reason.as_deref().unwrap_or("stop"),
+            ch.stop_reason.as_deref(),
+        );
+        stop_sequence = ch.stop_reason;
     }
     Message {
         id: c.id,
@@ -596,7 +601,7 @@ pub fn message(c: wire::ChatCompletion) -> Message {
         content,
         model: c.model,
         stop_reason: Some(stop_reason),
-        stop_sequence: None,
+        stop_sequence,
         usage,
     }
 }
@@ -730,6 +735,7 @@ pub struct MessageStream {
     /// OpenAI's index of each tool call -> its block's index.
     tools: Vec<(usize, usize)>,
     stop_reason: Option<StopReason>,
+    stop_sequence: Option<String>,
 }
 
 impl MessageStream {
@@ -743,6 +749,7 @@ impl MessageStream {
             text_blocks: 0,
             tools: Vec::new(),
             stop_reason: None,
+            stop_sequence: None,
         }
     }
 
@@ -798,7 +805,8 @@ impl MessageStream {
                     self.open(&mut out, Open::Text);
                     self.close(&mut out);
                 }
-                self.stop_reason = Some(StopReason::of(f, None));
+                self.stop_reason = Some(StopReason::of(f, ch.stop_reason.as_deref()));
+                self.stop_sequence = ch.stop_reason.clone();
             }
         }
         if let Some(u) = c.usage.get() {
@@ -806,7 +814,7 @@ impl MessageStream {
             out.push(StreamEvent::MessageDelta {
                 delta: MessageDelta {
                     stop_reason: Some(self.stop_reason.unwrap_or(StopReason::EndTurn)),
-                    stop_sequence: None,
+                    stop_sequence: self.stop_sequence.clone(),
                 },
                 usage: Usage::of(u),
             });
@@ -1121,6 +1129,7 @@ mod tests {
                 },
                 logprobs: None,
                 finish_reason: Some(finish.into()),
+                stop_reason: None,
             }],
             usage,
         }
@@ -1171,6 +1180,7 @@ mod tests {
                     delta: serde_json::from_value(delta).unwrap(),
                     logprobs: None,
                     finish_reason: finish.map(Into::into),
+                    stop_reason: None,
                 }]
             },
             usage: usage.map_or(wire::ChunkUsage::Null, |u| wire::ChunkUsage::Final(*u)),
@@ -1448,6 +1458,30 @@ mod tests {
             .map(|e| &e["content_block"]["type"])
             .collect();
         assert_eq!(starts, [&json!("tool_use")]);
+    }
+
+    #[test]
+    fn a_stop_string_is_stop_reason_stop_sequence_streamed_or_not() {
+        let mut c = completion(None, "Roses are", "stop");
+        c.choices[0].stop_reason = Some("red".into());
+        let m = message(c);
+        assert_eq!(
+            (m.stop_reason, m.stop_sequence.as_deref()),
+            (Some(StopReason::StopSequence), Some("red"))
+        );
+        let usage = completion(None, "", "stop").usage;
+        let mut finish = chunk(json!({}), Some("stop"), None);
+        finish.choices[0].stop_reason = Some("red".into());
+        let events = run(&[
+            chunk(json!({"role": "assistant", "content": ""}), None, None),
+            chunk(json!({"content": "Roses are"}), None, None),
+            finish,
+            chunk(Value::Null, None, Some(&usage)),
+        ]);
+        assert_eq!(
+            events[events.len() - 2]["delta"],
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "red"})
+        );
     }
 
     #[test]

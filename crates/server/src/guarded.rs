@@ -357,6 +357,7 @@ impl Guarded {
                 }
                 ServeEvent::Finished {
                     finish_reason,
+                    stop,
                     usage,
                     timings,
                 } => {
@@ -394,6 +395,8 @@ impl Guarded {
                         choice,
                         at,
                         event: ServeEvent::Finished {
+                            // A stop string ended it only if the guard did not.
+                            stop: stop.filter(|_| reason == FinishReason::Stop),
                             finish_reason: reason,
                             usage,
                             timings,

@@ -830,6 +830,7 @@ impl Output {
                     },
                     logprobs: None,
                     finish_reason: None,
+                    stop_reason: None,
                 };
                 self.chat_chunk(vec![choice], self.chunk_usage())
             })
@@ -867,6 +868,7 @@ impl Output {
                         content: vec![chat_logprob(l)],
                     }),
                     finish_reason: None,
+                    stop_reason: None,
                 };
                 self.chat_chunk(vec![choice], self.chunk_usage())
             }
@@ -892,6 +894,7 @@ impl Output {
                     delta: wire::ChunkDelta::default(),
                     logprobs: None,
                     finish_reason: reason,
+                    stop_reason: self.outputs[index].stop.clone(),
                 }],
                 self.chunk_usage(),
             ),
@@ -935,6 +938,7 @@ impl Output {
                         content: o.logprobs.iter().map(chat_logprob).collect(),
                     }),
                     finish_reason: o.finish.map(|f| f.to_string()),
+                    stop_reason: o.stop.clone(),
                 }
             })
             .collect();

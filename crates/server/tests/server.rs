@@ -628,6 +628,9 @@ async fn a_stop_string_ends_the_output_before_it() {
     assert_eq!(c["finish_reason"], "stop", "{cut}");
     assert_eq!(c["message"]["reasoning_content"], before, "stop {stop:?}");
     assert_eq!(c["message"]["content"], "");
+    // vLLM's stop_reason says which stop string it was; absent when none was.
+    assert_eq!(c["stop_reason"], stop.as_str(), "{cut}");
+    assert!(free["choices"][0].get("stop_reason").is_none(), "{free}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1511,6 +1514,35 @@ async fn a_streamed_message_adds_up_to_the_message() {
     assert_ne!(got["id"], whole["id"]);
     got["id"] = whole["id"].clone();
     assert_eq!(got, whole);
+}
+
+#[tokio::test]
+async fn a_stop_sequence_ends_a_message_with_stop_reason_stop_sequence() {
+    let s = Setup::no_prefix_cache().state();
+    let free = post(
+        &s,
+        "/v1/messages",
+        &message(PROMPT, json!({"max_tokens": 40})),
+    )
+    .await
+    .json();
+    let thinking = free["content"][0]["thinking"].as_str().unwrap().to_string();
+    let chars: Vec<char> = thinking.chars().collect();
+    assert!(chars.len() >= 8, "the fixture writes some text: {free}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let before = &thinking[..thinking.find(&stop).unwrap()];
+    let body = message(PROMPT, json!({"max_tokens": 40, "stop_sequences": [stop]}));
+    let cut = post(&s, "/v1/messages", &body).await.json();
+    assert_eq!(cut["stop_reason"], "stop_sequence", "{cut}");
+    assert_eq!(cut["stop_sequence"], stop.as_str(), "{cut}");
+    assert_eq!(cut["content"][0]["thinking"], before, "{cut}");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let mut streamed = accumulate(&anthropic_events(
+        &post(&s, "/v1/messages", &sbody).await.text,
+    ));
+    streamed["id"] = cut["id"].clone();
+    assert_eq!(streamed, cut);
 }
 
 #[tokio::test]
