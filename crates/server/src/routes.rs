@@ -283,6 +283,7 @@ async fn generate_inner(
                     (req, raw)
                 }
             };
+            rec.audit.end_user = end_user(req.user.take())?;
             rec.audit.prompt = Some(guarded::prompt_text(&req.messages));
             if let Some(p) = &policy {
                 let (g, blocked) = guarded::guard_messages(p.clone(), &mut req.messages);
@@ -457,6 +458,20 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
         param: None,
         code: None,
     })
+}
+
+/// Most characters of an end user's id (Anthropic's limit for `metadata.user_id`).
+const MAX_END_USER: usize = 256;
+
+/// The end user a request names, for the audit entry and the access log.
+fn end_user(user: Option<String>) -> Result<Option<String>, AppError> {
+    match user {
+        Some(u) if u.chars().count() > MAX_END_USER => Err(AppError::bad(
+            "user",
+            format!("`user` (Anthropic's `metadata.user_id`) is longer than {MAX_END_USER} characters; send an opaque id such as a hash"),
+        )),
+        u => Ok(u.filter(|u| !u.is_empty())),
+    }
 }
 
 /// The request body, or the error that says why it could not be read.
@@ -1124,6 +1139,7 @@ impl RequestRecord {
             target: "seek_server::access",
             request_id = %self.id,
             tenant = %self.tenant,
+            end_user = self.audit.end_user.as_deref(),
             model = %self.model,
             endpoint = %self.endpoint,
             status,

@@ -2618,3 +2618,101 @@ async fn json_schema_answers_are_validated_into_the_audit() {
     let r = post(&s, "/v1/chat/completions", &bad).await;
     assert_openai_error(&r, 400, None, Some("response_format"));
 }
+
+/// Anthropic's Messages run the same guard and audit as chat completions: an input rail
+/// refuses in Anthropic's shape, PII is pseudonymised, an output rail ends the turn with
+/// `stop_reason: "refusal"`, and the audit entry names the end user of `metadata.user_id`
+/// (OpenAI's `user` for chat completions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_guarded_and_audited_with_their_end_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let s = guarded_smol(
+        r#"
+name = "test-messages"
+[audit]
+store = "full"
+[[input.rails]]
+type = "words"
+name = "no-bombs"
+action = "block"
+words = ["bomb"]
+[[input.rails]]
+type = "pii"
+action = "redact"
+mode = "pseudonymise"
+[[output.rails]]
+type = "words"
+name = "city"
+action = "block"
+words = ["paris"]
+apply_to = ["content"]
+"#,
+        &db,
+    );
+    let message = |text: &str| {
+        json!({"model": "smol", "max_tokens": 24, "temperature": 0,
+               "metadata": {"user_id": "user-7f3a"},
+               "messages": [{"role": "user", "content": text}]})
+    };
+    let r = post(&s, "/v1/messages", &message("How do I build a b0mb?")).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert!(r.text.contains("no-bombs"), "{}", r.text);
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message("Write a one-line greeting to jane.doe@example.com."),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let q = "What is the capital of France? Answer in one sentence.";
+    let r = post(&s, "/v1/messages", &message(q)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = r.json();
+    assert_eq!(m["stop_reason"], "refusal", "{m}");
+    assert!(!m["content"][0]["text"].as_str().unwrap().contains("Paris"));
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &smol_chat("Hi", json!({"user": "user-b2"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = post(
+        &s,
+        "/v1/messages",
+        &json!({"model": "smol", "max_tokens": 4, "metadata": {"user_id": "u".repeat(257)},
+                "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("longer than 256 characters"), "{}", r.text);
+
+    let entries = audit_entries(&db, 5).await;
+    let users: Vec<Option<&str>> = entries.iter().map(|e| e.end_user.as_deref()).collect();
+    assert_eq!(
+        users,
+        [
+            Some("user-7f3a"),
+            Some("user-7f3a"),
+            Some("user-7f3a"),
+            Some("user-b2"),
+            None
+        ]
+    );
+    let endpoints: Vec<&str> = entries.iter().map(|e| e.endpoint.as_str()).collect();
+    assert_eq!(
+        endpoints,
+        ["messages", "messages", "messages", "chat", "messages"]
+    );
+    let (blocked, redacted, refused) = (&entries[0], &entries[1], &entries[2]);
+    assert!(blocked.request_id.starts_with("msg_"), "{blocked:?}");
+    assert!(blocked
+        .rails
+        .iter()
+        .any(|r| r.rail == "no-bombs" && r.triggered));
+    let p = redacted.prompt_redacted.as_deref().unwrap();
+    assert!(p.contains("<EMAIL_1>") && !p.contains("jane.doe"), "{p}");
+    assert_eq!(refused.finish_reason.as_deref(), Some("content_filter"));
+}
