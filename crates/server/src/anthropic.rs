@@ -27,6 +27,9 @@
 //! - `stop_reason`: `stop` is `end_turn`, or `stop_sequence` when one of the request's stop
 //!   sequences ended the turn; `length` is `max_tokens`, `tool_calls` is `tool_use`,
 //!   `content_filter` (a guard rail) is `refusal`.
+//! - `max_tokens` caps the room left in the context window instead of having to fit in it
+//!   (Claude Code asks for 32000 whatever the model): when the window is the tighter limit, a
+//!   `length` finish is `model_context_window_exceeded`.
 //!
 //! What is refused (400, naming the field): a missing `max_tokens`, a last message from the
 //! assistant (prefill: the turn would not be continued but answered anew), image and document
@@ -175,6 +178,12 @@ impl MessagesRequest {
                 return Err(AppError::bad(
                     "max_tokens",
                     "`max_tokens` is required: the most tokens to generate, thinking included",
+                ))
+            }
+            (true, Some(0)) => {
+                return Err(AppError::bad(
+                    "max_tokens",
+                    "`max_tokens` is 0; it must be at least 1",
                 ))
             }
             (true, m) => m,
@@ -518,12 +527,15 @@ pub enum StopReason {
     ToolUse,
     /// A guard rail stopped the answer.
     Refusal,
+    /// The context window filled before `max_tokens` was reached.
+    ModelContextWindowExceeded,
 }
 
 impl StopReason {
     /// The stop reason of an OpenAI `finish_reason`.
-    fn of(finish_reason: &str, stop_sequence: Option<&str>) -> Self {
+    fn of(finish_reason: &str, stop_sequence: Option<&str>, window_limited: bool) -> Self {
         match finish_reason {
+            "length" if window_limited => StopReason::ModelContextWindowExceeded,
             "length" => StopReason::MaxTokens,
             "content_filter" => StopReason::Refusal,
             "tool_calls" => StopReason::ToolUse,
@@ -564,8 +576,9 @@ pub struct TokenCount {
     pub input_tokens: usize,
 }
 
-/// The message of a (one-choice) chat completion.
-pub fn message(c: wire::ChatCompletion) -> Message {
+/// The message of a (one-choice) chat completion; `window_limited` as for
+/// [`MessageStream::new`].
+pub fn message(c: wire::ChatCompletion, window_limited: bool) -> Message {
     let usage = Usage::of(&c.usage);
     let choice = c.choices.into_iter().next();
     let mut content = Vec::new();
@@ -591,6 +604,7 @@ pub fn message(c: wire::ChatCompletion) -> Message {
         stop_reason = StopReason::of(
             ch.finish_reason.as_deref().unwrap_or("stop"),
             ch.stop_reason.as_deref(),
+            window_limited,
         );
         stop_sequence = ch.stop_reason;
     }
@@ -727,6 +741,7 @@ enum Open {
 pub struct MessageStream {
     /// The prompt's tokens, for `message_start` (the final count comes in `message_delta`).
     input_tokens: usize,
+    window_limited: bool,
     started: bool,
     open: Option<Open>,
     /// Blocks opened so far (the next block's index).
@@ -739,10 +754,13 @@ pub struct MessageStream {
 }
 
 impl MessageStream {
-    /// A stream whose prompt has `input_tokens` tokens.
-    pub fn new(input_tokens: usize) -> Self {
+    /// A stream whose prompt has `input_tokens` tokens; `window_limited` when the room left in
+    /// the context window is less than `max_tokens` (a `length` finish is then
+    /// `model_context_window_exceeded`).
+    pub fn new(input_tokens: usize, window_limited: bool) -> Self {
         Self {
             input_tokens,
+            window_limited,
             started: false,
             open: None,
             blocks: 0,
@@ -751,6 +769,11 @@ impl MessageStream {
             stop_reason: None,
             stop_sequence: None,
         }
+    }
+
+    /// Whether the context window, not `max_tokens`, limits the answer.
+    pub fn window_limited(&self) -> bool {
+        self.window_limited
     }
 
     /// The events of one chunk.
@@ -805,7 +828,11 @@ impl MessageStream {
                     self.open(&mut out, Open::Text);
                     self.close(&mut out);
                 }
-                self.stop_reason = Some(StopReason::of(f, ch.stop_reason.as_deref()));
+                self.stop_reason = Some(StopReason::of(
+                    f,
+                    ch.stop_reason.as_deref(),
+                    self.window_limited,
+                ));
                 self.stop_sequence = ch.stop_reason.clone();
             }
         }
@@ -1137,7 +1164,7 @@ mod tests {
 
     #[test]
     fn a_completion_becomes_a_message_with_thinking_first() {
-        let m = message(completion(Some("Think."), "Answer.", "stop"));
+        let m = message(completion(Some("Think."), "Answer.", "stop"), false);
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
             json!({
@@ -1150,7 +1177,7 @@ mod tests {
             })
         );
         // No reasoning: no thinking block; an empty answer still has its text block.
-        let m = message(completion(Some(""), "", "length"));
+        let m = message(completion(Some(""), "", "length"), false);
         assert_eq!(
             m.content,
             [ContentBlock::Text {
@@ -1158,8 +1185,15 @@ mod tests {
             }]
         );
         assert_eq!(m.stop_reason, Some(StopReason::MaxTokens));
-        let m = message(completion(None, "x", "content_filter"));
+        let m = message(completion(None, "x", "content_filter"), false);
         assert_eq!(m.stop_reason, Some(StopReason::Refusal));
+        // The context window filled before max_tokens.
+        let m = message(completion(None, "x", "length"), true);
+        assert_eq!(m.stop_reason, Some(StopReason::ModelContextWindowExceeded));
+        assert_eq!(
+            serde_json::to_value(m.stop_reason).unwrap(),
+            "model_context_window_exceeded"
+        );
     }
 
     fn chunk(
@@ -1189,7 +1223,7 @@ mod tests {
 
     /// The events of a stream, as `(event name, data)`.
     fn run(chunks: &[wire::ChatCompletionChunk]) -> Vec<Value> {
-        let mut s = MessageStream::new(30);
+        let mut s = MessageStream::new(30, false);
         chunks
             .iter()
             .flat_map(|c| s.chunk(c))
@@ -1380,7 +1414,7 @@ mod tests {
                 arguments: r#"{"city": "Paris"}"#.into(),
             },
         }]);
-        let m = message(c.clone());
+        let m = message(c.clone(), false);
         assert_eq!(m.stop_reason, Some(StopReason::ToolUse));
         // Only tool calls: no text block.
         assert_eq!(
@@ -1388,7 +1422,7 @@ mod tests {
             json!([{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}])
         );
         c.choices[0].message.content = Some("Let me check.".into());
-        let m = message(c);
+        let m = message(c, false);
         assert_eq!(m.content.len(), 2);
         assert_eq!(
             m.content[0],
@@ -1464,7 +1498,7 @@ mod tests {
     fn a_stop_string_is_stop_reason_stop_sequence_streamed_or_not() {
         let mut c = completion(None, "Roses are", "stop");
         c.choices[0].stop_reason = Some("red".into());
-        let m = message(c);
+        let m = message(c, false);
         assert_eq!(
             (m.stop_reason, m.stop_sequence.as_deref()),
             (Some(StopReason::StopSequence), Some("red"))

@@ -267,6 +267,10 @@ async fn generate_inner(
         rec.audit.mode = Some(p.audit_mode());
     }
     let mut input: Option<guarded::GuardedInput> = None;
+    // Anthropic's `max_tokens`, a cap on the room left in the context window (see
+    // `ValidRequest::cap_max_tokens`), and whether the window is the tighter limit.
+    let mut anthropic_cap = None;
+    let mut window_limited = false;
     let valid = match endpoint {
         Endpoint::Chat => {
             let (mut req, raw) = match api {
@@ -278,8 +282,9 @@ async fn generate_inner(
                 Api::Anthropic => {
                     let req: anthropic::MessagesRequest = parse_json(&body)?;
                     rec.set_model(state, &req.model);
-                    let req = req.into_chat(true)?;
+                    let mut req = req.into_chat(true)?;
                     let raw = anthropic::raw_of(&req);
+                    anthropic_cap = req.max_tokens.take();
                     (req, raw)
                 }
             };
@@ -295,7 +300,11 @@ async fn generate_inner(
                 }
                 input = Some(g);
             }
-            ValidRequest::chat(req, raw, state)?
+            let mut valid = ValidRequest::chat(req, raw, state)?;
+            if let Some(m) = anthropic_cap {
+                window_limited = valid.cap_max_tokens(m);
+            }
+            valid
         }
         Endpoint::Completion => {
             let mut req: wire::CompletionRequest = parse_json(&body)?;
@@ -378,6 +387,7 @@ async fn generate_inner(
         Api::OpenAi => Render::OpenAi,
         Api::Anthropic => Render::Anthropic(anthropic::MessageStream::new(
             valid.prompts.iter().map(|p| p.ids.len()).sum(),
+            window_limited,
         )),
     };
     let running = Guarded::new(running, input.as_ref(), valid.choices());
@@ -399,7 +409,7 @@ impl Render {
     fn chat_completion(&self, c: wire::ChatCompletion) -> Response {
         match self {
             Render::OpenAi => Json(c).into_response(),
-            Render::Anthropic(_) => Json(anthropic::message(c)).into_response(),
+            Render::Anthropic(s) => Json(anthropic::message(c, s.window_limited())).into_response(),
         }
     }
 

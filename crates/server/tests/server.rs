@@ -1546,6 +1546,44 @@ async fn a_stop_sequence_ends_a_message_with_stop_reason_stop_sequence() {
 }
 
 #[tokio::test]
+async fn max_tokens_caps_the_room_left_in_the_context_window() {
+    let s = state();
+    // Claude Code asks for 32000 tokens whatever the model: the 256-token window decides.
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message(PROMPT, json!({"max_tokens": 32000})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = r.json();
+    let u = &m["usage"];
+    let total = ["input_tokens", "cache_read_input_tokens", "output_tokens"]
+        .iter()
+        .map(|k| u[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(m["stop_reason"], "model_context_window_exceeded", "{m}");
+    assert_eq!(total, CONTEXT as u64, "{m}");
+    // Below the room left, max_tokens is what stops it.
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message(PROMPT, json!({"max_tokens": 5})),
+    )
+    .await;
+    let m = r.json();
+    assert_eq!(m["stop_reason"], "max_tokens", "{m}");
+    assert_eq!(m["usage"]["output_tokens"], 5, "{m}");
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message(PROMPT, json!({"max_tokens": 0})),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}
+
+#[tokio::test]
 async fn messages_errors_are_in_anthropics_shape_with_openais_statuses() {
     fn assert_error(r: &Reply, status: u16, kind: &str) -> String {
         assert_eq!(r.status, status, "{}", r.text);
