@@ -95,6 +95,7 @@ impl GenArgs {
             ignore_eos: self.ignore_eos,
             starts_in_reasoning: prompt.starts_in_reasoning,
             max_reasoning_tokens: self.max_reasoning_tokens,
+            guide: None,
         }
     }
 }

@@ -71,6 +71,36 @@ pub fn render_chat(
     tokenizer: &Tokenizer,
     messages: &[ChatMessage],
 ) -> Result<RenderedPrompt, EngineError> {
+    render_chat_with(tokenizer, messages, &ChatOptions::default())
+}
+
+/// What a chat prompt holds besides its messages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatOptions<'a> {
+    /// The functions the model may call (OpenAI's `tools` entries), shown by the template.
+    pub tools: Option<&'a [serde_json::Value]>,
+    /// DeepSeek's chat prefix completion: the last message is an assistant turn to continue
+    /// (its `reasoning_content`, then its `content`), not a turn to answer.
+    pub continue_final: bool,
+}
+
+/// [`render_chat`] with tools and prefix continuation.
+pub fn render_chat_with(
+    tokenizer: &Tokenizer,
+    messages: &[ChatMessage],
+    opts: &ChatOptions<'_>,
+) -> Result<RenderedPrompt, EngineError> {
+    let (messages, prefix) = match messages.split_last() {
+        Some((last, head)) if opts.continue_final => {
+            if last.role != "assistant" {
+                return Err(EngineError::Request(
+                    "a prefix completion continues the last message, which must be an assistant message".into(),
+                ));
+            }
+            (head, Some(last))
+        }
+        _ => (messages, None),
+    };
     let template = tokenizer.chat_template().ok_or_else(|| {
         EngineError::Request(
             "the model has no chat template; pass the prompt as raw text instead (`--raw`)".into(),
@@ -78,7 +108,7 @@ pub fn render_chat(
     })?;
     if messages.is_empty() {
         return Err(EngineError::Request(
-            "no messages: a chat needs at least one user message".into(),
+            "no messages: a chat needs at least one user message (before the prefix)".into(),
         ));
     }
     let reasoning = is_reasoning_model(tokenizer);
@@ -87,16 +117,26 @@ pub fn render_chat(
     } else {
         messages.to_vec()
     };
-    let mut text = template.render(&messages, true)?;
+    let mut text = template.render_with_tools(&messages, opts.tools, true)?;
     let mut starts_in_reasoning = false;
     if reasoning {
         let trimmed = text.trim_end_matches('\n');
-        if trimmed.ends_with("<think>") {
-            starts_in_reasoning = true;
-        } else {
+        if !trimmed.ends_with("<think>") {
             text.push_str("<think>\n");
-            starts_in_reasoning = true;
         }
+        starts_in_reasoning = true;
+    }
+    if let Some(p) = prefix {
+        if reasoning {
+            if let Some(r) = &p.reasoning_content {
+                text.push_str(r);
+            }
+            if !p.content.is_empty() {
+                text.push_str(crate::sequence::THINK_CLOSE);
+                starts_in_reasoning = false;
+            }
+        }
+        text.push_str(&p.content);
     }
     let ids = tokenizer.encode(&text, false)?;
     Ok(RenderedPrompt {

@@ -36,6 +36,8 @@ pub struct GenerateRequest {
     /// Most tokens inside the reasoning block; when spent, [`THINK_CLOSE`] is inserted and the
     /// model goes on to answer.
     pub max_reasoning_tokens: Option<usize>,
+    /// What the answer must match (after the reasoning, for a reasoning model).
+    pub guide: Option<seek_structured::Guide>,
 }
 
 /// A piece of streamed output: new reasoning text and new answer text.
@@ -109,6 +111,8 @@ pub fn generate(
             starts_in_reasoning: req.starts_in_reasoning,
             max_reasoning_tokens: req.max_reasoning_tokens,
             split_reasoning: true,
+            guide: req.guide.clone(),
+            ..SequenceParams::default()
         },
     )?;
     let mut out = GenerateOutput {

@@ -4,6 +4,7 @@
 //! request) and the serving engine (many requests batched), so both stream the same text.
 
 use seek_reasoning::{Delta, ReasoningSplitter};
+use seek_structured::Guide;
 use seek_tokenizer::{IncrementalDetokenizer, Tokenizer};
 use seek_types::{FinishReason, SamplingParams, TokenId};
 
@@ -32,6 +33,30 @@ pub struct SequenceParams {
     /// Split `<think>` blocks out of the text as reasoning (chat); `false` keeps every piece
     /// of text, tags included, as content (raw completions).
     pub split_reasoning: bool,
+    /// What the answer must match (a JSON Schema, a regex, a tool call...). For a reasoning
+    /// model it applies after `</think>`: the reasoning stays free, as in vLLM.
+    pub guide: Option<Guide>,
+    /// Added to the logits of these tokens before sampling (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(TokenId, f32)>,
+    /// Keep special tokens in the text (tool-call markers that are special tokens).
+    pub keep_special_tokens: bool,
+}
+
+impl Default for SequenceParams {
+    fn default() -> Self {
+        Self {
+            sampling: SamplingParams::default(),
+            max_tokens: 256,
+            stop: Vec::new(),
+            ignore_eos: false,
+            starts_in_reasoning: false,
+            max_reasoning_tokens: None,
+            split_reasoning: true,
+            guide: None,
+            logit_bias: Vec::new(),
+            keep_special_tokens: false,
+        }
+    }
 }
 
 /// One step's outcome for a sequence.
@@ -64,15 +89,18 @@ pub struct Sequence<'t> {
     pub reasoning_tokens: usize,
     /// What the budget counts: reasoning tokens the model chose.
     sampled_reasoning: usize,
+    /// The constraint, once the answer has begun (taken from the params).
+    guide: Option<Guide>,
     finished: Option<FinishReason>,
 }
 
 impl<'t> Sequence<'t> {
     /// A sequence that will generate after its prompt.
-    pub fn new(tokenizer: &'t Tokenizer, params: SequenceParams) -> Result<Self, EngineError> {
+    pub fn new(tokenizer: &'t Tokenizer, mut params: SequenceParams) -> Result<Self, EngineError> {
         Ok(Self {
             sampler: Sampler::new(params.sampling.clone()),
-            detok: IncrementalDetokenizer::new(tokenizer, true),
+            detok: IncrementalDetokenizer::new(tokenizer, !params.keep_special_tokens),
+            guide: params.guide.take(),
             stops: StopMatcher::new(params.stop.clone()),
             splitter: params
                 .split_reasoning
@@ -115,11 +143,38 @@ impl<'t> Sequence<'t> {
         if budget_spent && self.pending.is_empty() {
             self.pending = self.close_ids.iter().rev().copied().collect();
         }
+        // The constraint guides sampled answer tokens only (not the reasoning, not the
+        // inserted closing tag).
+        let guided = !in_reasoning && self.pending.is_empty() && self.guide.is_some();
         let (token, sampled) = match self.pending.pop() {
             Some(t) => (t, false),
-            None => (self.sampler.sample(logits, prompt, &self.output), true),
+            None => {
+                for &(id, bias) in &self.params.logit_bias {
+                    if let Some(l) = logits.get_mut(id as usize) {
+                        *l += bias;
+                    }
+                }
+                if guided {
+                    if let Some(g) = &mut self.guide {
+                        if let Err(e) = g.mask(logits) {
+                            tracing::error!(error = %e, "constrained decoding failed; ending the sequence");
+                            return Ok(self.done(FinishReason::Abort, None, Delta::default()));
+                        }
+                    }
+                }
+                (self.sampler.sample(logits, prompt, &self.output), true)
+            }
         };
-        if !self.params.ignore_eos && self.tokenizer.eos_token_ids().contains(&token) {
+        let eos = self.tokenizer.eos_token_ids().contains(&token);
+        if guided && !(eos && !self.params.ignore_eos) {
+            if let Some(g) = &mut self.guide {
+                if let Err(e) = g.consume(token) {
+                    tracing::error!(error = %e, "constrained decoding failed; ending the sequence");
+                    return Ok(self.done(FinishReason::Abort, None, Delta::default()));
+                }
+            }
+        }
+        if !self.params.ignore_eos && eos {
             return Ok(self.done(FinishReason::Stop, None, Delta::default()));
         }
         self.output.push(token);
@@ -133,7 +188,9 @@ impl<'t> Sequence<'t> {
             StopOutcome::Stopped { emit, .. } => (emit, true),
         };
         let delta = self.split(&text);
-        if stopped {
+        // A constrained answer that is complete ends here (nothing may follow it).
+        let complete = guided && self.guide.as_ref().is_some_and(|g| g.is_finished());
+        if stopped || complete {
             return Ok(self.done(FinishReason::Stop, Some(token), delta));
         }
         if self.output.len() >= self.params.max_tokens {

@@ -78,6 +78,7 @@ fn reasoning_budget_closes_the_block_and_lets_the_model_answer() {
         ignore_eos: false,
         starts_in_reasoning: true,
         max_reasoning_tokens: Some(6),
+        guide: None,
     };
     let mut deltas: Vec<Delta> = Vec::new();
     let out = generate(loaded.model.as_ref(), &tok, &req, |d| {
@@ -122,6 +123,7 @@ fn max_tokens_abort_and_determinism() {
         ignore_eos: false,
         starts_in_reasoning: false,
         max_reasoning_tokens: None,
+        guide: None,
     };
     let run = |req: &GenerateRequest| {
         generate(loaded.model.as_ref(), &tok, req, |_| {

@@ -55,6 +55,7 @@ fn params(max_tokens: usize) -> SequenceParams {
         starts_in_reasoning: false,
         max_reasoning_tokens: None,
         split_reasoning: true,
+        ..SequenceParams::default()
     }
 }
 
@@ -199,6 +200,7 @@ fn the_engine_agrees_with_generate() {
             ignore_eos: false,
             starts_in_reasoning: false,
             max_reasoning_tokens: None,
+            guide: None,
         },
         |_| std::ops::ControlFlow::Continue(()),
     )

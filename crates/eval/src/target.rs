@@ -115,6 +115,7 @@ impl Target for LocalTarget {
                     starts_in_reasoning: rendered.starts_in_reasoning,
                     max_reasoning_tokens: None,
                     split_reasoning: true,
+                    ..SequenceParams::default()
                 },
                 logprobs: None,
             })

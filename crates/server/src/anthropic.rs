@@ -31,10 +31,12 @@
 //!   (Claude Code asks for 32000 whatever the model): when the window is the tighter limit, a
 //!   `length` finish is `model_context_window_exceeded`.
 //!
-//! What is refused (400, naming the field): a missing `max_tokens`, a last message from the
-//! assistant (prefill: the turn would not be continued but answered anew), image and document
-//! blocks, Anthropic's server tools (`web_search_...`, `bash_...`: they run on Anthropic's
-//! servers). `thinking` settings, `cache_control` and other fields are accepted and ignored.
+//! - A last turn of the assistant's is continued: it becomes DeepSeek's chat prefix completion
+//!   (`prefix: true`), and the answer holds only what follows it.
+//!
+//! What is refused (400, naming the field): a missing `max_tokens`, image and document blocks,
+//! Anthropic's server tools (`web_search_...`, `bash_...`: they run on Anthropic's servers).
+//! `thinking` settings, `cache_control` and other fields are accepted and ignored.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -233,13 +235,13 @@ impl MessagesRequest {
                     ))
                 }
             };
-            if assistant && i == last {
-                return Err(AppError::bad(
-                    "messages",
-                    "the last message is the assistant's: continuing a prefilled assistant turn is not supported; end with a user message",
-                ));
-            }
             translate_message(i, assistant, m.content, &mut messages)?;
+            if assistant && i == last {
+                // The answer continues this turn (DeepSeek's chat prefix completion).
+                if let Some(m) = messages.last_mut() {
+                    m.prefix = Some(true);
+                }
+            }
         }
         let stop = match self.stop_sequences {
             Some(s) if s.len() > MAX_STOP => {
@@ -1053,6 +1055,22 @@ mod tests {
     }
 
     #[test]
+    fn a_last_assistant_turn_is_a_prefix_to_continue() {
+        let got = chat_of(json!({"model": "m", "max_tokens": 8, "messages": [
+            {"role": "user", "content": "Pick A or B."},
+            {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": "Which?"},
+            {"role": "assistant", "content": [{"type": "text", "text": "The answer is ("}]}]}));
+        let m = got["messages"].as_array().unwrap();
+        assert!(m[1].get("prefix").is_none(), "{got}");
+        assert_eq!(m[3]["prefix"], true, "{got}");
+        assert_eq!(
+            m[3]["content"],
+            json!([{"type": "text", "text": "The answer is ("}])
+        );
+    }
+
+    #[test]
     fn counting_needs_no_max_tokens_and_never_streams() {
         let r = req(json!({"model": "m", "stream": true,
                            "messages": [{"role": "user", "content": "Hi"}]}))
@@ -1078,12 +1096,6 @@ mod tests {
                 json!({"model": "m", "max_tokens": 8, "messages": []}),
                 "messages",
                 "is empty",
-            ),
-            (
-                json!({"model": "m", "max_tokens": 8, "messages": [
-                    {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The answer is ("}]}),
-                "messages",
-                "prefilled assistant turn is not supported",
             ),
             (
                 json!({"model": "m", "max_tokens": 8, "messages": [{"role": "system", "content": "x"}]}),

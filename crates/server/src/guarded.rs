@@ -244,6 +244,7 @@ fn local_reply(model: &ServedModel, prompt: &str) -> Result<String, String> {
                 starts_in_reasoning: rendered.starts_in_reasoning,
                 max_reasoning_tokens: Some(0),
                 split_reasoning: true,
+                ..SequenceParams::default()
             },
             logprobs: None,
         })

@@ -33,6 +33,7 @@ pub mod ratelimit;
 mod routes;
 mod run;
 mod state;
+mod toolcalls;
 pub mod upstream;
 mod valid;
 pub mod wire;

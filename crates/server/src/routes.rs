@@ -30,9 +30,11 @@ use crate::error::AppError;
 use crate::guarded::{self, AuditDraft, Guarded};
 use crate::run::{ChoiceEvent, ChoiceOutput, Running};
 use crate::state::{unix_now, AppState, Backend, Phase};
+use crate::toolcalls::{self, ToolStream};
 use crate::valid::ValidRequest;
 use crate::wire::{self, ChunkUsage};
 use seek_guard::Stage;
+use seek_structured::ToolFormat;
 
 /// The largest request body accepted, bytes.
 pub(crate) const BODY_LIMIT: usize = 8 << 20;
@@ -595,6 +597,25 @@ impl StreamState {
         self.rec.used_tokens = self.out.usage().total_tokens as u64;
         match &event {
             ServeEvent::Started { .. } => {}
+            ServeEvent::Delta { delta, logprob, .. } if !self.out.tool_streams.is_empty() => {
+                // Content up to a possible call goes out as content; calls as call pieces.
+                let answer = &self.out.outputs[choice].content;
+                let pieces = self.out.tool_streams[choice].update(answer, false);
+                let delta = seek_reasoning::Delta {
+                    reasoning: delta.reasoning.clone(),
+                    content: pieces.content,
+                };
+                if let Some(c) = self
+                    .out
+                    .delta_chunk(choice, &delta, logprob.as_ref(), offset)
+                {
+                    self.push(c);
+                }
+                if !pieces.calls.is_empty() {
+                    let c = self.out.tool_call_chunk(choice, pieces.calls);
+                    self.push(c);
+                }
+            }
             ServeEvent::Delta { delta, logprob, .. } => {
                 if let Some(c) = self
                     .out
@@ -611,7 +632,38 @@ impl StreamState {
                 code: "shutting_down",
             }),
             ServeEvent::Finished { finish_reason, .. } => {
-                let c = self.out.finish_chunk(choice, *finish_reason);
+                let mut calls = false;
+                if !self.out.tool_streams.is_empty() {
+                    let answer = &self.out.outputs[choice].content;
+                    let pieces = self.out.tool_streams[choice].update(answer, true);
+                    if !pieces.content.is_empty() {
+                        let delta = seek_reasoning::Delta {
+                            reasoning: String::new(),
+                            content: pieces.content,
+                        };
+                        if let Some(c) = self.out.delta_chunk(choice, &delta, None, 0) {
+                            self.push(c);
+                        }
+                    }
+                    if !pieces.calls.is_empty() {
+                        let c = self.out.tool_call_chunk(choice, pieces.calls);
+                        self.push(c);
+                    }
+                    calls = self.out.tool_streams[choice].has_calls();
+                }
+                let c = match (*finish_reason, calls) {
+                    (FinishReason::Stop, true) => self.out.chat_chunk(
+                        vec![wire::ChunkChoice {
+                            index: choice,
+                            delta: wire::ChunkDelta::default(),
+                            logprobs: None,
+                            finish_reason: Some("tool_calls".into()),
+                            stop_reason: None,
+                        }],
+                        self.out.chunk_usage(),
+                    ),
+                    (reason, _) => self.out.finish_chunk(choice, reason),
+                };
                 self.push(c);
             }
             ServeEvent::Failed { message } => {
@@ -670,6 +722,9 @@ struct Output {
     json_schema: Option<serde_json::Value>,
     prices: crate::price::Prices,
     outputs: Vec<ChoiceOutput>,
+    /// Chat with tools: the model's call format, and per choice what its stream has sent.
+    tool_format: Option<ToolFormat>,
+    tool_streams: Vec<ToolStream>,
 }
 
 impl Output {
@@ -689,6 +744,11 @@ impl Output {
             json_schema: v.json_schema.clone(),
             prices: v.model.prices,
             outputs: (0..choices).map(|_| ChoiceOutput::default()).collect(),
+            tool_format: v.tools.as_ref().map(|t| t.format),
+            tool_streams: match &v.tools {
+                Some(t) => (0..choices).map(|_| ToolStream::new(t.format)).collect(),
+                None => Vec::new(),
+            },
         }
     }
 
@@ -862,6 +922,21 @@ impl Output {
             .collect()
     }
 
+    /// A chat chunk of tool-call pieces.
+    fn tool_call_chunk(&self, index: usize, calls: Vec<wire::ToolCallDelta>) -> Chunk {
+        let choice = wire::ChunkChoice {
+            index,
+            delta: wire::ChunkDelta {
+                tool_calls: Some(calls),
+                ..Default::default()
+            },
+            logprobs: None,
+            finish_reason: None,
+            stop_reason: None,
+        };
+        self.chat_chunk(vec![choice], self.chunk_usage())
+    }
+
     /// The chunk of one delta, or none when it carries nothing to send.
     fn delta_chunk(
         &self,
@@ -950,19 +1025,27 @@ impl Output {
             .map(|(index, o)| {
                 let reasoning =
                     (self.reasoning || !o.reasoning.is_empty()).then(|| o.reasoning.clone());
+                let (content, tool_calls) = match self.tool_format {
+                    Some(f) => toolcalls::finished(f, &o.content),
+                    None => (Some(o.content.clone()), None),
+                };
+                let finish_reason = match (o.finish, &tool_calls) {
+                    (Some(FinishReason::Stop), Some(_)) => Some("tool_calls".to_string()),
+                    (f, _) => f.map(|f| f.to_string()),
+                };
                 wire::ChatChoice {
                     index,
                     message: wire::ResponseMessage {
                         role: "assistant".into(),
-                        content: Some(o.content.clone()),
+                        content,
                         reasoning_content: reasoning.clone(),
                         reasoning,
-                        tool_calls: None,
+                        tool_calls,
                     },
                     logprobs: self.logprobs.then(|| wire::ChatLogprobs {
                         content: o.logprobs.iter().map(chat_logprob).collect(),
                     }),
-                    finish_reason: o.finish.map(|f| f.to_string()),
+                    finish_reason,
                     stop_reason: o.stop.clone(),
                 }
             })

@@ -1,8 +1,9 @@
 //! What every handler shares: the served models (one engine each), the keys, the rate
 //! limiter, the metrics and the server's phase (loading, ready, draining).
 
+use seek_structured::{Grammars, StructuredError};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use seek_engine::chat::{default_sampling, is_reasoning_model};
@@ -72,6 +73,8 @@ pub struct ServedModel {
     pub(crate) reasoning: bool,
     /// Unix seconds when it was added.
     pub(crate) created: u64,
+    /// The vocabulary indexed for constrained decoding, built on first use.
+    grammars: OnceLock<Result<Arc<Grammars>, StructuredError>>,
 }
 
 impl ServedModel {
@@ -89,6 +92,7 @@ impl ServedModel {
             backend: Backend::Local { engine, tokenizer },
             prices,
             created: unix_now(),
+            grammars: OnceLock::new(),
         }
     }
 
@@ -102,6 +106,7 @@ impl ServedModel {
             backend: Backend::Upstream(Arc::new(upstream)),
             prices,
             created: unix_now(),
+            grammars: OnceLock::new(),
         }
     }
 
@@ -111,6 +116,25 @@ impl ServedModel {
             Backend::Local { engine, .. } => Some(engine),
             Backend::Upstream(_) => None,
         }
+    }
+
+    /// The grammar engine over this model's vocabulary (a local model's), built on first use.
+    pub(crate) fn grammars(&self) -> Result<Arc<Grammars>, AppError> {
+        let Backend::Local { tokenizer, .. } = &self.backend else {
+            return Err(AppError::bad(
+                "response_format",
+                "constrained decoding needs a local model; this one is served by an upstream server",
+            ));
+        };
+        self.grammars
+            .get_or_init(|| {
+                let start = std::time::Instant::now();
+                let g = Grammars::new(tokenizer).map(Arc::new);
+                tracing::info!(model = %self.name, ms = start.elapsed().as_millis() as u64, ok = g.is_ok(), "indexed the vocabulary for constrained decoding");
+                g
+            })
+            .clone()
+            .map_err(|e| AppError::bad("response_format", e.to_string()))
     }
 
     /// The context window, when known (a local model's).

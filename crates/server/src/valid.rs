@@ -13,10 +13,11 @@
 
 use std::sync::Arc;
 
-use seek_engine::chat::{render_chat, render_raw};
+use seek_engine::chat::{render_chat_with, render_raw, ChatOptions};
 use seek_engine::sequence::SequenceParams;
 use seek_engine::serve::ServeRequest;
 use seek_engine::EngineError;
+use seek_structured::{Constraint, Guide, StructuredError, ToolChoice, ToolFormat, ToolSpec};
 use seek_tokenizer::TokenizerError;
 use seek_types::{ChatMessage, SamplingParams, TokenId};
 
@@ -24,7 +25,7 @@ use crate::error::AppError;
 use crate::state::{AppState, Backend, ServedModel};
 use crate::wire::{
     ChatCompletionRequest, CompletionRequest, MessageContent, Prompt, ResponseFormat, Stop,
-    StreamOptions,
+    StreamOptions, StructuredOutputs, Tool,
 };
 
 /// Most choices per prompt.
@@ -63,6 +64,17 @@ pub(crate) struct ValidRequest {
     /// Gateway mode: the body to forward to the upstream (the client's JSON, its checked
     /// messages in place); the prompts are then empty.
     pub upstream_body: Option<serde_json::Value>,
+    /// Chat with tools: how calls are read back out of each answer.
+    pub tools: Option<ToolPlan>,
+}
+
+/// How a chat request's answers are searched for tool calls.
+#[derive(Debug, Clone)]
+pub(crate) struct ToolPlan {
+    /// The model's tool-call format.
+    pub format: ToolFormat,
+    /// The request's `tool_choice`.
+    pub choice: ToolChoice,
 }
 
 impl ValidRequest {
@@ -109,7 +121,7 @@ impl ValidRequest {
 
     /// Checks a chat request.
     pub fn chat(
-        req: ChatCompletionRequest,
+        mut req: ChatCompletionRequest,
         mut raw: serde_json::Value,
         state: &AppState,
     ) -> Result<Self, AppError> {
@@ -121,7 +133,9 @@ impl ValidRequest {
             ));
         }
         let mut messages = Vec::with_capacity(req.messages.len());
-        for (i, m) in req.messages.into_iter().enumerate() {
+        let n_messages = req.messages.len();
+        let messages_prefix = req.messages.last().and_then(|m| m.prefix);
+        for (i, m) in std::mem::take(&mut req.messages).into_iter().enumerate() {
             let role = match m.role.as_str() {
                 "system" | "developer" => "system",
                 "user" => "user",
@@ -162,12 +176,39 @@ impl ValidRequest {
                     ))
                 }
             };
+            if m.prefix == Some(true) && (i + 1 != n_messages || role != "assistant") {
+                return Err(AppError::bad(
+                    "messages",
+                    format!("messages[{i}] has `prefix: true`; only the last message may, and it must be an assistant message"),
+                ));
+            }
+            let tool_calls = match m.tool_calls {
+                Some(calls) if role == "assistant" => calls
+                    .into_iter()
+                    .map(|c| seek_types::ToolCall {
+                        id: c.id,
+                        name: c.function.name,
+                        arguments: c.function.arguments,
+                    })
+                    .collect(),
+                Some(calls) if !calls.is_empty() => {
+                    return Err(AppError::bad(
+                        "messages",
+                        format!("messages[{i}] is a {role} message with `tool_calls`; only assistant messages make calls"),
+                    ))
+                }
+                _ => Vec::new(),
+            };
             messages.push(ChatMessage {
                 role: role.into(),
                 content,
                 reasoning_content: m.reasoning_content,
+                tool_calls,
+                tool_call_id: m.tool_call_id,
+                name: m.name,
             });
         }
+        let continue_final = messages_prefix.unwrap_or(false);
         let (json_object, json_schema) = response_format(req.response_format.as_ref())?;
         if json_object
             && json_schema.is_none()
@@ -215,7 +256,7 @@ impl ValidRequest {
                 repetition_penalty: req.repetition_penalty,
             },
         )?;
-        let stop = stops(req.stop)?;
+        let stop = stops(req.stop.clone())?;
         let tokenizer = match &model.backend {
             Backend::Local { tokenizer, .. } => tokenizer.clone(),
             Backend::Upstream(_) => {
@@ -226,13 +267,9 @@ impl ValidRequest {
                     ));
                 }
                 // The checked messages (text parts joined) replace the client's.
-                raw["messages"] = serde_json::to_value(
-                    messages
-                        .iter()
-                        .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-                        .collect::<Vec<_>>(),
-                )
-                .expect("messages serialize");
+                raw["messages"] =
+                    serde_json::to_value(messages.iter().map(upstream_message).collect::<Vec<_>>())
+                        .expect("messages serialize");
                 return Ok(Self {
                     prompts: Vec::new(),
                     model,
@@ -243,11 +280,68 @@ impl ValidRequest {
                     json_object,
                     json_schema,
                     upstream_body: Some(raw),
+                    tools: None,
                 });
             }
         };
-        let rendered =
-            render_chat(&tokenizer, &messages).map_err(|e| render_error("messages", e))?;
+        // Tools: shown to the model through its template unless `tool_choice` is `none`;
+        // `required` or a named function is enforced by the grammar of the model's format.
+        let tool_specs = tool_specs(req.tools.as_deref())?;
+        let choice = tool_choice(req.tool_choice.as_ref(), &tool_specs)?;
+        let plan = match (&tool_specs[..], &choice) {
+            ([], _) | (_, ToolChoice::None) => None,
+            _ => Some(ToolPlan {
+                format: ToolFormat::detect(tokenizer.chat_template().map(|t| t.source()))
+                    .map_err(|e| AppError::bad("tools", e.to_string()))?,
+                choice: choice.clone(),
+            }),
+        };
+        let template_tools: Vec<serde_json::Value> = match &plan {
+            Some(_) => req
+                .tools
+                .iter()
+                .flatten()
+                .map(|t| serde_json::to_value(t).expect("tools serialize"))
+                .collect(),
+            None => Vec::new(),
+        };
+        let explicit = OutputConstraint::of_chat(&req, json_schema.as_ref(), json_object)?;
+        let guide = match (&plan, explicit) {
+            (Some(p), Some((param, _)))
+                if matches!(p.choice, ToolChoice::Required | ToolChoice::Named(_)) =>
+            {
+                return Err(AppError::bad(
+                    param,
+                    "a required tool call and an output constraint cannot both apply; drop one of them",
+                ));
+            }
+            (Some(p), _) if matches!(p.choice, ToolChoice::Required | ToolChoice::Named(_)) => {
+                let grammars = model.grammars()?;
+                let only = match &p.choice {
+                    ToolChoice::Named(n) => Some(n.as_str()),
+                    _ => None,
+                };
+                let c = p
+                    .format
+                    .grammar(
+                        &tool_specs,
+                        only,
+                        req.parallel_tool_calls.unwrap_or(true),
+                        &|t| grammars.special_token(t),
+                    )
+                    .map_err(|e| AppError::bad("tool_choice", e.to_string()))?;
+                Some(compile(&model, "tools", &c)?)
+            }
+            (_, Some((param, c))) => Some(compile(&model, param, &c)?),
+            _ => None,
+        };
+        let logit_bias = logit_bias(req.logit_bias.as_ref(), tokenizer.vocab_size())?;
+        let opts = ChatOptions {
+            tools: plan.as_ref().map(|_| &template_tools[..]),
+            continue_final,
+        };
+        let rendered = render_chat_with(&tokenizer, &messages, &opts)
+            .map_err(|e| render_error("messages", e))?;
         let (param, max_tokens) = match (req.max_completion_tokens, req.max_tokens) {
             (Some(m), _) => ("max_completion_tokens", Some(m)),
             (None, m) => ("max_tokens", m),
@@ -264,6 +358,11 @@ impl ValidRequest {
                     starts_in_reasoning: rendered.starts_in_reasoning,
                     max_reasoning_tokens: None,
                     split_reasoning: true,
+                    guide,
+                    logit_bias,
+                    keep_special_tokens: plan
+                        .as_ref()
+                        .is_some_and(|p| p.format.needs_special_tokens()),
                 },
             }],
             model,
@@ -274,6 +373,7 @@ impl ValidRequest {
             json_object,
             json_schema,
             upstream_body: None,
+            tools: plan,
         })
     }
 
@@ -293,12 +393,10 @@ impl ValidRequest {
                 "`echo` is not supported; leave it out",
             ));
         }
-        if req.suffix.is_some() {
-            return Err(AppError::bad(
-                "suffix",
-                "`suffix` is not supported; leave it out",
-            ));
-        }
+        let fim = match &req.suffix {
+            Some(suffix) => Some((fim_tokens(&tokenizer)?, suffix.clone())),
+            None => None,
+        };
         let n = n_choices(req.n)?;
         if req.best_of.is_some_and(|b| b != n as u64) {
             return Err(AppError::bad(
@@ -342,14 +440,29 @@ impl ValidRequest {
             }
         };
         let encode = |text: &str| -> Result<Vec<TokenId>, AppError> {
-            render_raw(&tokenizer, text)
-                .map(|r| r.ids)
-                .map_err(|e| render_error("prompt", e))
+            match &fim {
+                // Fill in the middle: <prefix tok> prompt <suffix tok> suffix <middle tok>.
+                Some((f, suffix)) => {
+                    let text = format!("{}{text}{}{suffix}{}", f.prefix, f.suffix, f.middle);
+                    tokenizer
+                        .encode(&text, false)
+                        .map_err(|e| render_error("prompt", e.into()))
+                }
+                None => render_raw(&tokenizer, text)
+                    .map(|r| r.ids)
+                    .map_err(|e| render_error("prompt", e)),
+            }
         };
         let prompts: Vec<Vec<TokenId>> = match req.prompt {
             None => return Err(AppError::bad("prompt", "`prompt` is missing")),
             Some(Prompt::Text(t)) => vec![encode(&t)?],
             Some(Prompt::Texts(ts)) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+            Some(Prompt::Tokens(_) | Prompt::TokenLists(_)) if fim.is_some() => {
+                return Err(AppError::bad(
+                    "suffix",
+                    "fill-in-the-middle takes the prompt as text; send `prompt` as a string",
+                ))
+            }
             Some(Prompt::Tokens(ids)) => vec![check_ids(ids)?],
             Some(Prompt::TokenLists(l)) => {
                 l.into_iter().map(check_ids).collect::<Result<_, _>>()?
@@ -368,6 +481,24 @@ impl ValidRequest {
                 ),
             ));
         }
+        let (json_object, json_schema) = response_format(req.response_format.as_ref())?;
+        let explicit = OutputConstraint {
+            json_object,
+            json_schema: json_schema.as_ref(),
+            structured: req.structured_outputs.as_ref(),
+            guided_json: req.guided_json.as_ref(),
+            guided_regex: req.guided_regex.as_ref(),
+            guided_choice: req.guided_choice.as_ref(),
+            guided_grammar: req.guided_grammar.as_ref(),
+            grammar: req.grammar.as_ref(),
+            llama_json_schema: req.json_schema.as_ref(),
+        }
+        .pick()?;
+        let guide = match &explicit {
+            Some((param, c)) => Some(compile(&model, param, c)?),
+            None => None,
+        };
+        let logit_bias = logit_bias(req.logit_bias.as_ref(), vocab)?;
         let mut valid = Vec::with_capacity(prompts.len());
         for ids in prompts {
             if ids.is_empty() {
@@ -394,6 +525,9 @@ impl ValidRequest {
                     max_reasoning_tokens: None,
                     // Raw completions return the text as the model wrote it, tags included.
                     split_reasoning: false,
+                    guide: guide.clone(),
+                    logit_bias: logit_bias.clone(),
+                    keep_special_tokens: false,
                 },
             });
         }
@@ -404,11 +538,354 @@ impl ValidRequest {
             stream,
             include_usage,
             logprobs,
-            json_object: false,
-            json_schema: None,
+            json_object,
+            json_schema,
             upstream_body: None,
+            tools: None,
         })
     }
+}
+
+/// A model's fill-in-the-middle tokens.
+struct FimTokens {
+    prefix: &'static str,
+    suffix: &'static str,
+    middle: &'static str,
+}
+
+/// The FIM tokens of the model's vocabulary (Qwen2.5-Coder's, or DeepSeek-Coder's), or a 400.
+fn fim_tokens(tokenizer: &seek_tokenizer::Tokenizer) -> Result<FimTokens, AppError> {
+    const KNOWN: [FimTokens; 2] = [
+        FimTokens {
+            prefix: "<|fim_prefix|>",
+            suffix: "<|fim_suffix|>",
+            middle: "<|fim_middle|>",
+        },
+        FimTokens {
+            prefix: "<｜fim▁begin｜>",
+            suffix: "<｜fim▁hole｜>",
+            middle: "<｜fim▁end｜>",
+        },
+    ];
+    KNOWN
+        .into_iter()
+        .find(|f| {
+            [f.prefix, f.suffix, f.middle]
+                .iter()
+                .all(|t| tokenizer.token_to_id(t).is_some())
+        })
+        .ok_or_else(|| {
+            AppError::bad(
+                "suffix",
+                "`suffix` (fill in the middle) needs a model with FIM tokens (such as Qwen2.5-Coder's <|fim_prefix|>, <|fim_suffix|>, <|fim_middle|>); this model has none, so leave `suffix` out",
+            )
+        })
+}
+
+/// A message as an upstream OpenAI-compatible server takes it (gateway mode).
+fn upstream_message(m: &ChatMessage) -> serde_json::Value {
+    let mut v = serde_json::json!({"role": m.role, "content": m.content});
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                serde_json::json!({"id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = id.clone().into();
+    }
+    v
+}
+
+/// Most functions in `tools` (OpenAI's limit).
+pub const MAX_TOOLS: usize = 128;
+
+/// `tools`, checked: functions with OpenAI's name rule and object schemas.
+fn tool_specs(tools: Option<&[Tool]>) -> Result<Vec<ToolSpec>, AppError> {
+    let tools = tools.unwrap_or_default();
+    if tools.len() > MAX_TOOLS {
+        return Err(AppError::bad(
+            "tools",
+            format!(
+                "tools has {} functions; at most {MAX_TOOLS} are allowed",
+                tools.len()
+            ),
+        ));
+    }
+    let mut specs: Vec<ToolSpec> = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        if t.kind != "function" {
+            return Err(AppError::bad(
+                "tools",
+                format!(
+                    "tools[{i}].type is {:?}; only \"function\" tools are supported",
+                    t.kind
+                ),
+            ));
+        }
+        let name = &t.function.name;
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(AppError::bad(
+                "tools",
+                format!("tools[{i}].function.name is {name:?}; use 1 to 64 letters, digits, underscores or dashes"),
+            ));
+        }
+        if specs.iter().any(|s| &s.name == name) {
+            return Err(AppError::bad(
+                "tools",
+                format!("tools[{i}].function.name {name:?} is given twice"),
+            ));
+        }
+        let parameters = match &t.function.parameters {
+            None => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p @ serde_json::Value::Object(_)) => p.clone(),
+            Some(_) => {
+                return Err(AppError::bad(
+                    "tools",
+                    format!("tools[{i}].function.parameters must be a JSON Schema object"),
+                ))
+            }
+        };
+        specs.push(ToolSpec {
+            name: name.clone(),
+            description: t.function.description.clone(),
+            parameters,
+        });
+    }
+    Ok(specs)
+}
+
+/// `tool_choice`: `auto` by default with tools, `none` without.
+fn tool_choice(
+    choice: Option<&serde_json::Value>,
+    tools: &[ToolSpec],
+) -> Result<ToolChoice, AppError> {
+    use serde_json::Value;
+    let bad = |m: String| AppError::bad("tool_choice", m);
+    let c = match choice {
+        None | Some(Value::Null) => {
+            return Ok(if tools.is_empty() {
+                ToolChoice::None
+            } else {
+                ToolChoice::Auto
+            })
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(bad(format!(
+                    "tool_choice is {other:?}; use \"auto\", \"none\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                )))
+            }
+        },
+        Some(v) => match v["function"]["name"].as_str() {
+            Some(name) if v["type"] == "function" => ToolChoice::Named(name.to_string()),
+            _ => {
+                return Err(bad(
+                    "tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}".into(),
+                ))
+            }
+        },
+    };
+    if tools.is_empty() && c != ToolChoice::None {
+        return Err(bad(
+            "tool_choice is only allowed when `tools` are given".into()
+        ));
+    }
+    if let ToolChoice::Named(n) = &c {
+        if !tools.iter().any(|t| &t.name == n) {
+            return Err(bad(format!(
+                "tool_choice names the function {n:?}, which is not in `tools`"
+            )));
+        }
+    }
+    Ok(c)
+}
+
+/// The output constraint fields both endpoints read (OpenAI's `response_format`, vLLM's
+/// `structured_outputs` and `guided_*`, llama.cpp's `grammar` and `json_schema`).
+struct OutputConstraint<'a> {
+    json_object: bool,
+    json_schema: Option<&'a serde_json::Value>,
+    structured: Option<&'a StructuredOutputs>,
+    guided_json: Option<&'a serde_json::Value>,
+    guided_regex: Option<&'a String>,
+    guided_choice: Option<&'a Vec<String>>,
+    guided_grammar: Option<&'a String>,
+    grammar: Option<&'a String>,
+    llama_json_schema: Option<&'a serde_json::Value>,
+}
+
+impl OutputConstraint<'_> {
+    fn of_chat(
+        req: &ChatCompletionRequest,
+        json_schema: Option<&serde_json::Value>,
+        json_object: bool,
+    ) -> Result<Option<(&'static str, Constraint)>, AppError> {
+        OutputConstraint {
+            json_object,
+            json_schema,
+            structured: req.structured_outputs.as_ref(),
+            guided_json: req.guided_json.as_ref(),
+            guided_regex: req.guided_regex.as_ref(),
+            guided_choice: req.guided_choice.as_ref(),
+            guided_grammar: req.guided_grammar.as_ref(),
+            grammar: req.grammar.as_ref(),
+            llama_json_schema: req.json_schema.as_ref(),
+        }
+        .pick()
+    }
+
+    /// The one constraint the request asks for; 400 when it asks for several.
+    fn pick(self) -> Result<Option<(&'static str, Constraint)>, AppError> {
+        let schema = |param: &'static str, v: &serde_json::Value| -> Result<Constraint, AppError> {
+            match v {
+                // vLLM accepts the schema as text too.
+                serde_json::Value::String(t) => serde_json::from_str(t)
+                    .map(Constraint::JsonSchema)
+                    .map_err(|e| AppError::bad(param, format!("{param} is not valid JSON: {e}"))),
+                v => Ok(Constraint::JsonSchema(v.clone())),
+            }
+        };
+        let mut found: Vec<(&'static str, Constraint)> = Vec::new();
+        match (self.json_object, self.json_schema) {
+            (_, Some(s)) => found.push(("response_format", schema("response_format", s)?)),
+            (true, None) => found.push(("response_format", Constraint::JsonObject)),
+            _ => {}
+        }
+        if let Some(so) = self.structured {
+            let mut n = 0;
+            if let Some(j) = &so.json {
+                found.push(("structured_outputs", schema("structured_outputs", j)?));
+                n += 1;
+            }
+            if let Some(r) = &so.regex {
+                found.push(("structured_outputs", Constraint::Regex(r.clone())));
+                n += 1;
+            }
+            if let Some(c) = &so.choice {
+                found.push(("structured_outputs", Constraint::Choice(c.clone())));
+                n += 1;
+            }
+            if let Some(g) = &so.grammar {
+                found.push(("structured_outputs", Constraint::Grammar(g.clone())));
+                n += 1;
+            }
+            if so.json_object == Some(true) {
+                found.push(("structured_outputs", Constraint::JsonObject));
+                n += 1;
+            }
+            if n == 0 {
+                return Err(AppError::bad(
+                    "structured_outputs",
+                    "structured_outputs is empty; give one of json, regex, choice, grammar or json_object",
+                ));
+            }
+        }
+        if let Some(j) = self.guided_json {
+            found.push(("guided_json", schema("guided_json", j)?));
+        }
+        if let Some(r) = self.guided_regex {
+            found.push(("guided_regex", Constraint::Regex(r.clone())));
+        }
+        if let Some(c) = self.guided_choice {
+            found.push(("guided_choice", Constraint::Choice(c.clone())));
+        }
+        if let Some(g) = self.guided_grammar {
+            found.push(("guided_grammar", Constraint::Grammar(g.clone())));
+        }
+        if let Some(g) = self.grammar {
+            found.push(("grammar", Constraint::Grammar(g.clone())));
+        }
+        if let Some(j) = self.llama_json_schema {
+            found.push(("json_schema", schema("json_schema", j)?));
+        }
+        if found.len() > 1 {
+            let names: Vec<&str> = found.iter().map(|(p, _)| *p).collect();
+            return Err(AppError::bad(
+                found[1].0,
+                format!(
+                    "the request asks for several output constraints ({}); give only one",
+                    names.join(", ")
+                ),
+            ));
+        }
+        Ok(found.pop())
+    }
+}
+
+/// Compiles a constraint for `model`; a schema or grammar the engine cannot use is a 400
+/// naming the field.
+fn compile(model: &ServedModel, param: &'static str, c: &Constraint) -> Result<Guide, AppError> {
+    let grammars = model.grammars().map_err(|e| match e {
+        AppError::BadRequest { message, .. } => AppError::bad(param, message),
+        e => e,
+    })?;
+    grammars.compile(c).map_err(|e| match e {
+        StructuredError::Invalid(m) => AppError::bad(param, format!("{param}: {m}")),
+        e => AppError::bad(param, e.to_string()),
+    })
+}
+
+/// Most entries in `logit_bias` (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
+
+/// `logit_bias`: token ids (as strings) in the vocabulary, biases in `[-100, 100]`.
+fn logit_bias(
+    bias: Option<&serde_json::Map<String, serde_json::Value>>,
+    vocab: usize,
+) -> Result<Vec<(TokenId, f32)>, AppError> {
+    let Some(bias) = bias else {
+        return Ok(Vec::new());
+    };
+    if bias.len() > MAX_LOGIT_BIAS {
+        return Err(AppError::bad(
+            "logit_bias",
+            format!(
+                "logit_bias has {} entries; at most {MAX_LOGIT_BIAS} are allowed",
+                bias.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(bias.len());
+    for (k, v) in bias {
+        let id: TokenId = k.trim().parse().map_err(|_| {
+            AppError::bad(
+                "logit_bias",
+                format!("logit_bias key {k:?} is not a token id; keys are token ids as strings, e.g. \"50256\""),
+            )
+        })?;
+        if id as usize >= vocab {
+            return Err(AppError::bad(
+                "logit_bias",
+                format!(
+                    "logit_bias token id {id} is outside the model's vocabulary of {vocab} tokens"
+                ),
+            ));
+        }
+        let b =
+            v.as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    AppError::bad(
+                "logit_bias",
+                format!("logit_bias[{k:?}] is {v}; a bias must be a number between -100 and 100"),
+            )
+                })?;
+        out.push((id, b as f32));
+    }
+    Ok(out)
 }
 
 /// The sampling fields both endpoints share.

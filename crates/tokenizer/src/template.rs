@@ -30,6 +30,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// Whether the template `tojson`s tool-call arguments (see `template_call`).
+    args_as_mapping: bool,
 }
 
 impl fmt::Debug for ChatTemplate {
@@ -49,9 +51,33 @@ struct TemplateMessage<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     thinking: Option<&'a str>,
     role: &'a str,
-    content: &'a str,
+    /// `None` (null) for a turn that is only tool calls, as OpenAI clients send it and
+    /// DeepSeek's template tests for.
+    content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+/// A call as Hugging Face's templates read it: `{"id", "type": "function", "function":
+/// {"name", "arguments"}}`, with the arguments as a mapping for templates that `tojson` them
+/// (Qwen, Llama) and as text for templates that concatenate them (DeepSeek), so that both
+/// kinds render the JSON once; arguments that are not a JSON object stay text.
+fn template_call(c: &seek_types::ToolCall, as_mapping: bool) -> serde_json::Value {
+    let arguments = match serde_json::from_str::<serde_json::Value>(&c.arguments) {
+        Ok(v @ serde_json::Value::Object(_)) if as_mapping => v,
+        _ => serde_json::Value::String(c.arguments.clone()),
+    };
+    serde_json::json!({
+        "id": c.id,
+        "type": "function",
+        "function": {"name": c.name, "arguments": arguments},
+    })
 }
 
 impl ChatTemplate {
@@ -75,11 +101,15 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(NAME, without_generation_tags(&source))
             .map_err(|e| TokenizerError::TemplateSyntax(e.to_string()))?;
+        let args_as_mapping = regex::Regex::new(r#"arguments['"]?\]?\s*\|\s*tojson"#)
+            .map(|r| r.is_match(&source))
+            .unwrap_or(true);
         Ok(Self {
             source,
             env,
             bos_token,
             eos_token,
+            args_as_mapping,
         })
     }
 
@@ -96,19 +126,42 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`Self::render`] with the functions the model may call, passed to the template as
+    /// `tools` (OpenAI's `[{"type": "function", "function": {..}}]`, as `transformers` does).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
         let messages: Vec<TemplateMessage<'_>> = messages
             .iter()
             .map(|m| TemplateMessage {
                 thinking: m.reasoning_content.as_deref(),
                 role: &m.role,
-                content: &m.content,
+                content: (!(m.content.is_empty() && !m.tool_calls.is_empty()))
+                    .then_some(m.content.as_str()),
                 reasoning_content: m.reasoning_content.as_deref(),
+                tool_calls: m
+                    .tool_calls
+                    .iter()
+                    .map(|c| template_call(c, self.args_as_mapping))
+                    .collect(),
+                tool_call_id: m.tool_call_id.as_deref(),
+                name: m.name.as_deref(),
             })
             .collect();
+        let tools = match tools {
+            Some(t) if !t.is_empty() => Value::from_serialize(t),
+            _ => Value::from(()),
+        };
         let mut ctx = vec![
             ("messages", Value::from_serialize(&messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
-            ("tools", Value::from(())),
+            ("tools", tools),
             ("documents", Value::from(())),
         ];
         if let Some(b) = &self.bos_token {
@@ -469,6 +522,7 @@ mod tests {
             role: role.into(),
             content: content.into(),
             reasoning_content: None,
+            ..ChatMessage::default()
         }
     }
 
@@ -606,6 +660,7 @@ mod tests {
             role: "assistant".into(),
             content: "A".into(),
             reasoning_content: Some("R".into()),
+            ..ChatMessage::default()
         };
         let out = ChatTemplate::new(t.into(), None, None)
             .unwrap()

@@ -322,3 +322,67 @@ fn emoji_and_cjk_split_over_several_tokens_stream_whole() {
     }
     assert_eq!(pieces.concat(), text);
 }
+
+/// Tool conversations (tools in the system prompt, an assistant turn of tool calls, a tool
+/// result) render as transformers' chat-template Jinja renders them
+/// (tools/make_tool_template_fixtures.py).
+#[test]
+fn tool_conversations_render_like_transformers() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tool_chats.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let models = fixture["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2, "Qwen2.5 and R1-Distill have tool formats");
+    for m in models {
+        let model = match m["model_file"].as_str().unwrap() {
+            f if f.starts_with("Qwen") => qwen(),
+            _ => r1(),
+        };
+        let template = model.tok.chat_template().unwrap();
+        for chat in m["chats"].as_array().unwrap() {
+            let messages: Vec<seek_types::ChatMessage> = chat["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|msg| seek_types::ChatMessage {
+                    role: msg["role"].as_str().unwrap().into(),
+                    content: msg["content"].as_str().unwrap_or("").into(),
+                    tool_calls: msg["tool_calls"]
+                        .as_array()
+                        .map(|calls| {
+                            calls
+                                .iter()
+                                .map(|c| seek_types::ToolCall {
+                                    id: c["id"].as_str().unwrap().into(),
+                                    name: c["function"]["name"].as_str().unwrap().into(),
+                                    arguments: match &c["function"]["arguments"] {
+                                        serde_json::Value::String(s) => s.clone(),
+                                        v => v.to_string(),
+                                    },
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    tool_call_id: msg["tool_call_id"].as_str().map(Into::into),
+                    name: msg["name"].as_str().map(Into::into),
+                    ..Default::default()
+                })
+                .collect();
+            let tools: Vec<serde_json::Value> = chat["tools"].as_array().unwrap().clone();
+            let rendered = template
+                .render_with_tools(
+                    &messages,
+                    Some(&tools),
+                    chat["add_generation_prompt"].as_bool().unwrap(),
+                )
+                .unwrap();
+            assert_eq!(
+                rendered,
+                chat["rendered"].as_str().unwrap(),
+                "{}: {messages:?}",
+                m["model_file"]
+            );
+        }
+    }
+}

@@ -286,6 +286,7 @@ fn chat(
             role: m.role.clone(),
             content: answer,
             reasoning_content: reasoning,
+            ..ChatMessage::default()
         }
     };
     let msgs: Vec<ChatMessage> = prompt.iter().map(to_chat).collect();

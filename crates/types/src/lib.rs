@@ -97,7 +97,7 @@ impl std::fmt::Display for FinishReason {
 }
 
 /// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
@@ -106,6 +106,26 @@ pub struct ChatMessage {
     /// The chain of thought of an assistant turn, kept apart from `content` (DeepSeek's field name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// The functions an assistant turn called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` turn: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` turn: the name of the function that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A function call made by an assistant turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id (`call_...`).
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// Its arguments: a JSON object, as text.
+    pub arguments: String,
 }
 
 impl ChatMessage {
@@ -114,7 +134,7 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
-            reasoning_content: None,
+            ..Self::default()
         }
     }
     /// A `system` message.
