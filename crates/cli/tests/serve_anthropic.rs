@@ -1,8 +1,10 @@
-//! `seek serve` on a real model (SmolLM2-135M-Instruct) driven by the real `anthropic` Python
-//! SDK, as Claude Code and other Anthropic clients drive it: `messages.create`,
+//! `seek serve` on real models driven by the real `anthropic` Python SDK, as Claude Code and
+//! other Anthropic clients drive it. On SmolLM2-135M-Instruct: `messages.create`,
 //! `messages.stream` (`text_stream`, `get_final_message`), `messages.count_tokens`, stop
-//! sequences, `max_tokens`, the SDK's error classes, the `x-api-key` header, and the end user
-//! of `metadata.user_id` in the access log and the audit log.
+//! sequences, `max_tokens`, a continued assistant turn, the SDK's error classes, the
+//! `x-api-key` header, and the end user of `metadata.user_id` in the access log and the audit
+//! log. On Qwen2.5-Coder-0.5B-Instruct (SmolLM2's template has no tools): a tool round trip,
+//! streamed and not, that must match the same conversation through OpenAI's API.
 //!
 //! Needs the sample models (`scripts/fetch-sample-models.sh`) and the Python packages of
 //! `scripts/test-deps.sh` (into `SEEK_PYDEPS`).
@@ -13,11 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn smol() -> String {
+const SMOL: &str = "SmolLM2-135M-Instruct-Q4_1.gguf";
+const QWEN: &str = "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf";
+
+fn model(file: &str) -> String {
     let dir = std::env::var_os("SEEK_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    let p = dir.join("SmolLM2-135M-Instruct-Q4_1.gguf");
+    let p = dir.join(file);
     assert!(
         p.is_file(),
         "{} is missing: run scripts/fetch-sample-models.sh first",
@@ -36,7 +41,7 @@ fn pydeps() -> PathBuf {
     )
 }
 
-/// `seek serve` on SmolLM2 as `smol`, ready on /health; its stderr lines arrive on `log`.
+/// `seek serve` on a sample model as `name`, ready on /health; its stderr lines arrive on `log`.
 struct Server {
     child: Child,
     url: String,
@@ -44,15 +49,15 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &[&str]) -> Self {
+    fn start(file: &str, name: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_seek"))
             .args([
                 "serve",
-                &smol(),
+                &model(file),
                 "--port",
                 "0",
                 "--served-model-name",
-                "smol",
+                name,
             ])
             .args(args)
             .env("SEEK_THREADS", "2")
@@ -156,8 +161,13 @@ out["unknown_model"] = error(lambda: client.messages.create(
     model="claude-sonnet-4-5", max_tokens=8, messages=q))
 out["bad_key"] = error(lambda: anthropic.Anthropic(base_url=url, api_key="sk-wrong", max_retries=0)
                        .messages.create(model="smol", max_tokens=8, messages=q))
-out["prefill"] = error(lambda: client.messages.create(
-    model="smol", max_tokens=8, messages=q + [{"role": "assistant", "content": "The capital is"}]))
+out["image"] = error(lambda: client.messages.create(model="smol", max_tokens=8, messages=[
+    {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                              "data": "iVBORw0KGgo="}}]}]))
+# A last assistant turn is continued, not answered anew.
+out["continued"] = client.messages.create(
+    model="smol", max_tokens=16, extra_body=greedy,
+    messages=q + [{"role": "assistant", "content": "The capital of France is"}]).model_dump()
 print(json.dumps(out))
 "#;
 
@@ -165,12 +175,16 @@ print(json.dumps(out))
 fn the_anthropic_sdk_creates_streams_and_counts_messages() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
-    let server = Server::start(&[
-        "--api-key",
-        "sk-anthropic",
-        "--audit-db",
-        db.to_str().unwrap(),
-    ]);
+    let server = Server::start(
+        SMOL,
+        "smol",
+        &[
+            "--api-key",
+            "sk-anthropic",
+            "--audit-db",
+            db.to_str().unwrap(),
+        ],
+    );
     let v = python(ANTHROPIC_CLIENT, &[&server.url, "sk-anthropic"]);
 
     let m = &v["create"];
@@ -246,7 +260,7 @@ fn the_anthropic_sdk_creates_streams_and_counts_messages() {
         ),
         "{e}"
     );
-    let e = &v["prefill"];
+    let e = &v["image"];
     assert_eq!(
         (&e["class"], &e["status"], &e["type"]),
         (
@@ -255,6 +269,17 @@ fn the_anthropic_sdk_creates_streams_and_counts_messages() {
             &"invalid_request_error".into()
         ),
         "{e}"
+    );
+
+    assert!(
+        e["message"].as_str().unwrap().contains("\"image\" block"),
+        "{e}"
+    );
+    let c = &v["continued"];
+    let continued = c["content"][0]["text"].as_str().unwrap();
+    assert!(
+        continued.contains("Paris") && !continued.contains("capital of France"),
+        "the answer continues the turn: {c}"
     );
 
     // The end user of metadata.user_id: in the access log and the audit entry.
@@ -272,4 +297,132 @@ fn the_anthropic_sdk_creates_streams_and_counts_messages() {
     assert_eq!(e.end_user.as_deref(), Some("user-7f3a"));
     assert_eq!(e.endpoint, "messages");
     assert_eq!(e.answer.as_deref(), Some(text));
+}
+
+const ANTHROPIC_TOOLS: &str = r#"
+import json, sys, anthropic, openai
+url, model = sys.argv[1], sys.argv[2]
+client = anthropic.Anthropic(base_url=url, api_key="sk-none", max_retries=0)
+tools = [{"name": "get_weather", "description": "Get the current weather in a city.",
+          "input_schema": {"type": "object", "properties": {
+              "city": {"type": "string", "maxLength": 30},
+              "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+              "required": ["city", "unit"], "additionalProperties": False}}]
+q = [{"role": "user", "content": "What is the weather in Paris right now, in celsius?"}]
+greedy = dict(model=model, extra_body={"temperature": 0})
+out = {}
+first = client.messages.create(max_tokens=200, messages=q, tools=tools, tool_choice={"type": "any"}, **greedy)
+out["first"] = first.model_dump()
+with client.messages.stream(max_tokens=200, messages=q, tools=tools, tool_choice={"type": "any"},
+                            **greedy) as s:
+    # The wire events (the SDK skips `ping`, and adds its own `input_json` and `text` events).
+    out["events"] = [[e.type, getattr(getattr(e, "delta", None), "type", None),
+                      getattr(getattr(e, "content_block", None), "type", None)]
+                     for e in s if e.type not in ("input_json", "text", "thinking")]
+    out["streamed"] = s.get_final_message().model_dump()
+uses = [b for b in first.content if b.type == "tool_use"]
+result = json.dumps({"temperature": 18, "sky": "sunny"})
+history = q + [{"role": "assistant", "content": first.content},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": u.id, "content": result}
+                                            for u in uses]}]
+out["answer"] = client.messages.create(max_tokens=60, messages=history, tools=tools, **greedy).model_dump()
+out["count"] = client.messages.count_tokens(model=model, messages=history, tools=tools).input_tokens
+# The same conversation through OpenAI's API on the same server.
+oai = openai.OpenAI(base_url=url + "/v1", api_key="sk-none", max_retries=0)
+oai_history = q + [{"role": "assistant", "content": None, "tool_calls": [
+    {"id": u.id, "type": "function", "function": {"name": u.name, "arguments": json.dumps(u.input)}}
+    for u in uses]}] + [{"role": "tool", "tool_call_id": u.id, "content": result} for u in uses]
+oai_tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"],
+                                                "parameters": t["input_schema"]}} for t in tools]
+r = oai.chat.completions.create(model=model, messages=oai_history, tools=oai_tools, temperature=0,
+                                max_tokens=60)
+out["openai"] = {"text": r.choices[0].message.content, "prompt_tokens": r.usage.prompt_tokens,
+                 "finish_reason": r.choices[0].finish_reason}
+out["named"] = client.messages.create(max_tokens=200, tools=tools,
+                                      tool_choice={"type": "tool", "name": "get_weather"},
+                                      messages=[{"role": "user", "content": "Hi!"}], **greedy).model_dump()
+out["none"] = client.messages.create(max_tokens=20, messages=q, tools=tools, tool_choice={"type": "none"},
+                                     **greedy).model_dump()
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_anthropic_sdk_round_trips_a_tool_call() {
+    let server = Server::start(QWEN, "qwen", &[]);
+    let v = python(ANTHROPIC_TOOLS, &[&server.url, "qwen"]);
+    let first = &v["first"];
+    assert_eq!(first["stop_reason"], "tool_use", "{first}");
+    let content = first["content"].as_array().unwrap();
+    // Only a call: no text block.
+    assert_eq!(content.len(), 1, "{first}");
+    let call = &content[0];
+    assert_eq!(call["type"], "tool_use");
+    assert_eq!(call["name"], "get_weather");
+    assert!(!call["id"].as_str().unwrap().is_empty());
+    assert_eq!(call["input"]["unit"], "celsius", "{call}");
+    assert!(
+        call["input"]["city"].as_str().unwrap().contains("Paris"),
+        "{call}"
+    );
+
+    // Streamed: the same call, as a tool_use block and input_json_deltas.
+    let streamed = &v["streamed"];
+    assert_eq!(streamed["stop_reason"], "tool_use");
+    assert_eq!(streamed["content"][0]["name"], call["name"]);
+    assert_eq!(streamed["content"][0]["input"], call["input"]);
+    let events: Vec<String> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let name = e[0].as_str().unwrap();
+            match (e[1].as_str(), e[2].as_str()) {
+                (Some(d), _) | (None, Some(d)) => format!("{name}:{d}"),
+                (None, None) => name.to_string(),
+            }
+        })
+        .collect();
+    let mut distinct = events.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        [
+            "message_start",
+            "content_block_start:tool_use",
+            "content_block_delta:input_json_delta",
+            // The SDK adds the finished block to the stop event.
+            "content_block_stop:tool_use",
+            "message_delta",
+            "message_stop"
+        ],
+        "{events:?}"
+    );
+
+    // The result goes back as a tool_result block: the model sees what OpenAI's tool message
+    // shows it (the same prompt, so the same greedy answer).
+    let answer = &v["answer"];
+    let oai = &v["openai"];
+    assert_eq!(answer["content"][0]["text"], oai["text"], "{v}");
+    assert_eq!(answer["stop_reason"], "end_turn");
+    assert_eq!(oai["finish_reason"], "stop");
+    let u = &answer["usage"];
+    let input =
+        u["input_tokens"].as_u64().unwrap() + u["cache_read_input_tokens"].as_u64().unwrap();
+    assert_eq!(input, oai["prompt_tokens"].as_u64().unwrap(), "{v}");
+    assert_eq!(v["count"], oai["prompt_tokens"], "{v}");
+
+    // A named tool is called; `none` calls nothing.
+    let named = &v["named"];
+    assert_eq!(named["stop_reason"], "tool_use", "{named}");
+    assert_eq!(named["content"][0]["name"], "get_weather", "{named}");
+    let none = &v["none"];
+    assert_ne!(none["stop_reason"], "tool_use", "{none}");
+    assert!(
+        none["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["type"] == "text"),
+        "{none}"
+    );
 }
