@@ -1,51 +1,14 @@
-//! SHA-256 (FIPS 180-4), written out so the audit trail needs no digest crates.
+//! SHA-256 (FIPS 180-4) of the texts an entry keeps a digest of, through RustCrypto's `sha2`.
 //!
-//! Only hashing of whole in-memory texts is needed (a prompt, a reasoning, an answer), so
-//! there is no streaming interface. Checked against the FIPS 180-2 appendix vectors below.
+//! The stored form is what `sha256sum` prints: 64 lowercase hex digits of the digest of the
+//! text's UTF-8 bytes. Databases written before `sha2` (when the digest was written out here)
+//! hold the same strings; the vectors below pin them.
 
-/// Round constants: the first 32 bits of the fractional parts of the cube roots of the
-/// first 64 primes.
-const K: [u32; 64] = [
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-];
-
-/// Initial hash value: the first 32 bits of the fractional parts of the square roots of the
-/// first 8 primes.
-const H0: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
+use sha2::{Digest, Sha256};
 
 /// The SHA-256 digest of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut h = H0;
-    let mut blocks = data.chunks_exact(64);
-    for block in &mut blocks {
-        compress(&mut h, block.try_into().expect("chunks_exact(64)"));
-    }
-    // Padding: 0x80, zeros, then the message length in bits as a big-endian u64, filling one
-    // block, or two when fewer than 9 bytes are left after the data.
-    let rest = blocks.remainder();
-    let mut tail = [0u8; 128];
-    tail[..rest.len()].copy_from_slice(rest);
-    tail[rest.len()] = 0x80;
-    let tail_len = if rest.len() + 9 <= 64 { 64 } else { 128 };
-    let bits = (data.len() as u64).wrapping_mul(8);
-    tail[tail_len - 8..tail_len].copy_from_slice(&bits.to_be_bytes());
-    for block in tail[..tail_len].chunks_exact(64) {
-        compress(&mut h, block.try_into().expect("chunks_exact(64)"));
-    }
-    let mut out = [0u8; 32];
-    for (o, word) in out.chunks_exact_mut(4).zip(h) {
-        o.copy_from_slice(&word.to_be_bytes());
-    }
-    out
+    Sha256::digest(data).into()
 }
 
 /// The SHA-256 digest of `text`'s UTF-8 bytes, as 64 lowercase hex digits (what
@@ -58,46 +21,6 @@ pub fn sha256_hex(text: &str) -> String {
         s.push(HEX[usize::from(b & 15)] as char);
     }
     s
-}
-
-fn compress(h: &mut [u32; 8], block: &[u8; 64]) {
-    // Message schedule W[0..64].
-    let mut w = [0u32; 64];
-    for (wi, bytes) in w.iter_mut().zip(block.chunks_exact(4)) {
-        *wi = u32::from_be_bytes(bytes.try_into().expect("chunks_exact(4)"));
-    }
-    for i in 16..64 {
-        let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-        let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16]
-            .wrapping_add(s0)
-            .wrapping_add(w[i - 7])
-            .wrapping_add(s1);
-    }
-    let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = *h;
-    for i in 0..64 {
-        let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-        let ch = (e & f) ^ (!e & g);
-        let t1 = hh
-            .wrapping_add(s1)
-            .wrapping_add(ch)
-            .wrapping_add(K[i])
-            .wrapping_add(w[i]);
-        let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-        let maj = (a & b) ^ (a & c) ^ (b & c);
-        let t2 = s0.wrapping_add(maj);
-        hh = g;
-        g = f;
-        f = e;
-        e = d.wrapping_add(t1);
-        d = c;
-        c = b;
-        b = a;
-        a = t1.wrapping_add(t2);
-    }
-    for (hi, v) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
-        *hi = hi.wrapping_add(v);
-    }
 }
 
 #[cfg(test)]
@@ -124,6 +47,25 @@ mod tests {
             sha256_hex(&"a".repeat(1_000_000)),
             "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
         );
+    }
+
+    #[test]
+    fn raw_digest_is_the_hex_digits_bytes() {
+        // FIPS 180-2 B.1 as bytes: `sha256` and `sha256_hex` describe the same digest.
+        let want: [u8; 32] = [
+            0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae,
+            0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61,
+            0xf2, 0x00, 0x15, 0xad,
+        ];
+        assert_eq!(sha256(b"abc"), want);
+        // Bytes that are not UTF-8 (`printf '\xff\xfe' | sha256sum`).
+        let d = sha256(&[0xff, 0xfe]);
+        assert_eq!(
+            &d[..4],
+            [0xb3, 0xd5, 0x10, 0xef],
+            "b3d510ef04275ca8e698e5b3cbb0ece3949ef9252f0cdc839e9ee347409a2209"
+        );
+        assert_eq!(&d[28..], [0x40, 0x9a, 0x22, 0x09]);
     }
 
     #[test]

@@ -6,177 +6,28 @@
 //! log. On Qwen2.5-Coder-0.5B-Instruct (SmolLM2's template has no tools): a tool round trip,
 //! streamed and not, that must match the same conversation through OpenAI's API.
 //!
-//! Needs the sample models (`scripts/fetch-sample-models.sh`) and the Python packages of
-//! `scripts/test-deps.sh` (into `SEEK_PYDEPS`).
+//! Scripts are in `tests/clients/`; the sample models come from `scripts/fetch-sample-models.sh`
+//! and the Python packages from `scripts/test-deps.sh` (into `SEEK_PYDEPS`).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{python, sample_model, Server};
+use serde_json::Value;
 
 const SMOL: &str = "SmolLM2-135M-Instruct-Q4_1.gguf";
 const QWEN: &str = "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf";
 
-fn model(file: &str) -> String {
-    let dir = std::env::var_os("SEEK_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    let p = dir.join(file);
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-sample-models.sh first",
-        p.display()
-    );
-    p.display().to_string()
+fn run(script: &str, args: &[&str]) -> Value {
+    let out = python(script, args);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
-
-fn pydeps() -> PathBuf {
-    std::env::var_os("SEEK_PYDEPS").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").expect("HOME");
-            PathBuf::from(home).join(".cache/seek/pydeps")
-        },
-        PathBuf::from,
-    )
-}
-
-/// `seek serve` on a sample model as `name`, ready on /health; its stderr lines arrive on `log`.
-struct Server {
-    child: Child,
-    url: String,
-    log: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(file: &str, name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seek"))
-            .args([
-                "serve",
-                &model(file),
-                "--port",
-                "0",
-                "--served-model-name",
-                name,
-            ])
-            .args(args)
-            .env("SEEK_THREADS", "2")
-            .env_remove("SEEK_API_KEY")
-            .env_remove("SEEK_LOG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("seek runs");
-        let (tx, log) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let url = loop {
-            let line = log
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("no address printed: {seen:#?}"));
-            seen.push(line.clone());
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !matches!(ureq::get(&format!("{url}/health")).call(), Ok(r) if r.status() == 200) {
-            assert!(Instant::now() < deadline, "never ready: {seen:#?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, url, log }
-    }
-
-    /// Every line it has printed so far.
-    fn lines(&self) -> Vec<String> {
-        self.log.try_iter().collect()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs a Python script with the test packages; its stdout as JSON.
-fn python(script: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .env("PYTHONPATH", pydeps())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python failed (is the anthropic package installed? run scripts/test-deps.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-const ANTHROPIC_CLIENT: &str = r#"
-import json, sys, anthropic
-url, key = sys.argv[1], sys.argv[2]
-client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
-q = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
-# This SDK takes no sampling settings as arguments any more; the server still reads them.
-greedy = {"temperature": 0}
-out = {}
-m = client.messages.create(model="smol", max_tokens=32, messages=q, extra_body=greedy,
-                           system="You are a helpful assistant.",
-                           metadata={"user_id": "user-7f3a"})
-out["create"] = m.model_dump()
-with client.messages.stream(model="smol", max_tokens=32, messages=q, extra_body=greedy,
-                            system="You are a helpful assistant.") as s:
-    out["text_stream"] = "".join(s.text_stream)
-    out["final"] = s.get_final_message().model_dump()
-out["count"] = client.messages.count_tokens(model="smol", messages=q,
-                                            system="You are a helpful assistant.").input_tokens
-out["short"] = client.messages.create(model="smol", max_tokens=3, messages=q,
-                                      extra_body=greedy).model_dump()
-out["stopped"] = client.messages.create(model="smol", max_tokens=32, messages=q, extra_body=greedy,
-                                        stop_sequences=["Paris"]).model_dump()
-# Claude Code sends its key as x-api-key.
-xkey = anthropic.Anthropic(base_url=url, api_key=None, default_headers={"x-api-key": key},
-                           max_retries=0)
-out["x_api_key"] = xkey.messages.create(model="smol", max_tokens=3, messages=q).stop_reason
-
-def error(call):
-    try:
-        call()
-    except anthropic.APIStatusError as e:
-        return {"class": type(e).__name__, "status": e.status_code, "type": e.body["error"]["type"],
-                "message": e.body["error"]["message"]}
-    return None
-
-out["unknown_model"] = error(lambda: client.messages.create(
-    model="claude-sonnet-4-5", max_tokens=8, messages=q))
-out["bad_key"] = error(lambda: anthropic.Anthropic(base_url=url, api_key="sk-wrong", max_retries=0)
-                       .messages.create(model="smol", max_tokens=8, messages=q))
-out["image"] = error(lambda: client.messages.create(model="smol", max_tokens=8, messages=[
-    {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                                              "data": "iVBORw0KGgo="}}]}]))
-# A last assistant turn is continued, not answered anew.
-out["continued"] = client.messages.create(
-    model="smol", max_tokens=16, extra_body=greedy,
-    messages=q + [{"role": "assistant", "content": "The capital of France is"}]).model_dump()
-print(json.dumps(out))
-"#;
 
 #[test]
 fn the_anthropic_sdk_creates_streams_and_counts_messages() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
     let server = Server::start(
-        SMOL,
+        &sample_model(SMOL),
         "smol",
         &[
             "--api-key",
@@ -184,8 +35,13 @@ fn the_anthropic_sdk_creates_streams_and_counts_messages() {
             "--audit-db",
             db.to_str().unwrap(),
         ],
+        None,
+        None,
     );
-    let v = python(ANTHROPIC_CLIENT, &[&server.url, "sk-anthropic"]);
+    let v = run(
+        include_str!("clients/anthropic_messages.py"),
+        &[&server.url(), "sk-anthropic"],
+    );
 
     let m = &v["create"];
     assert!(m["id"].as_str().unwrap().starts_with("msg_"), "{m}");
@@ -284,7 +140,7 @@ fn the_anthropic_sdk_creates_streams_and_counts_messages() {
 
     // The end user of metadata.user_id: in the access log and the audit entry.
     let id = m["id"].as_str().unwrap();
-    let lines = server.lines();
+    let lines: Vec<String> = server.log.try_iter().collect();
     let access = lines
         .iter()
         .find(|l| l.contains(id))
@@ -299,57 +155,13 @@ fn the_anthropic_sdk_creates_streams_and_counts_messages() {
     assert_eq!(e.answer.as_deref(), Some(text));
 }
 
-const ANTHROPIC_TOOLS: &str = r#"
-import json, sys, anthropic, openai
-url, model = sys.argv[1], sys.argv[2]
-client = anthropic.Anthropic(base_url=url, api_key="sk-none", max_retries=0)
-tools = [{"name": "get_weather", "description": "Get the current weather in a city.",
-          "input_schema": {"type": "object", "properties": {
-              "city": {"type": "string", "maxLength": 30},
-              "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-              "required": ["city", "unit"], "additionalProperties": False}}]
-q = [{"role": "user", "content": "What is the weather in Paris right now, in celsius?"}]
-greedy = dict(model=model, extra_body={"temperature": 0})
-out = {}
-first = client.messages.create(max_tokens=200, messages=q, tools=tools, tool_choice={"type": "any"}, **greedy)
-out["first"] = first.model_dump()
-with client.messages.stream(max_tokens=200, messages=q, tools=tools, tool_choice={"type": "any"},
-                            **greedy) as s:
-    # The wire events (the SDK skips `ping`, and adds its own `input_json` and `text` events).
-    out["events"] = [[e.type, getattr(getattr(e, "delta", None), "type", None),
-                      getattr(getattr(e, "content_block", None), "type", None)]
-                     for e in s if e.type not in ("input_json", "text", "thinking")]
-    out["streamed"] = s.get_final_message().model_dump()
-uses = [b for b in first.content if b.type == "tool_use"]
-result = json.dumps({"temperature": 18, "sky": "sunny"})
-history = q + [{"role": "assistant", "content": first.content},
-               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": u.id, "content": result}
-                                            for u in uses]}]
-out["answer"] = client.messages.create(max_tokens=60, messages=history, tools=tools, **greedy).model_dump()
-out["count"] = client.messages.count_tokens(model=model, messages=history, tools=tools).input_tokens
-# The same conversation through OpenAI's API on the same server.
-oai = openai.OpenAI(base_url=url + "/v1", api_key="sk-none", max_retries=0)
-oai_history = q + [{"role": "assistant", "content": None, "tool_calls": [
-    {"id": u.id, "type": "function", "function": {"name": u.name, "arguments": json.dumps(u.input)}}
-    for u in uses]}] + [{"role": "tool", "tool_call_id": u.id, "content": result} for u in uses]
-oai_tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"],
-                                                "parameters": t["input_schema"]}} for t in tools]
-r = oai.chat.completions.create(model=model, messages=oai_history, tools=oai_tools, temperature=0,
-                                max_tokens=60)
-out["openai"] = {"text": r.choices[0].message.content, "prompt_tokens": r.usage.prompt_tokens,
-                 "finish_reason": r.choices[0].finish_reason}
-out["named"] = client.messages.create(max_tokens=200, tools=tools,
-                                      tool_choice={"type": "tool", "name": "get_weather"},
-                                      messages=[{"role": "user", "content": "Hi!"}], **greedy).model_dump()
-out["none"] = client.messages.create(max_tokens=20, messages=q, tools=tools, tool_choice={"type": "none"},
-                                     **greedy).model_dump()
-print(json.dumps(out))
-"#;
-
 #[test]
 fn the_anthropic_sdk_round_trips_a_tool_call() {
-    let server = Server::start(QWEN, "qwen", &[]);
-    let v = python(ANTHROPIC_TOOLS, &[&server.url, "qwen"]);
+    let server = Server::start(&sample_model(QWEN), "qwen", &[], None, None);
+    let v = run(
+        include_str!("clients/anthropic_tools.py"),
+        &[&server.url(), "qwen"],
+    );
     let first = &v["first"];
     assert_eq!(first["stop_reason"], "tool_use", "{first}");
     let content = first["content"].as_array().unwrap();

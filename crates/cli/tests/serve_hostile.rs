@@ -7,13 +7,16 @@
 //!
 //! The Python packages come from `scripts/test-deps.sh` (into `SEEK_PYDEPS`).
 
+mod common;
+
+use common::{pydeps, python, Server};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn fixture() -> String {
@@ -23,102 +26,9 @@ fn fixture() -> String {
     dir.display().to_string()
 }
 
-struct Server {
-    child: Child,
-    /// `host:port`.
-    addr: String,
-    log: mpsc::Receiver<String>,
-    /// What it printed up to the address.
-    started: Vec<String>,
-}
-
-impl Server {
-    /// `seek serve FIXTURE ARGS...` under `ulimit -n files` (if given), ready on /health.
-    fn start(args: &[&str], files: Option<u32>, tls_ca: Option<&Path>) -> Self {
-        let seek = env!("CARGO_BIN_EXE_seek");
-        let mut cmd = match files {
-            Some(n) => {
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                    .arg(seek);
-                c
-            }
-            None => Command::new(seek),
-        };
-        cmd.args([
-            "serve",
-            &fixture(),
-            "--port",
-            "0",
-            "--served-model-name",
-            "tiny",
-        ])
-        .args(args)
-        .env("SEEK_THREADS", "1")
-        .env_remove("SEEK_API_KEY")
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("seek runs");
-        let (tx, rx) = mpsc::channel::<String>();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("no address printed: {seen:#?}"));
-            seen.push(line.clone());
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let url = rest.split_whitespace().next().unwrap();
-                break url.split("://").nth(1).unwrap().to_string();
-            }
-        };
-        let s = Self {
-            child,
-            addr,
-            log: rx,
-            started: seen.clone(),
-        };
-        if tls_ca.is_none() {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while s.health().0 != "HTTP/1.1 200 OK" {
-                assert!(Instant::now() < deadline, "never ready: {seen:#?}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        s
-    }
-
-    /// `GET /health` on a new connection: status line and seconds.
-    fn health(&self) -> (String, f64) {
-        let t = Instant::now();
-        let Ok(mut s) = TcpStream::connect(&self.addr) else {
-            return (String::new(), 0.0);
-        };
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        (
-            text.lines().next().unwrap_or("").to_string(),
-            t.elapsed().as_secs_f64(),
-        )
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `seek serve` on the tiny fixture as `tiny`, with `args`, under `ulimit -n files` (if given).
+fn start(args: &[&str], files: Option<u32>, tls_ca: Option<&Path>) -> Server {
+    Server::start(&fixture(), "tiny", args, files, tls_ca)
 }
 
 /// Raises this process's open-file soft limit to its hard limit.
@@ -144,7 +54,7 @@ fn a_slowloris_of_more_connections_than_the_file_limit_does_not_take_health_down
         own >= 600,
         "this test needs 600 open files; `ulimit -n` is {own}"
     );
-    let server = Server::start(
+    let server = start(
         &["--header-timeout", "1", "--idle-timeout", "1"],
         Some(128),
         None,
@@ -217,7 +127,7 @@ fn kill_9_under_load_loses_no_acknowledged_audit_entry() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
     for trial in 0..2 {
-        let server = Server::start(&["--audit-db", db.to_str().unwrap()], None, None);
+        let server = start(&["--audit-db", db.to_str().unwrap()], None, None);
         let acked = Arc::new(Mutex::new(Vec::<String>::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..4)
@@ -285,33 +195,6 @@ fn kill_9_under_load_loses_no_acknowledged_audit_entry() {
     }
 }
 
-fn pydeps() -> PathBuf {
-    std::env::var_os("SEEK_PYDEPS").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").expect("HOME");
-            PathBuf::from(home).join(".cache/seek/pydeps")
-        },
-        PathBuf::from,
-    )
-}
-
-/// Runs a Python script with the test packages; its stdout.
-fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .env("PYTHONPATH", pydeps())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "python failed (are openai and trustme installed? run scripts/test-deps.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 const MAKE_CERT: &str = r#"
 import sys, trustme
 ca = trustme.CA()
@@ -350,7 +233,7 @@ fn tls_serves_the_openai_client_that_trusts_its_certificate() {
     python(MAKE_CERT, &[d]);
     let (cert, key) = (format!("{d}/cert.pem"), format!("{d}/key.pem"));
     let ca = dir.path().join("ca.pem");
-    let server = Server::start(
+    let server = start(
         &[
             "--tls-cert",
             &cert,
@@ -461,7 +344,7 @@ fn local_only(hex: &str) -> bool {
 
 #[test]
 fn serve_run_and_eval_on_local_models_open_no_socket_beyond_loopback() {
-    let server = Server::start(&[], None, None);
+    let server = start(&[], None, None);
     let v: serde_json::Value = ureq::post(&format!("{}/v1/chat/completions", server.url()))
         .send_json(chat_body())
         .unwrap()
@@ -527,7 +410,7 @@ fn serve_run_and_eval_on_local_models_open_no_socket_beyond_loopback() {
 
 #[test]
 fn sigterm_under_load_finishes_what_is_in_flight_and_exits_cleanly() {
-    let server = Server::start(&["--shutdown-grace", "30"], None, None);
+    let server = start(&["--shutdown-grace", "30"], None, None);
     let outcomes = Arc::new(Mutex::new(Vec::<String>::new()));
     let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = (0..4)
@@ -616,7 +499,7 @@ fn the_openai_client_raises_rate_limit_error_with_openais_headers() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.txt");
     std::fs::write(&keys, "team-a:sk-a rpm=1\n").unwrap();
-    let server = Server::start(
+    let server = start(
         &[
             "--api-keys-file",
             keys.to_str().unwrap(),

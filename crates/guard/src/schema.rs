@@ -1,14 +1,15 @@
 //! Output validation against a JSON Schema (a request's `response_format: json_schema`).
 //!
 //! Decoding is not constrained, so the answer is checked after the fact and the result goes
-//! to the response's headers, the metrics and the audit log. The validator covers the part
-//! of JSON Schema (draft 2020-12) that OpenAI's structured outputs accept: `type` (one or a
-//! list), `properties`, `required`, `additionalProperties` (bool or schema), `items`,
-//! `minItems`/`maxItems`, `enum`, `const`, `minimum`/`maximum`/`exclusiveMinimum`/
-//! `exclusiveMaximum`, `minLength`/`maxLength`, `pattern`, `anyOf`/`oneOf`/`allOf`, and
-//! local `$ref`s (`#/$defs/..`, `#/definitions/..`). Unknown keywords are ignored, as the
-//! specification says.
+//! to the response's headers, the metrics and the audit log. The validator is the
+//! `jsonschema` crate (draft 2020-12 unless the schema's `$schema` names another), built
+//! without its remote resolvers: a `$ref` resolves inside the schema or not at all. Its
+//! errors are reworded here into short sentences that name the place in the answer (a JSON
+//! Pointer) and the keyword broken; a schema that does not compile is one violation at the
+//! root, so a bad schema flags the answer instead of passing it.
 
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::ValidationError;
 use serde_json::Value;
 
 /// Why a value does not match its schema: a JSON Pointer into the value and the rule broken.
@@ -18,6 +19,9 @@ pub struct SchemaViolation {
     pub path: String,
     /// What is wrong.
     pub message: String,
+    /// The JSON Schema keyword broken, e.g. `minLength`; `None` when the answer is not JSON
+    /// or the schema does not compile.
+    pub keyword: Option<String>,
 }
 
 impl std::fmt::Display for SchemaViolation {
@@ -27,30 +31,54 @@ impl std::fmt::Display for SchemaViolation {
         } else {
             &self.path
         };
-        write!(f, "at {at}: {}", self.message)
+        write!(f, "at {at}: {}", self.message)?;
+        match &self.keyword {
+            Some(k) => write!(f, " ({k})"),
+            None => Ok(()),
+        }
     }
 }
 
 /// Checks `text` (the model's answer) against `schema`: the first few violations, empty when
-/// it matches. An answer that is not JSON at all is one violation at the root.
+/// it matches. An answer that is not JSON at all is one violation at the root, and so is a
+/// schema that does not compile (its error says which keyword and where).
 pub fn validate_json(text: &str, schema: &Value) -> Vec<SchemaViolation> {
+    let root = |message: String| {
+        vec![SchemaViolation {
+            path: String::new(),
+            message,
+            keyword: None,
+        }]
+    };
     let value: Value = match serde_json::from_str(text.trim()) {
         Ok(v) => v,
+        Err(e) => return root(format!("the answer is not JSON: {e}")),
+    };
+    let validator = match jsonschema::validator_for(schema) {
+        Ok(v) => v,
         Err(e) => {
-            return vec![SchemaViolation {
-                path: String::new(),
-                message: format!("the answer is not JSON: {e}"),
-            }]
+            // Checked against the meta-schema, so the instance path is the place in `schema`.
+            let at = e.instance_path().as_str();
+            let at = if at.is_empty() {
+                String::new()
+            } else {
+                format!(" at {at}")
+            };
+            return root(format!("the schema is not valid JSON Schema{at}: {e}"));
         }
     };
     let mut out = Vec::new();
-    check(&value, schema, schema, "", &mut out, 0);
+    for e in validator.iter_errors(&value) {
+        describe(&e, &mut out);
+        if out.len() >= MAX_VIOLATIONS {
+            break;
+        }
+    }
     out.truncate(MAX_VIOLATIONS);
     out
 }
 
 const MAX_VIOLATIONS: usize = 8;
-const MAX_DEPTH: usize = 64;
 
 fn type_name(v: &Value) -> &'static str {
     match v {
@@ -64,181 +92,69 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn is_type(v: &Value, t: &str) -> bool {
-    let actual = type_name(v);
-    actual == t
-        || (t == "number" && actual == "integer")
-        || (t == "integer" && v.as_f64().is_some_and(|f| f.fract() == 0.0))
-}
-
-fn resolve<'a>(root: &'a Value, r: &str) -> Option<&'a Value> {
-    let path = r.strip_prefix('#')?;
-    root.pointer(path)
-}
-
-fn check(
-    v: &Value,
-    s: &Value,
-    root: &Value,
-    path: &str,
-    out: &mut Vec<SchemaViolation>,
-    depth: usize,
-) {
-    let mut fail = |m: String| {
-        out.push(SchemaViolation {
-            path: path.to_string(),
-            message: m,
-        })
-    };
-    if depth > MAX_DEPTH {
-        return fail("the schema nests (or refers to itself) too deeply".into());
-    }
-    let Some(s) = s.as_object() else {
-        if s == &Value::Bool(false) {
-            fail("no value is allowed here".into());
+/// One `jsonschema` error as violations (one per unexpected property, else one).
+fn describe(e: &ValidationError<'_>, out: &mut Vec<SchemaViolation>) {
+    let v: &Value = e.instance();
+    let path = e.instance_path().as_str().to_string();
+    let keyword = Some(e.kind().keyword().to_string());
+    let chars = || v.as_str().map_or(0, |t| t.chars().count());
+    let items = || v.as_array().map_or(0, Vec::len);
+    let message = match e.kind() {
+        ValidationErrorKind::Type { kind } => {
+            let expected: Vec<String> = match kind {
+                TypeKind::Single(t) => vec![t.to_string()],
+                TypeKind::Multiple(ts) => ts.iter().map(|t| t.to_string()).collect(),
+            };
+            format!("expected {}, found {}", expected.join(" or "), type_name(v))
         }
-        return;
-    };
-    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-        match resolve(root, r) {
-            Some(target) => check(v, target, root, path, out, depth + 1),
-            None => fail(format!(
-                "the schema refers to {r:?}, which it does not define"
-            )),
+        ValidationErrorKind::Enum { options } => format!("{v} is not one of {options}"),
+        ValidationErrorKind::Constant { expected_value } => {
+            format!("expected {expected_value}, found {v}")
         }
-        return;
-    }
-    if let Some(t) = s.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(t) => vec![t.as_str()],
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
-        if !types.is_empty() && !types.iter().any(|t| is_type(v, t)) {
-            return fail(format!(
-                "expected {}, found {}",
-                types.join(" or "),
-                type_name(v)
-            ));
+        ValidationErrorKind::Minimum { limit } => format!("{v} is below the minimum {limit}"),
+        ValidationErrorKind::Maximum { limit } => format!("{v} is above the maximum {limit}"),
+        ValidationErrorKind::ExclusiveMinimum { limit } => format!("{v} is not above {limit}"),
+        ValidationErrorKind::ExclusiveMaximum { limit } => format!("{v} is not below {limit}"),
+        ValidationErrorKind::MinLength { limit } => {
+            format!("{} characters, fewer than {limit}", chars())
         }
-    }
-    if let Some(e) = s.get("enum").and_then(Value::as_array) {
-        if !e.contains(v) {
-            fail(format!("{v} is not one of {}", Value::Array(e.clone())));
+        ValidationErrorKind::MaxLength { limit } => {
+            format!("{} characters, more than {limit}", chars())
         }
-    }
-    if let Some(c) = s.get("const") {
-        if c != v {
-            fail(format!("expected {c}, found {v}"));
+        ValidationErrorKind::Pattern { pattern } => format!("{v} does not match {pattern:?}"),
+        ValidationErrorKind::MinItems { limit } => {
+            format!("{} items, fewer than {limit}", items())
         }
-    }
-    if let Some(x) = v.as_f64() {
-        let num = |k: &str| s.get(k).and_then(Value::as_f64);
-        if let Some(m) = num("minimum").filter(|m| x < *m) {
-            fail(format!("{x} is below the minimum {m}"));
+        ValidationErrorKind::MaxItems { limit } => format!("{} items, more than {limit}", items()),
+        ValidationErrorKind::Required { property } => {
+            format!("the required property {property} is missing")
         }
-        if let Some(m) = num("maximum").filter(|m| x > *m) {
-            fail(format!("{x} is above the maximum {m}"));
-        }
-        if let Some(m) = num("exclusiveMinimum").filter(|m| x <= *m) {
-            fail(format!("{x} is not above {m}"));
-        }
-        if let Some(m) = num("exclusiveMaximum").filter(|m| x >= *m) {
-            fail(format!("{x} is not below {m}"));
-        }
-    }
-    if let Some(text) = v.as_str() {
-        let n = text.chars().count() as u64;
-        if let Some(m) = s
-            .get("minLength")
-            .and_then(Value::as_u64)
-            .filter(|m| n < *m)
-        {
-            fail(format!("{n} characters, fewer than {m}"));
-        }
-        if let Some(m) = s
-            .get("maxLength")
-            .and_then(Value::as_u64)
-            .filter(|m| n > *m)
-        {
-            fail(format!("{n} characters, more than {m}"));
-        }
-        if let Some(p) = s.get("pattern").and_then(Value::as_str) {
-            match regex::Regex::new(p) {
-                Ok(re) if !re.is_match(text) => fail(format!("{text:?} does not match {p:?}")),
-                Ok(_) => {}
-                Err(_) => fail(format!("the schema's pattern {p:?} is not a valid regex")),
-            }
-        }
-    }
-    if let Some(items) = v.as_array() {
-        let n = items.len() as u64;
-        if let Some(m) = s.get("minItems").and_then(Value::as_u64).filter(|m| n < *m) {
-            fail(format!("{n} items, fewer than {m}"));
-        }
-        if let Some(m) = s.get("maxItems").and_then(Value::as_u64).filter(|m| n > *m) {
-            fail(format!("{n} items, more than {m}"));
-        }
-        if let Some(item) = s.get("items") {
-            for (i, x) in items.iter().enumerate() {
-                check(x, item, root, &format!("{path}/{i}"), out, depth + 1);
-            }
-        }
-    }
-    if let Some(obj) = v.as_object() {
-        let props = s.get("properties").and_then(Value::as_object);
-        for r in s
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(k) = r.as_str().filter(|k| !obj.contains_key(*k)) {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            // One per property, at the property, as a reader looks for it.
+            for k in unexpected {
                 out.push(SchemaViolation {
-                    path: path.to_string(),
-                    message: format!("the required property {k:?} is missing"),
+                    path: format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    message: format!("the property {k:?} is not allowed"),
+                    keyword: keyword.clone(),
                 });
             }
+            return;
         }
-        for (k, x) in obj {
-            let sub = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
-            match (props.and_then(|p| p.get(k)), s.get("additionalProperties")) {
-                (Some(ps), _) => check(x, ps, root, &sub, out, depth + 1),
-                (None, Some(Value::Bool(false))) => out.push(SchemaViolation {
-                    path: sub,
-                    message: format!("the property {k:?} is not allowed"),
-                }),
-                (None, Some(extra @ Value::Object(_))) => {
-                    check(x, extra, root, &sub, out, depth + 1)
-                }
-                _ => {}
-            }
+        ValidationErrorKind::FalseSchema => "no value is allowed here".into(),
+        ValidationErrorKind::AnyOf { .. } => "none of the anyOf schemas match".into(),
+        ValidationErrorKind::OneOfNotValid { .. } => "none of the oneOf schemas match".into(),
+        ValidationErrorKind::OneOfMultipleValid { .. } => {
+            "more than one of the oneOf schemas match".into()
         }
-    }
-    for (kw, need) in [("allOf", usize::MAX), ("anyOf", 1), ("oneOf", 0)] {
-        let Some(subs) = s.get(kw).and_then(Value::as_array) else {
-            continue;
-        };
-        let passing = subs
-            .iter()
-            .filter(|sub| {
-                let mut o = Vec::new();
-                check(v, sub, root, path, &mut o, depth + 1);
-                o.is_empty()
-            })
-            .count();
-        let ok = match kw {
-            "allOf" => passing == subs.len(),
-            "anyOf" => passing >= need,
-            _ => passing == 1,
-        };
-        if !ok {
-            out.push(SchemaViolation {
-                path: path.to_string(),
-                message: format!("{passing} of the {} {kw} schemas match", subs.len()),
-            });
-        }
-    }
+        // The rest (uniqueItems, multipleOf, contains, not, ...) in the crate's words, with
+        // the value left out: at the root it is the whole answer.
+        _ => e.masked().to_string(),
+    };
+    out.push(SchemaViolation {
+        path,
+        message,
+        keyword,
+    });
 }
 
 #[cfg(test)]
@@ -296,8 +212,60 @@ mod tests {
         let s = json!({"anyOf": [{"type": "string"}, {"type": "null"}]});
         assert!(validate_json("null", &s).is_empty());
         assert!(!validate_json("1", &s).is_empty());
-        // A schema that refers to itself does not recurse forever.
+        // A schema that refers to itself does not recurse forever. Such a loop constrains
+        // nothing (the specification leaves it undefined; `jsonschema` skips it, where the
+        // hand-written validator flagged it at a depth limit), so its other keywords decide.
         let s = json!({"$ref": "#"});
+        assert!(validate_json("1", &s).is_empty());
+        let s = json!({"$ref": "#", "type": "string"});
         assert!(!validate_json("1", &s).is_empty());
+        let s = json!({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+            "$ref": "#/$defs/a", "minimum": 2});
+        assert!(!validate_json("1", &s).is_empty());
+    }
+
+    #[test]
+    fn violations_name_the_keyword() {
+        let v = validate_json(r#"{"name": "Rex", "age": -1}"#, &schema());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].keyword.as_deref(), Some("minimum"));
+        assert_eq!(
+            v[0].to_string(),
+            "at /age: -1 is below the minimum 0 (minimum)"
+        );
+        let v = validate_json(
+            r#"{"name": "Rex", "age": 1, "tags": ["a", "a"]}"#,
+            &json!({
+                "properties": {"tags": {"uniqueItems": true}}
+            }),
+        );
+        assert_eq!(v[0].path, "/tags");
+        assert_eq!(v[0].keyword.as_deref(), Some("uniqueItems"), "{v:?}");
+        assert_eq!(v[0].message, "value has non-unique elements");
+    }
+
+    #[test]
+    fn a_schema_that_does_not_compile_is_one_violation_naming_it() {
+        for (schema, what) in [
+            (json!({"type": "strin"}), "strin"),
+            (json!({"properties": {"a": {"pattern": "("}}}), "pattern"),
+            (json!({"$ref": "#/$defs/missing"}), "missing"),
+            // No remote resolving: the reference is not fetched.
+            (
+                json!({"$ref": "https://example.com/schema.json"}),
+                "example.com",
+            ),
+        ] {
+            let v = validate_json(r#"{"a": "x"}"#, &schema);
+            assert_eq!(v.len(), 1, "{schema}: {v:?}");
+            assert_eq!(v[0].path, "");
+            assert!(
+                v[0].message
+                    .starts_with("the schema is not valid JSON Schema")
+                    && v[0].message.contains(what),
+                "{schema}: {}",
+                v[0]
+            );
+        }
     }
 }

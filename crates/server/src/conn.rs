@@ -173,7 +173,7 @@ impl Tls {
     }
 }
 
-/// Counters of what happened to connections, for `/metrics`.
+/// Counters of what happened to connections, for `/metrics` (collected in `metrics.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct ConnStats {
     pub open: AtomicU64,
@@ -188,50 +188,6 @@ pub(crate) struct ConnStats {
     pub tls_failures: AtomicU64,
     /// `accept` failed (e.g. out of file descriptors).
     pub accept_errors: AtomicU64,
-}
-
-impl ConnStats {
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP seek_connections_open Client connections open now.\n\
-             # TYPE seek_connections_open gauge\nseek_connections_open {}",
-            g(&self.open)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP seek_connections_accepted_total Client connections accepted.\n\
-             # TYPE seek_connections_accepted_total counter\nseek_connections_accepted_total {}",
-            g(&self.accepted)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP seek_connections_closed_total Connections the server closed, by reason.\n\
-             # TYPE seek_connections_closed_total counter"
-        );
-        for (reason, a) in [
-            ("refused_at_cap", &self.refused),
-            ("evicted_at_cap", &self.evicted),
-            ("idle_timeout", &self.idle_timeouts),
-            ("header_timeout", &self.header_timeouts),
-            ("write_timeout", &self.write_timeouts),
-            ("tls_handshake_failed", &self.tls_failures),
-        ] {
-            let _ = writeln!(
-                out,
-                "seek_connections_closed_total{{reason=\"{reason}\"}} {}",
-                g(a)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP seek_accept_errors_total Failed accepts (e.g. out of file descriptors).\n\
-             # TYPE seek_accept_errors_total counter\nseek_accept_errors_total {}",
-            g(&self.accept_errors)
-        );
-    }
 }
 
 const NONE: u64 = u64::MAX;

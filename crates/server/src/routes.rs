@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::anthropic;
 use crate::error::AppError;
 use crate::guarded::{self, AuditDraft, Guarded};
+use crate::metrics::Format;
 use crate::run::{ChoiceEvent, ChoiceOutput, Running};
 use crate::state::{unix_now, AppState, Backend, Phase};
 use crate::toolcalls::{self, ToolStream};
@@ -195,14 +196,15 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
 pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match state.config().api_keys.check(&headers) {
         Err(e) => e.into_response(),
-        Ok(_) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            state.metrics_text(),
-        )
-            .into_response(),
+        Ok(_) => {
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            (
+                [(header::CONTENT_TYPE, format.content_type())],
+                state.metrics_in(format),
+            )
+                .into_response()
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use seek_types::SamplingParams;
 use crate::auth::ApiKeys;
 use crate::conn::{ConnLimits, ConnStats, Tls};
 use crate::error::AppError;
-use crate::metrics::{EngineGauges, Metrics};
+use crate::metrics::{EngineGauges, Format, Metrics};
 use crate::price::Prices;
 use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::upstream::Upstream;
@@ -177,14 +177,15 @@ impl AppState {
         } else {
             Phase::Loading
         };
+        let connections = Arc::<ConnStats>::default();
         Self {
             inner: Arc::new(Shared {
                 limiter: RateLimiter::new(cfg.rate_limits.clone()),
                 cfg,
                 models: RwLock::new(Vec::new()),
                 phase: AtomicU8::new(phase as u8),
-                metrics: Metrics::default(),
-                connections: Arc::default(),
+                metrics: Metrics::new(connections.clone()),
+                connections,
             }),
         }
     }
@@ -272,24 +273,26 @@ impl AppState {
         &self.inner.limiter
     }
 
-    /// The Prometheus exposition of the server's metrics.
+    /// The Prometheus exposition of the server's metrics (the classic text format).
     pub fn metrics_text(&self) -> String {
-        let models = self.models();
-        let gauges: Vec<EngineGauges<'_>> = models
+        self.metrics_in(Format::Prometheus)
+    }
+
+    /// The exposition of the server's metrics in `format`.
+    pub(crate) fn metrics_in(&self, format: Format) -> String {
+        let gauges: Vec<EngineGauges> = self
+            .models()
             .iter()
             .map(|m| EngineGauges {
-                name: &m.name,
+                name: m.name.clone(),
                 stats: m.engine().map(|e| e.stats()).unwrap_or_default(),
                 prices: m.prices,
                 max_context: m.max_context().unwrap_or(0),
             })
             .collect();
-        let mut text = self
-            .inner
+        self.inner
             .metrics
-            .render(&gauges, self.phase() == Phase::Draining);
-        self.inner.connections.render(&mut text);
-        text
+            .render(gauges, self.phase() == Phase::Draining, format)
     }
 
     pub(crate) fn connection_stats(&self) -> Arc<ConnStats> {

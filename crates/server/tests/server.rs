@@ -1840,6 +1840,59 @@ async fn metrics_count_requests_tokens_latency_and_cost() {
     assert_eq!(metric(&m, "seek_draining "), 0.0);
 }
 
+/// A scraper that asks for OpenMetrics (Prometheus does) gets it, under the same sample
+/// names; one that does not gets the classic text format.
+#[tokio::test]
+async fn metrics_are_openmetrics_when_the_scraper_asks() {
+    let s = state();
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let scrape = |accept: &'static str| {
+        let s = s.clone();
+        async move {
+            let req = Request::builder()
+                .uri("/metrics")
+                .header("accept", accept)
+                .body(Body::empty())
+                .unwrap();
+            let res = app(s).oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+            let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (ct, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let requests = format!(
+        "seek_requests_total{{endpoint=\"chat\",model=\"{MODEL}\",tenant=\"anonymous\",status=\"200\"}}"
+    );
+    let (ct, m) = scrape(
+        "application/openmetrics-text;version=1.0.0,\
+         application/openmetrics-text;version=0.0.1;q=0.75,\
+         text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    )
+    .await;
+    assert_eq!(
+        ct,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(m.ends_with("# EOF\n"), "{m}");
+    assert!(m.contains("# TYPE seek_requests counter\n"), "{m}");
+    assert_eq!(metric(&m, &requests), 1.0);
+    assert_eq!(metric(&m, "seek_connections_open "), 0.0);
+    let (ct, m) = scrape("*/*").await;
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert!(!m.contains("# EOF"), "{m}");
+    assert!(m.contains("# TYPE seek_requests_total counter\n"), "{m}");
+    assert_eq!(metric(&m, &requests), 1.0);
+}
+
 async fn wait_for(engine: &EngineHandle, what: &str, cond: impl Fn(&EngineStats) -> bool) {
     for _ in 0..60_000 {
         if cond(&engine.stats()) {
