@@ -30,9 +30,9 @@
 //! - `max_tokens` caps the room left in the context window instead of having to fit in it
 //!   (Claude Code asks for 32000 whatever the model): when the window is the tighter limit, a
 //!   `length` finish is `model_context_window_exceeded`.
-//!
 //! - A last turn of the assistant's is continued: it becomes DeepSeek's chat prefix completion
 //!   (`prefix: true`), and the answer holds only what follows it.
+//! - A `tool_result` with `is_error: true` reaches the model as `Error: ` before its content.
 //!
 //! What is refused (400, naming the field): a missing `max_tokens`, image and document blocks,
 //! Anthropic's server tools (`web_search_...`, `bash_...`: they run on Anthropic's servers).
@@ -476,7 +476,7 @@ pub struct Message {
     pub kind: String,
     /// `assistant`.
     pub role: String,
-    /// Thinking, then text.
+    /// Thinking, then text, then tool calls.
     pub content: Vec<ContentBlock>,
     /// The served model's name.
     pub model: String,
