@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
@@ -115,6 +116,63 @@ pub struct RunArgs {
     /// Print one JSON object (reasoning, content, usage, timings) instead of streaming.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
+}
+
+/// What the answer must match: constrained decoding, as the server's `response_format`.
+#[derive(Args, Debug, Default)]
+pub struct ConstraintArgs {
+    /// The answer is a JSON value valid against this JSON Schema file (after `</think>` for
+    /// reasoning models).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub json_schema: Option<PathBuf>,
+    /// The answer is any JSON object.
+    #[arg(long, group = "constraint")]
+    pub json_object: bool,
+    /// The answer matches this regular expression.
+    #[arg(long, value_name = "REGEX", group = "constraint")]
+    pub regex: Option<String>,
+    /// The answer is one of these strings (repeatable).
+    #[arg(long, value_name = "TEXT", group = "constraint")]
+    pub choice: Vec<String>,
+    /// The answer matches this grammar file (llguidance's Lark syntax).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar: Option<PathBuf>,
+}
+
+impl ConstraintArgs {
+    /// The constraint asked for, compiled for `tokenizer`'s vocabulary.
+    pub fn guide(
+        &self,
+        tokenizer: &seek_tokenizer::Tokenizer,
+    ) -> anyhow::Result<Option<seek_structured::Guide>> {
+        use seek_structured::Constraint;
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let c = if let Some(p) = &self.json_schema {
+            let schema: serde_json::Value = serde_json::from_str(&read(p)?).with_context(|| {
+                format!(
+                    "{} is not JSON; --json-schema takes a JSON Schema file",
+                    p.display()
+                )
+            })?;
+            Constraint::JsonSchema(schema)
+        } else if self.json_object {
+            Constraint::JsonObject
+        } else if let Some(r) = &self.regex {
+            Constraint::Regex(r.clone())
+        } else if !self.choice.is_empty() {
+            Constraint::Choice(self.choice.clone())
+        } else if let Some(p) = &self.grammar {
+            Constraint::Grammar(read(p)?)
+        } else {
+            return Ok(None);
+        };
+        let grammars = seek_structured::Grammars::new(tokenizer)?;
+        Ok(Some(grammars.compile(&c)?))
+    }
 }
 
 /// `seek chat`.
@@ -228,7 +286,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         messages.push(ChatMessage::user(args.prompt.clone()));
         render_chat(&tokenizer, &messages)?
     };
-    let req = args.gen.request(&prompt, sampling);
+    let mut req = args.gen.request(&prompt, sampling);
+    req.guide = args.constraint.guide(&tokenizer)?;
     if args.json {
         let out = generate(loaded.model.as_ref(), &tokenizer, &req, |_| {
             ControlFlow::Continue(())

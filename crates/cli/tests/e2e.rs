@@ -414,3 +414,63 @@ fn run_works_on_the_deepseek_v3_architecture() {
         assert!(j["reasoning_content"].is_string(), "{j}");
     }
 }
+
+#[test]
+fn run_with_a_json_schema_answers_a_valid_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("city.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+            "country": {"type": "string", "maxLength": 20}, "population_millions": {"type": "number", "minimum": 0, "maximum": 100}},
+            "required": ["city", "country", "population_millions"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let q = model(SMOL);
+    let j = run_json(&[
+        "run",
+        &q,
+        "Describe Paris.",
+        "-t",
+        "0",
+        "-n",
+        "64",
+        "--json",
+        "--json-schema",
+        schema.to_str().unwrap(),
+    ]);
+    assert_eq!(j["finish_reason"], "stop", "{j}");
+    let v: serde_json::Value =
+        serde_json::from_str(j["content"].as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {j}"));
+    assert!(v["city"].is_string() && v["country"].is_string(), "{v}");
+    let p = v["population_millions"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&p), "{v}");
+    // A schema file that is not JSON is a clear error.
+    std::fs::write(&schema, "{not json").unwrap();
+    let o = seek(&["run", &q, "x", "--json-schema", schema.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--json-schema takes a JSON Schema file"),
+        "{}",
+        stderr(&o)
+    );
+    // A regex and a choice, on the same path.
+    let j = run_json(&[
+        "run",
+        &q,
+        "Pick a colour.",
+        "-t",
+        "0",
+        "-n",
+        "8",
+        "--json",
+        "--choice",
+        "red",
+        "--choice",
+        "blue",
+    ]);
+    assert!(
+        ["red", "blue"].contains(&j["content"].as_str().unwrap()),
+        "{j}"
+    );
+}

@@ -46,6 +46,21 @@ fn the_openai_sdk_parses_structured_outputs_and_round_trips_tool_calls() {
     }
     assert_eq!(v["named"]["name"], "add", "{v:#}");
     assert!(v["named"]["arguments"]["a"].is_i64() && v["named"]["arguments"]["b"].is_i64());
+    // Prefix completion continues the assistant's words; FIM fills the function body.
+    let prefix = v["prefix"].as_str().unwrap();
+    assert!(prefix.contains("Paris"), "{v:#}");
+    assert!(v["fim"].as_str().unwrap().contains("return a + b"), "{v:#}");
+    let date = v["regex"].as_str().unwrap();
+    assert!(
+        regex::Regex::new(r"^2024-[01][0-9]-[0-3][0-9]$")
+            .unwrap()
+            .is_match(date),
+        "{date}"
+    );
+    assert!(
+        ["yes", "no"].contains(&v["choice"].as_str().unwrap()),
+        "{v:#}"
+    );
     assert_eq!(v["unknown_model"], "model_not_found");
     assert_eq!(v["bad_logit_bias"], "logit_bias");
 }

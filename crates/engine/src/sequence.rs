@@ -91,6 +91,8 @@ pub struct Sequence<'t> {
     sampled_reasoning: usize,
     /// The constraint, once the answer has begun (taken from the params).
     guide: Option<Guide>,
+    /// Why the sequence could not go on (reported by [`Self::finish`] as an error).
+    failure: Option<String>,
     finished: Option<FinishReason>,
 }
 
@@ -101,6 +103,7 @@ impl<'t> Sequence<'t> {
             sampler: Sampler::new(params.sampling.clone()),
             detok: IncrementalDetokenizer::new(tokenizer, !params.keep_special_tokens),
             guide: params.guide.take(),
+            failure: None,
             stops: StopMatcher::new(params.stop.clone()),
             splitter: params
                 .split_reasoning
@@ -157,24 +160,22 @@ impl<'t> Sequence<'t> {
                 if guided {
                     if let Some(g) = &mut self.guide {
                         if let Err(e) = g.mask(logits) {
-                            tracing::error!(error = %e, "constrained decoding failed; ending the sequence");
-                            return Ok(self.done(FinishReason::Abort, None, Delta::default()));
+                            return Ok(self.fail(e));
                         }
                     }
                 }
                 (self.sampler.sample(logits, prompt, &self.output), true)
             }
         };
-        let eos = self.tokenizer.eos_token_ids().contains(&token);
-        if guided && !(eos && !self.params.ignore_eos) {
+        let ends = !self.params.ignore_eos && self.tokenizer.eos_token_ids().contains(&token);
+        if guided && !ends {
             if let Some(g) = &mut self.guide {
                 if let Err(e) = g.consume(token) {
-                    tracing::error!(error = %e, "constrained decoding failed; ending the sequence");
-                    return Ok(self.done(FinishReason::Abort, None, Delta::default()));
+                    return Ok(self.fail(e));
                 }
             }
         }
-        if !self.params.ignore_eos && eos {
+        if ends {
             return Ok(self.done(FinishReason::Stop, None, Delta::default()));
         }
         self.output.push(token);
@@ -206,6 +207,9 @@ impl<'t> Sequence<'t> {
     /// Ends the sequence (for `reason`, when it has not ended by itself) and returns what the
     /// detokenizer, stop matcher and splitter still hold.
     pub fn finish(&mut self, reason: FinishReason) -> Result<Delta, EngineError> {
+        if let Some(f) = &self.failure {
+            return Err(EngineError::Request(f.clone()));
+        }
         let reason = *self.finished.get_or_insert(reason);
         let mut out = Delta::default();
         if reason != FinishReason::Stop || self.stops.matched().is_none() {
@@ -223,6 +227,13 @@ impl<'t> Sequence<'t> {
             out.append(s.finish());
         }
         Ok(out)
+    }
+
+    /// Ends the sequence because its constraint failed; [`Self::finish`] reports why.
+    fn fail(&mut self, e: seek_structured::StructuredError) -> Step {
+        tracing::error!(error = %e, "constrained decoding failed; ending the sequence");
+        self.failure = Some(format!("constrained decoding failed: {e}"));
+        self.done(FinishReason::Abort, None, Delta::default())
     }
 
     fn done(&mut self, reason: FinishReason, token: Option<TokenId>, delta: Delta) -> Step {

@@ -240,7 +240,8 @@ pub struct EngineStats {
 enum Msg {
     Submit {
         id: u64,
-        req: ServeRequest,
+        // Boxed: a request (with its constraint's parser) is much larger than the other messages.
+        req: Box<ServeRequest>,
         sink: Sink,
         at: Instant,
     },
@@ -347,7 +348,7 @@ impl EngineHandle {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let msg = Msg::Submit {
             id,
-            req,
+            req: Box::new(req),
             sink,
             at: Instant::now(),
         };
@@ -609,7 +610,7 @@ impl<'m> Loop<'m> {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Submit { id, req, sink, at } => self.waiting.push_back((id, req, sink, at)),
+            Msg::Submit { id, req, sink, at } => self.waiting.push_back((id, *req, sink, at)),
             Msg::Abort(id) => {
                 if let Some(r) = self.running.iter_mut().find(|r| r.id == id) {
                     r.aborted = true;

@@ -2807,3 +2807,264 @@ apply_to = ["content"]
     assert!(p.contains("<EMAIL_1>") && !p.contains("jane.doe"), "{p}");
     assert_eq!(refused.finish_reason.as_deref(), Some("content_filter"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Constrained decoding, tools, logit_bias
+// ---------------------------------------------------------------------------------------------
+
+fn completion(prompt: &str, extra: Value) -> Value {
+    let mut v =
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": 120, "temperature": 1.0, "seed": 7});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+/// Random weights write noise; under a schema, the noise is still a valid object.
+#[tokio::test]
+async fn a_schema_constrains_even_a_random_model() {
+    let s = state();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "n": {"type": "integer", "minimum": 1, "maximum": 9},
+            "ok": {"type": "boolean"}
+        },
+        "required": ["name", "n", "ok"],
+        "additionalProperties": false
+    });
+    for (field, value) in [
+        (
+            "response_format",
+            json!({"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": true}}),
+        ),
+        ("structured_outputs", json!({"json": schema})),
+        ("guided_json", json!(schema.to_string())),
+        ("json_schema", schema.clone()),
+    ] {
+        for seed in 0..3 {
+            let body = completion("Data:", json!({field: value, "seed": seed, "n": 2}));
+            let r = post(&s, "/v1/completions", &body).await;
+            assert_eq!(r.status, 200, "{field}: {}", r.text);
+            for c in r.json()["choices"].as_array().unwrap() {
+                assert_eq!(c["finish_reason"], "stop", "{field}: {c}");
+                let text = c["text"].as_str().unwrap();
+                let v: Value =
+                    serde_json::from_str(text).unwrap_or_else(|e| panic!("{field}: {e}: {text:?}"));
+                assert!(v["name"].as_str().unwrap().chars().count() <= 8, "{text}");
+                assert!((1..=9).contains(&v["n"].as_i64().unwrap()), "{text}");
+                assert!(v["ok"].is_boolean(), "{text}");
+            }
+        }
+    }
+    // Regex, choice and grammar (vLLM's and llama.cpp's names).
+    let r = post(
+        &s,
+        "/v1/completions",
+        &completion("x", json!({"guided_regex": "[a-c]{2}-[0-9]{3}"})),
+    )
+    .await;
+    let t = r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(
+        regex::Regex::new("^[a-c]{2}-[0-9]{3}$")
+            .unwrap()
+            .is_match(&t),
+        "{t:?}"
+    );
+    let r = post(
+        &s,
+        "/v1/completions",
+        &completion(
+            "x",
+            json!({"structured_outputs": {"choice": ["red", "green"]}}),
+        ),
+    )
+    .await;
+    let t = r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(t == "red" || t == "green", "{t:?}");
+    let r = post(
+        &s,
+        "/v1/completions",
+        &completion(
+            "x",
+            json!({"grammar": "start: \"(\" DIGIT \"+\" DIGIT \")\"\nDIGIT: /[0-9]/"}),
+        ),
+    )
+    .await;
+    let t = r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+    assert!(
+        regex::Regex::new(r"^\([0-9]\+[0-9]\)$")
+            .unwrap()
+            .is_match(&t),
+        "{t:?}"
+    );
+}
+
+#[tokio::test]
+async fn constrained_streams_carry_the_same_valid_text() {
+    let s = state();
+    let body = completion(
+        "Data:",
+        json!({"stream": true, "guided_json": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 999}}, "required": ["a"], "additionalProperties": false}}),
+    );
+    let r = post(&s, "/v1/completions", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut text = String::new();
+    for e in r.events() {
+        if e == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&e).unwrap();
+        text.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+    }
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert!(v["a"].is_i64(), "{text}");
+}
+
+#[tokio::test]
+async fn logit_bias_moves_tokens_and_bad_entries_are_400() {
+    let s = state();
+    let tok = tokenizer();
+    let id = tok.encode("a", false).unwrap()[0];
+    // +100 on one token makes greedy decoding pick it every time.
+    let body = completion(
+        "Hello",
+        json!({"temperature": 0, "max_tokens": 5, "logit_bias": {id.to_string(): 100}}),
+    );
+    let r = post(&s, "/v1/completions", &body).await;
+    assert_eq!(r.json()["choices"][0]["text"], "aaaaa", "{}", r.text);
+    for (bias, needle) in [
+        (json!({"a": 1}), "not a token id"),
+        (json!({"999999": 1}), "outside the model's vocabulary"),
+        (json!({id.to_string(): 101}), "between -100 and 100"),
+        (json!({id.to_string(): "x"}), "between -100 and 100"),
+    ] {
+        let r = post(
+            &s,
+            "/v1/chat/completions",
+            &chat(PROMPT, json!({"logit_bias": bias})),
+        )
+        .await;
+        let m = assert_openai_error(&r, 400, None, Some("logit_bias"));
+        assert!(m.contains(needle), "{m}");
+    }
+}
+
+#[tokio::test]
+async fn bad_constraints_and_tools_are_400_naming_the_field() {
+    let s = state();
+    let tools =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for (extra, param, needle) in [
+        (json!({"guided_regex": "(", }), "guided_regex", "regex"),
+        (
+            json!({"guided_regex": "a", "guided_choice": ["b"]}),
+            "guided_choice",
+            "several output constraints",
+        ),
+        (
+            json!({"structured_outputs": {}}),
+            "structured_outputs",
+            "is empty",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}}),
+            "response_format",
+            "json_schema",
+        ),
+        (
+            json!({"tool_choice": "required"}),
+            "tool_choice",
+            "only allowed when `tools`",
+        ),
+        (
+            json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "tool_choice",
+            "\"g\"",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "bad name"}}]}),
+            "tools",
+            "letters, digits",
+        ),
+        (
+            json!({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
+            "tools",
+            "only \"function\"",
+        ),
+        (
+            json!({"tools": tools, "tool_choice": "required", "guided_regex": "a"}),
+            "guided_regex",
+            "cannot both apply",
+        ),
+    ] {
+        let r = post(&s, "/v1/chat/completions", &chat(PROMPT, extra.clone())).await;
+        let m = assert_openai_error(&r, 400, None, Some(param));
+        assert!(m.contains(needle), "{extra}: {m}");
+    }
+}
+
+#[tokio::test]
+async fn a_named_tool_call_comes_back_parsed_from_deepseeks_format() {
+    // The fixture has R1's chat template (DeepSeek's tool format). A prefix completion that
+    // closes the reasoning lets the constraint start at once: the random model then writes
+    // the call the grammar forces, and the server reads it back as an OpenAI tool call.
+    let s = state();
+    let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string", "maxLength": 6}},
+        "required": ["q"], "additionalProperties": false}}}]);
+    let body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Find it."},
+                     {"role": "assistant", "content": "Calling it.", "reasoning_content": "Use the tool.", "prefix": true}],
+        "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+        "parallel_tool_calls": false,
+        // The tiny vocabulary has no marker tokens: they are spelled byte by byte.
+        "max_tokens": 200, "temperature": 1.0, "seed": 3,
+    });
+    for stream in [false, true] {
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let r = post(&s, "/v1/chat/completions", &body).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let (name, args, finish) = if stream {
+            let (mut name, mut args, mut finish) = (String::new(), String::new(), String::new());
+            for e in r.events() {
+                if e == "[DONE]" {
+                    break;
+                }
+                let v: Value = serde_json::from_str(&e).unwrap();
+                let c = &v["choices"][0];
+                if let Some(calls) = c["delta"]["tool_calls"].as_array() {
+                    for call in calls {
+                        assert_eq!(call["index"], 0);
+                        name.push_str(call["function"]["name"].as_str().unwrap_or(""));
+                        args.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+                    }
+                }
+                if let Some(f) = c["finish_reason"].as_str() {
+                    finish = f.to_string();
+                }
+            }
+            (name, args, finish)
+        } else {
+            let v = r.json();
+            let c = &v["choices"][0];
+            let call = &c["message"]["tool_calls"][0];
+            assert!(call.is_object(), "{v:#}");
+            assert!(call["id"].as_str().unwrap().starts_with("call_"), "{v}");
+            (
+                call["function"]["name"].as_str().unwrap().to_string(),
+                call["function"]["arguments"].as_str().unwrap().to_string(),
+                c["finish_reason"].as_str().unwrap().to_string(),
+            )
+        };
+        assert_eq!(name, "lookup", "stream={stream}");
+        assert_eq!(finish, "tool_calls", "stream={stream}");
+        let a: Value = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{e}: {args:?}"));
+        assert!(a["q"].as_str().unwrap().chars().count() <= 6, "{args}");
+    }
+}

@@ -159,12 +159,20 @@ impl TokenizerEnv for SeekTokEnv {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        let text = String::from_utf8_lossy(s);
-        match self.hf.encode_fast(text.as_ref(), false) {
+        // Forced text can end inside a character: the whole characters go through the
+        // model's tokenizer, the cut bytes through the trie's greedy split (a valid, if not
+        // canonical, tokenization), so that the ids spell exactly these bytes.
+        let valid = match std::str::from_utf8(s) {
+            Ok(_) => s.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        let text = std::str::from_utf8(&s[..valid]).unwrap_or_default();
+        let mut ids = match self.hf.encode_fast(text, false) {
             Ok(enc) => enc.get_ids().to_vec(),
-            // The trie's greedy split is a valid (if not canonical) tokenization.
-            Err(_) => self.trie.greedy_tokenize(s),
-        }
+            Err(_) => self.trie.greedy_tokenize(&s[..valid]),
+        };
+        ids.extend(self.trie.greedy_tokenize(&s[valid..]));
+        ids
     }
 }
 

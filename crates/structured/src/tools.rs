@@ -490,7 +490,12 @@ fn scan_deepseek(format: ToolFormat, text: &str, done: bool) -> Scan<'_> {
                 Some(nl) => {
                     let name = after[..nl].trim().to_string();
                     let a = after[nl + 1..].trim_start();
-                    let a = a.strip_prefix("```json").unwrap_or(a).trim_start();
+                    // A fence still arriving is not arguments yet.
+                    let a = if !complete && "```json".starts_with(a) {
+                        ""
+                    } else {
+                        a.strip_prefix("```json").unwrap_or(a).trim_start()
+                    };
                     let a = if complete {
                         a.trim_end().strip_suffix("```").unwrap_or(a).trim_end()
                     } else {
@@ -609,6 +614,24 @@ mod tests {
         let v31 = format!("{DS_CALLS_BEGIN}{DS_CALL_BEGIN}a{DS_SEP}{{}}{DS_CALL_END}{DS_CALL_BEGIN}b{DS_SEP}{{\"x\": 1}}{DS_CALL_END}{DS_CALLS_END}");
         let p = ToolFormat::DeepSeekV31.parse(&v31);
         assert_eq!(p.calls, vec![call("a", "{}"), call("b", "{\"x\": 1}")]);
+    }
+
+    #[test]
+    fn streamed_deepseek_arguments_only_grow() {
+        let full = format!("{DS_CALLS_BEGIN}{DS_CALL_BEGIN}function{DS_SEP}f\n```json\n{{\"a\": [1, 2]}}\n```{DS_CALL_END}{DS_CALLS_END}");
+        let final_args = ToolFormat::DeepSeekV3.parse(&full).calls[0]
+            .arguments
+            .clone();
+        for end in (1..=full.len()).filter(|&e| full.is_char_boundary(e)) {
+            let s = ToolFormat::DeepSeekV3.scan(&full[..end], false);
+            if let Some(c) = s.calls.first() {
+                assert!(
+                    final_args.starts_with(c.arguments),
+                    "{:?} at {end}",
+                    c.arguments
+                );
+            }
+        }
     }
 
     #[test]

@@ -272,3 +272,37 @@ fn deepseek_r1_markers_are_tokens_the_grammar_can_force() {
         assert!(args["q"].is_string(), "{text}");
     }
 }
+
+/// A vocabulary without DeepSeek's marker tokens (the tiny test fixture) still takes the
+/// grammar: the markers are spelled in bytes, and forced text cut inside a character is
+/// tokenized exactly.
+#[test]
+fn tool_markers_spelled_in_bytes_when_the_vocabulary_lacks_them() {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/deepseek/dsv3-qlora-yarn");
+    let tok = Tokenizer::from_hf_dir(&dir).unwrap();
+    let g = Grammars::new(&tok).unwrap();
+    let format = ToolFormat::detect(tok.chat_template().map(|t| t.source())).unwrap();
+    assert_eq!(g.special_token("<｜tool▁calls▁begin｜>"), None);
+    let tools = vec![ToolSpec {
+        name: "lookup".into(),
+        description: None,
+        parameters: json!({"type": "object", "properties": {"q": {"type": "string", "maxLength": 6}},
+            "required": ["q"], "additionalProperties": false}),
+    }];
+    let c = format
+        .grammar(&tools, Some("lookup"), false, &|s| g.special_token(s))
+        .unwrap();
+    let mut finished = 0;
+    for seed in 0..10 {
+        let mut guide = g.compile(&c).unwrap();
+        let (text, done) = walk(&tok, &mut guide, seed, 300);
+        if done {
+            finished += 1;
+            let out = format.parse(&text);
+            assert_eq!(out.calls.len(), 1, "{text:?}");
+            assert_eq!(out.calls[0].name, "lookup");
+        }
+    }
+    assert!(finished >= 5, "{finished}");
+}

@@ -142,7 +142,7 @@ impl ChatTemplate {
             .map(|m| TemplateMessage {
                 thinking: m.reasoning_content.as_deref(),
                 role: &m.role,
-                content: (!(m.content.is_empty() && !m.tool_calls.is_empty()))
+                content: (!m.content.is_empty() || m.tool_calls.is_empty())
                     .then_some(m.content.as_str()),
                 reasoning_content: m.reasoning_content.as_deref(),
                 tool_calls: m

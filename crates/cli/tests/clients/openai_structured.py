@@ -192,6 +192,23 @@ named = client.chat.completions.create(messages=[{"role": "user", "content": "Ad
                                        tool_choice={"type": "function", "function": {"name": "add"}}, **greedy)
 call = named.choices[0].message.tool_calls[0]
 out["named"] = {"name": call.function.name, "arguments": json.loads(call.function.arguments)}
+# DeepSeek's chat prefix completion: the last assistant message is continued.
+prefix = "The capital of France is"
+r = client.chat.completions.create(
+    messages=[{"role": "user", "content": "Name the capital of France in one sentence."},
+              {"role": "assistant", "content": prefix, "prefix": True}], **greedy)
+out["prefix"] = r.choices[0].message.content
+# Fill in the middle with Qwen2.5-Coder's FIM tokens.
+r = client.completions.create(model=model, prompt="def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n",
+                              max_tokens=16, temperature=0)
+out["fim"] = r.choices[0].text
+# Regex and choice constraints through vLLM's fields (extra_body, as vLLM's docs show).
+r = client.chat.completions.create(messages=[{"role": "user", "content": "Give a date in 2024."}],
+                                   extra_body={"structured_outputs": {"regex": r"2024-[01][0-9]-[0-3][0-9]"}}, **greedy)
+out["regex"] = r.choices[0].message.content
+r = client.chat.completions.create(messages=[{"role": "user", "content": "Is the sky green? yes or no"}],
+                                   extra_body={"guided_choice": ["yes", "no"]}, **greedy)
+out["choice"] = r.choices[0].message.content
 # Errors an SDK maps to its exceptions.
 try:
     client.chat.completions.create(messages=question, model="no-such-model", max_tokens=4)
