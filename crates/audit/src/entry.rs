@@ -33,6 +33,10 @@ pub struct AuditEntry {
     pub request_id: String,
     /// The tenant the API key belongs to.
     pub tenant: String,
+    /// The end user the client named (OpenAI's `user`, Anthropic's `metadata.user_id`), if it
+    /// named one.
+    #[serde(default)]
+    pub end_user: Option<String>,
     /// The served model name the client asked for.
     pub model: String,
     /// The route, e.g. `/v1/chat/completions`.

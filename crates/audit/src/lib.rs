@@ -193,7 +193,7 @@ const ENTRY_COLUMNS: &str = "e.id, e.time_ms, e.request_id, e.tenant, e.model, e
     e.status, e.finish_reason, e.policy, e.prompt, e.prompt_redacted, e.prompt_sha256, \
     e.reasoning, e.reasoning_redacted, e.reasoning_sha256, e.answer, e.answer_redacted, \
     e.answer_sha256, e.prompt_tokens, e.completion_tokens, e.reasoning_tokens, \
-    e.cached_prompt_tokens, e.cost_usd, e.latency_ms, e.error";
+    e.cached_prompt_tokens, e.cost_usd, e.latency_ms, e.error, e.end_user";
 
 impl AuditLog {
     /// Opens the audit database at `path`, creating it (and its schema) when there is none,
@@ -284,8 +284,9 @@ impl AuditLog {
                  finish_reason, policy, prompt, prompt_redacted, prompt_sha256, reasoning, \
                  reasoning_redacted, reasoning_sha256, answer, answer_redacted, answer_sha256, \
                  prompt_tokens, completion_tokens, reasoning_tokens, cached_prompt_tokens, \
-                 cost_usd, latency_ms, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-                 ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                 cost_usd, latency_ms, error, end_user) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+                 ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
+                 ?25)",
             )?;
             insert.execute(params![
                 e.time_ms,
@@ -312,6 +313,7 @@ impl AuditLog {
                 e.cost_usd,
                 e.latency_ms,
                 e.error,
+                e.end_user,
             ])?;
             let id = tx.last_insert_rowid();
             let mut rail = tx.prepare_cached(
@@ -655,5 +657,6 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
         cost_usd: row.get(22)?,
         latency_ms: row.get(23)?,
         error: row.get(24)?,
+        end_user: row.get(25)?,
     })
 }

@@ -68,6 +68,10 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX rails_rail_triggered ON rails (rail, triggered);
     ",
+    // 2: the end user a client names (OpenAI's `user`, Anthropic's `metadata.user_id`).
+    "
+    ALTER TABLE entries ADD COLUMN end_user TEXT;
+    ",
 ];
 
 /// The version of the database, after refusing one that is newer than this build or that

@@ -42,6 +42,7 @@ fn full_entry() -> AuditEntry {
         time_ms: T0 + 123,
         request_id: "chatcmpl-42".into(),
         tenant: "acme".into(),
+        end_user: Some("user-7f3a".into()),
         model: "r1-distill-qwen-1.5b".into(),
         endpoint: "/v1/chat/completions".into(),
         status: 200,
@@ -534,6 +535,44 @@ fn rail_rows(path: &Path) -> i64 {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.query_row("SELECT COUNT(*) FROM rails", [], |r| r.get(0))
         .unwrap()
+}
+
+#[test]
+fn a_version_1_database_is_migrated_and_keeps_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let log = AuditLog::open(&path).unwrap();
+    let old = AuditEntry {
+        end_user: None,
+        ..full_entry()
+    };
+    let id = log.record(&old).unwrap();
+    drop(log);
+    // What version 1 was: no end_user column.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("ALTER TABLE entries DROP COLUMN end_user; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+
+    let log = AuditLog::open(&path).unwrap();
+    assert_eq!(
+        log.get(id).unwrap().unwrap(),
+        AuditEntry {
+            id: Some(id),
+            ..old
+        }
+    );
+    let id = log.record(&full_entry()).unwrap();
+    assert_eq!(
+        log.get(id).unwrap().unwrap().end_user.as_deref(),
+        Some("user-7f3a")
+    );
+    drop(log);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
 }
 
 #[test]

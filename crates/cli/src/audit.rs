@@ -419,6 +419,7 @@ fn show_text(e: &AuditEntry) -> String {
         ),
         ("request id", e.request_id.clone()),
         ("tenant", e.tenant.clone()),
+        ("end user", opt(&e.end_user)),
         ("model", e.model.clone()),
         ("endpoint", e.endpoint.clone()),
         ("status", e.status.to_string()),

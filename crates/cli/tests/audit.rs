@@ -173,6 +173,7 @@ fn list_show_summary_export_and_purge() {
     assert!(text.starts_with(&format!("entry {}\n", id(2))), "{text}");
     for want in [
         "request id  req-new",
+        "end user    -",
         "policy      monitoring",
         "tokens      prompt 9 (cached 0), completion 40 (reasoning 30)",
         "latency     950.5 ms",

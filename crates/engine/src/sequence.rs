@@ -124,6 +124,11 @@ impl<'t> Sequence<'t> {
         self.finished
     }
 
+    /// The stop string that ended the sequence, if one did.
+    pub fn matched_stop(&self) -> Option<&str> {
+        self.stops.matched()
+    }
+
     /// Picks the next token from `logits` (of the last fed position) and turns it into text.
     pub fn step(&mut self, logits: &mut [f32], prompt: &[TokenId]) -> Result<Step, EngineError> {
         if self.output.len() >= self.params.max_tokens {

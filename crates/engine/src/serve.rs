@@ -127,6 +127,8 @@ pub enum ServeEvent {
     Finished {
         /// Why.
         finish_reason: FinishReason,
+        /// The stop string that ended the request, if one did (`finish_reason` is then `Stop`).
+        stop: Option<String>,
         /// Token counts (`cached_prompt_tokens` included).
         usage: Usage,
         /// Timings.
@@ -1118,6 +1120,7 @@ impl<'m> Loop<'m> {
             .fetch_add(r.seq.reasoning_tokens as u64, Ordering::Relaxed);
         (r.sink)(ServeEvent::Finished {
             finish_reason: reason,
+            stop: r.seq.matched_stop().map(str::to_string),
             usage,
             timings,
         });
@@ -1129,6 +1132,7 @@ impl<'m> Loop<'m> {
 fn finished_unstarted(req: &ServeRequest, at: Instant, reason: FinishReason) -> ServeEvent {
     ServeEvent::Finished {
         finish_reason: reason,
+        stop: None,
         usage: Usage {
             prompt_tokens: req.prompt.len(),
             total_tokens: req.prompt.len(),

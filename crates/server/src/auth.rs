@@ -1,4 +1,4 @@
-//! API keys: `Authorization: Bearer KEY`, one tenant per key.
+//! API keys: `Authorization: Bearer KEY` (or Anthropic's `x-api-key: KEY`), one tenant per key.
 //!
 //! Keys are compared in constant time (every configured key is compared, and each comparison
 //! takes the same time whatever the bytes), so response times say nothing about how much of a
@@ -20,6 +20,8 @@ use crate::ratelimit::RateLimits;
 pub const DEFAULT_TENANT: &str = "default";
 /// The tenant of requests to a server without keys.
 pub const ANONYMOUS_TENANT: &str = "anonymous";
+/// Anthropic's key header.
+const X_API_KEY: &str = "x-api-key";
 
 /// The configured keys and their tenants.
 #[derive(Clone, Default)]
@@ -149,23 +151,35 @@ impl ApiKeys {
         self.keys.is_empty()
     }
 
-    /// The tenant of the request's key, or 401.
+    /// The tenant of the request's key, or 401. The key is `Authorization: Bearer KEY`
+    /// (OpenAI's clients) or, without that header, `x-api-key: KEY` (Anthropic's).
     pub fn check(&self, headers: &HeaderMap) -> Result<String, AppError> {
         if self.is_empty() {
             return Ok(ANONYMOUS_TENANT.into());
         }
-        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(AppError::Unauthorized(
-                "no API key: send it as `Authorization: Bearer KEY`".into(),
-            ));
+        let given = match (
+            headers.get(axum::http::header::AUTHORIZATION),
+            headers.get(X_API_KEY),
+        ) {
+            (Some(value), _) => {
+                // The scheme is case-insensitive (RFC 9110).
+                let v = value.as_bytes();
+                (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+                    .then(|| v[7..].trim_ascii())
+                    .ok_or_else(|| {
+                        AppError::Unauthorized(
+                            "the Authorization header must be `Bearer KEY`".into(),
+                        )
+                    })?
+            }
+            (None, Some(value)) => value.as_bytes().trim_ascii(),
+            (None, None) => {
+                return Err(AppError::Unauthorized(
+                    "no API key: send it as `Authorization: Bearer KEY` (or `x-api-key: KEY`)"
+                        .into(),
+                ))
+            }
         };
-        // The scheme is case-insensitive (RFC 9110).
-        let v = value.as_bytes();
-        let given = (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
-            .then(|| v[7..].trim_ascii())
-            .ok_or_else(|| {
-                AppError::Unauthorized("the Authorization header must be `Bearer KEY`".into())
-            })?;
         // Compare against every key, without stopping at a match.
         let mut found: Option<&str> = None;
         for (tenant, key) in &self.keys {
@@ -317,6 +331,23 @@ mod tests {
         ] {
             assert_eq!(k.check(&h).unwrap_err().status(), 401);
         }
+    }
+
+    #[test]
+    fn anthropics_x_api_key_header_is_a_key_too() {
+        let mut k = ApiKeys::none();
+        k.add("team-a", "sk-a").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("sk-a"));
+        assert_eq!(k.check(&h).unwrap(), "team-a");
+        h.insert("x-api-key", HeaderValue::from_static("sk-b"));
+        assert_eq!(k.check(&h).unwrap_err().status(), 401);
+        // With both, Authorization is the key.
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-a"));
+        assert_eq!(k.check(&h).unwrap(), "team-a");
+        let mut h = headers("Bearer sk-wrong");
+        h.insert("x-api-key", HeaderValue::from_static("sk-a"));
+        assert_eq!(k.check(&h).unwrap_err().status(), 401);
     }
 
     #[test]

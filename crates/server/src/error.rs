@@ -4,7 +4,9 @@
 //! request (bad JSON, context overflow), 404 for an unknown route or model, 401 without a valid key, 429 with
 //! `Retry-After` when the queue is full or a tenant's rate limit is reached (the latter with
 //! OpenAI's `x-ratelimit-*` headers), 503 while loading or draining, 500 without internals
-//! (the details go to the log, under the request id).
+//! (the details go to the log, under the request id). `/v1/messages` renders the same
+//! errors, with the same statuses and headers, in Anthropic's shape
+//! ([`crate::anthropic::error_body`]).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -154,9 +156,21 @@ impl From<RateLimited> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let status = self.status();
         let body = ErrorResponse { error: self.body() };
-        let mut res = (status, axum::Json(body)).into_response();
+        self.respond(body)
+    }
+}
+
+impl AppError {
+    /// The response in Anthropic's shape (`/v1/messages`): the same status and headers.
+    pub(crate) fn into_anthropic_response(self) -> Response {
+        let body = crate::anthropic::error_body(&self);
+        self.respond(body)
+    }
+
+    /// This error's status and headers around `body` (its OpenAI or Anthropic rendering).
+    fn respond(self, body: impl serde::Serialize) -> Response {
+        let mut res = (self.status(), axum::Json(body)).into_response();
         match &self {
             AppError::Busy { retry_after_s, .. } => {
                 res.headers_mut()

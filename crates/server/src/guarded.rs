@@ -358,6 +358,7 @@ impl Guarded {
                 }
                 ServeEvent::Finished {
                     finish_reason,
+                    stop,
                     usage,
                     timings,
                 } => {
@@ -395,6 +396,8 @@ impl Guarded {
                         choice,
                         at,
                         event: ServeEvent::Finished {
+                            // A stop string ended it only if the guard did not.
+                            stop: stop.filter(|_| reason == FinishReason::Stop),
                             finish_reason: reason,
                             usage,
                             timings,
@@ -478,6 +481,8 @@ pub(crate) struct AuditDraft {
     pub answer_redacted: Option<String>,
     pub rails: Vec<(String, RailResult)>,
     pub finish_reason: Option<String>,
+    /// The end user the client named (`user`; Anthropic's `metadata.user_id`).
+    pub end_user: Option<String>,
 }
 
 /// Everything but the draft that an entry needs.
@@ -519,6 +524,7 @@ impl AuditDraft {
             time_ms: seek_audit::now_ms() - meta.latency_ms as i64,
             request_id: meta.request_id.to_string(),
             tenant: meta.tenant.to_string(),
+            end_user: self.end_user,
             model: meta.model.to_string(),
             endpoint: meta.endpoint.to_string(),
             status: meta.status,

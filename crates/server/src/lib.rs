@@ -1,6 +1,7 @@
 //! An OpenAI- and DeepSeek-compatible HTTP server over Seek's engines: chat and text
-//! completions (streamed or not), models, health and Prometheus metrics, with API keys per
-//! tenant, rate limits per tenant and the cost of every request.
+//! completions (streamed or not), Anthropic's Messages API ([`anthropic`]), models, health and
+//! Prometheus metrics, with API keys per tenant, rate limits per tenant and the cost of every
+//! request.
 //!
 //! Design decision: the server holds no tensors and runs no model code. Each served model is
 //! an [`seek_engine::serve::EngineHandle`] (a synchronous loop on its own thread); a handler
@@ -21,6 +22,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod anthropic;
 pub mod auth;
 mod conn;
 mod error;
@@ -58,6 +60,10 @@ pub fn app(state: AppState) -> Router {
         .route("/chat/completions", post(routes::chat))
         .route("/v1/completions", post(routes::completions))
         .route("/completions", post(routes::completions))
+        .route("/v1/messages", post(routes::messages))
+        .route("/messages", post(routes::messages))
+        .route("/v1/messages/count_tokens", post(routes::count_tokens))
+        .route("/messages/count_tokens", post(routes::count_tokens))
         .route("/v1/models", get(routes::models))
         .route("/models", get(routes::models))
         // A model name may hold slashes (`deepseek-ai/DeepSeek-R1`).

@@ -25,6 +25,7 @@ use seek_engine::serve::{ServeEvent, TokenLogprob};
 use seek_types::FinishReason;
 use serde::de::DeserializeOwned;
 
+use crate::anthropic;
 use crate::error::AppError;
 use crate::guarded::{self, AuditDraft, Guarded};
 use crate::metrics::Format;
@@ -45,13 +46,30 @@ enum Endpoint {
     Completion,
 }
 
+/// The API a request came in on: the pipeline is the same, the shapes it reads and writes
+/// differ (Anthropic's Messages run as chat requests, see [`anthropic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Anthropic,
+}
+
+impl Api {
+    fn error_response(self, e: AppError) -> Response {
+        match self {
+            Api::OpenAi => e.into_response(),
+            Api::Anthropic => e.into_anthropic_response(),
+        }
+    }
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    generate(state, Endpoint::Chat, headers, body).await
+    generate(state, Endpoint::Chat, Api::OpenAi, headers, body).await
 }
 
 /// `POST /v1/completions`.
@@ -60,7 +78,60 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    generate(state, Endpoint::Completion, headers, body).await
+    generate(state, Endpoint::Completion, Api::OpenAi, headers, body).await
+}
+
+/// `POST /v1/messages` (Anthropic's Messages API).
+pub(crate) async fn messages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    generate(state, Endpoint::Chat, Api::Anthropic, headers, body).await
+}
+
+/// `POST /v1/messages/count_tokens`: the tokens of the prompt a Messages request renders to.
+/// Behind the keys, but not the rate limits (nothing is generated).
+pub(crate) async fn count_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut rec = RequestRecord::new(&state, "count_tokens", "msg_");
+    let res = match count_prompt(&state, &headers, body, &mut rec) {
+        Ok(input_tokens) => {
+            rec.finish(200, None);
+            Json(anthropic::TokenCount { input_tokens }).into_response()
+        }
+        Err(e) => {
+            rec.failed(&e);
+            e.into_anthropic_response()
+        }
+    };
+    rec.committed().await;
+    res
+}
+
+fn count_prompt(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    rec: &mut RequestRecord,
+) -> Result<usize, AppError> {
+    rec.tenant = state.config().api_keys.check(headers)?;
+    let body = read_body(body)?;
+    let req: anthropic::MessagesRequest = parse_json(&body)?;
+    rec.set_model(state, &req.model);
+    let req = req.into_chat(false)?;
+    let raw = anthropic::raw_of(&req);
+    let valid = ValidRequest::chat(req, raw, state)?;
+    if valid.upstream_body.is_some() {
+        return Err(AppError::bad(
+            "model",
+            "this model is served by an upstream server (gateway mode): its tokenizer is not here to count with",
+        ));
+    }
+    Ok(valid.prompts.iter().map(|p| p.ids.len()).sum())
 }
 
 fn wire_model(m: &crate::state::ServedModel) -> wire::Model {
@@ -79,7 +150,7 @@ pub(crate) async fn model(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    let mut rec = RequestRecord::new(&state, "models", "models");
+    let mut rec = RequestRecord::new(&state, "models", "models-");
     let res = state.config().api_keys.check(&headers).and_then(|tenant| {
         rec.tenant = tenant;
         state.model(&id)
@@ -95,7 +166,7 @@ pub(crate) async fn model(
 
 /// `GET /v1/models`.
 pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let mut rec = RequestRecord::new(&state, "models", "models");
+    let mut rec = RequestRecord::new(&state, "models", "models-");
     match state.config().api_keys.check(&headers) {
         Err(e) => rec.fail(e),
         Ok(tenant) => {
@@ -145,15 +216,17 @@ pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
 async fn generate(
     state: AppState,
     endpoint: Endpoint,
+    api: Api,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (label, prefix) = match endpoint {
-        Endpoint::Chat => ("chat", "chatcmpl"),
-        Endpoint::Completion => ("completions", "cmpl"),
+    let (label, prefix) = match (api, endpoint) {
+        (Api::Anthropic, _) => ("messages", "msg_"),
+        (Api::OpenAi, Endpoint::Chat) => ("chat", "chatcmpl-"),
+        (Api::OpenAi, Endpoint::Completion) => ("completions", "cmpl-"),
     };
     let mut rec = RequestRecord::new(&state, label, prefix);
-    let res = match generate_inner(&state, endpoint, &headers, body, &mut rec).await {
+    let res = match generate_inner(&state, endpoint, api, &headers, body, &mut rec).await {
         Ok(mut r) => {
             // As OpenAI does, a limited tenant's answers say where its limits stand (after
             // this request's tokens, unless they are still being streamed).
@@ -162,7 +235,10 @@ async fn generate(
             }
             r
         }
-        Err(e) => rec.fail(e),
+        Err(e) => {
+            rec.failed(&e);
+            api.error_response(e)
+        }
     };
     // A streamed answer's record lives in its stream, which waits there.
     rec.committed().await;
@@ -172,6 +248,7 @@ async fn generate(
 async fn generate_inner(
     state: &AppState,
     endpoint: Endpoint,
+    api: Api,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     rec: &mut RequestRecord,
@@ -183,24 +260,7 @@ async fn generate_inner(
             .rate_limited(&rec.tenant, refused.kind.as_str());
         return Err(refused.into());
     }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::TooLarge(format!(
-                "the request body is larger than {BODY_LIMIT} bytes"
-            ))
-        } else if crate::conn::is_body_timeout(&e) {
-            AppError::Timeout(format!(
-                "the request body did not arrive in time ({}); send it in one go",
-                e.body_text()
-            ))
-        } else {
-            AppError::BadRequest {
-                message: format!("cannot read the request body: {}", e.body_text()),
-                param: None,
-                code: None,
-            }
-        }
-    })?;
+    let body = read_body(body)?;
     let policy = state
         .config()
         .guard
@@ -211,11 +271,28 @@ async fn generate_inner(
         rec.audit.mode = Some(p.audit_mode());
     }
     let mut input: Option<guarded::GuardedInput> = None;
+    // Anthropic's `max_tokens`, a cap on the room left in the context window (see
+    // `ValidRequest::cap_max_tokens`), and whether the window is the tighter limit.
+    let mut anthropic_cap = None;
+    let mut window_limited = false;
     let valid = match endpoint {
         Endpoint::Chat => {
-            let mut req: wire::ChatCompletionRequest = parse_json(&body)?;
-            rec.set_model(state, &req.model);
-            let raw: serde_json::Value = parse_json(&body)?;
+            let (mut req, raw) = match api {
+                Api::OpenAi => {
+                    let req: wire::ChatCompletionRequest = parse_json(&body)?;
+                    rec.set_model(state, &req.model);
+                    (req, parse_json(&body)?)
+                }
+                Api::Anthropic => {
+                    let req: anthropic::MessagesRequest = parse_json(&body)?;
+                    rec.set_model(state, &req.model);
+                    let mut req = req.into_chat(true)?;
+                    let raw = anthropic::raw_of(&req);
+                    anthropic_cap = req.max_tokens.take();
+                    (req, raw)
+                }
+            };
+            rec.audit.end_user = end_user(req.user.take())?;
             rec.audit.prompt = Some(guarded::prompt_text(&req.messages));
             if let Some(p) = &policy {
                 let (g, blocked) = guarded::guard_messages(p.clone(), &mut req.messages);
@@ -227,7 +304,11 @@ async fn generate_inner(
                 }
                 input = Some(g);
             }
-            ValidRequest::chat(req, raw, state)?
+            let mut valid = ValidRequest::chat(req, raw, state)?;
+            if let Some(m) = anthropic_cap {
+                window_limited = valid.cap_max_tokens(m);
+            }
+            valid
         }
         Endpoint::Completion => {
             let mut req: wire::CompletionRequest = parse_json(&body)?;
@@ -306,12 +387,83 @@ async fn generate_inner(
         }
     };
     let out = Output::new(&valid, endpoint, rec.id.clone(), rec.start);
+    let render = match api {
+        Api::OpenAi => Render::OpenAi,
+        Api::Anthropic => Render::Anthropic(anthropic::MessageStream::new(
+            valid.prompts.iter().map(|p| p.ids.len()).sum(),
+            window_limited,
+        )),
+    };
     let running = Guarded::new(running, input.as_ref(), valid.choices());
     if valid.stream {
-        Ok(stream(state.clone(), running, out, rec.detach()))
+        Ok(stream(state.clone(), running, out, rec.detach(), render))
     } else {
-        collect(state, running, out, rec).await
+        collect(state, running, out, rec, render).await
     }
+}
+
+/// Where the pipeline's typed results go: written as they are (OpenAI's shapes), or through
+/// the Anthropic adapter.
+enum Render {
+    OpenAi,
+    Anthropic(anthropic::MessageStream),
+}
+
+impl Render {
+    fn chat_completion(&self, c: wire::ChatCompletion) -> Response {
+        match self {
+            Render::OpenAi => Json(c).into_response(),
+            Render::Anthropic(s) => Json(anthropic::message(c, s.window_limited())).into_response(),
+        }
+    }
+
+    fn chunk(&mut self, c: Chunk, out: &mut VecDeque<Event>) {
+        match (self, c) {
+            (Render::OpenAi, Chunk::Chat(c)) => out.push_back(data(&c)),
+            (Render::OpenAi, Chunk::Completion(c)) => out.push_back(data(&c)),
+            (Render::Anthropic(s), Chunk::Chat(c)) => {
+                out.extend(s.chunk(&c).iter().map(anthropic_event))
+            }
+            (Render::Anthropic(_), Chunk::Completion(_)) => {
+                unreachable!("Messages requests run as chat requests")
+            }
+        }
+    }
+
+    /// The events of an error that ends the stream.
+    fn error(&mut self, e: &AppError, out: &mut VecDeque<Event>) {
+        match self {
+            // OpenAI's clients raise the error object, then read `[DONE]`.
+            Render::OpenAi => {
+                out.push_back(data(&wire::ErrorResponse { error: e.body() }));
+                out.push_back(Event::default().data("[DONE]"));
+            }
+            Render::Anthropic(s) => out.push_back(anthropic_event(&s.error(e))),
+        }
+    }
+
+    /// The events after the last chunk.
+    fn done(&mut self, out: &mut VecDeque<Event>) {
+        match self {
+            Render::OpenAi => out.push_back(Event::default().data("[DONE]")),
+            // `message_stop` came with the usage chunk.
+            Render::Anthropic(_) => {}
+        }
+    }
+}
+
+/// A stream chunk of either endpoint, before it is written.
+enum Chunk {
+    Chat(wire::ChatCompletionChunk),
+    Completion(wire::Completion),
+}
+
+fn data(body: &impl serde::Serialize) -> Event {
+    Event::default().data(serde_json::to_string(body).expect("chunks serialize"))
+}
+
+fn anthropic_event(e: &anthropic::StreamEvent) -> Event {
+    data(e).event(e.name())
 }
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
@@ -322,12 +474,49 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
     })
 }
 
+/// Most characters of an end user's id (Anthropic's limit for `metadata.user_id`).
+const MAX_END_USER: usize = 256;
+
+/// The end user a request names, for the audit entry and the access log.
+fn end_user(user: Option<String>) -> Result<Option<String>, AppError> {
+    match user {
+        Some(u) if u.chars().count() > MAX_END_USER => Err(AppError::bad(
+            "user",
+            format!("`user` (Anthropic's `metadata.user_id`) is longer than {MAX_END_USER} characters; send an opaque id such as a hash"),
+        )),
+        u => Ok(u.filter(|u| !u.is_empty())),
+    }
+}
+
+/// The request body, or the error that says why it could not be read.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, AppError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge(format!(
+                "the request body is larger than {BODY_LIMIT} bytes"
+            ))
+        } else if crate::conn::is_body_timeout(&e) {
+            AppError::Timeout(format!(
+                "the request body did not arrive in time ({}); send it in one go",
+                e.body_text()
+            ))
+        } else {
+            AppError::BadRequest {
+                message: format!("cannot read the request body: {}", e.body_text()),
+                param: None,
+                code: None,
+            }
+        }
+    })
+}
+
 /// Waits for every choice and answers with one JSON body.
 async fn collect(
     state: &AppState,
     mut running: Guarded,
     mut out: Output,
     rec: &mut RequestRecord,
+    render: Render,
 ) -> Result<Response, AppError> {
     while let Some(ChoiceEvent { choice, at, event }) = running.next().await {
         out.outputs[choice].take(at, &event);
@@ -342,31 +531,40 @@ async fn collect(
     let usage = out.usage();
     rec.finish(200, Some(&usage));
     Ok(match out.endpoint {
-        Endpoint::Chat => Json(out.chat_completion(usage)).into_response(),
+        Endpoint::Chat => render.chat_completion(out.chat_completion(usage)),
         Endpoint::Completion => Json(out.completion(usage)).into_response(),
     })
 }
 
 /// Answers with server-sent events: one chunk per delta, a finish chunk per choice, the usage
 /// chunk when asked, then `[DONE]`.
-fn stream(state: AppState, running: Guarded, out: Output, rec: RequestRecord) -> Response {
-    let pending: VecDeque<String> = out.start_chunks().into();
-    let st = StreamState {
+fn stream(
+    state: AppState,
+    running: Guarded,
+    out: Output,
+    rec: RequestRecord,
+    render: Render,
+) -> Response {
+    let mut st = StreamState {
         state,
         running,
         out,
         rec,
-        pending,
+        render,
+        pending: VecDeque::new(),
         ended: false,
     };
+    for c in st.out.start_chunks() {
+        st.push(c);
+    }
     let events = futures_util::stream::unfold(st, |mut st| async move {
         loop {
             if st.ended {
                 // The last events acknowledge the request: its audit entry is committed first.
                 st.rec.committed().await;
             }
-            if let Some(data) = st.pending.pop_front() {
-                return Some((Ok::<_, Infallible>(Event::default().data(data)), st));
+            if let Some(event) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(event), st));
             }
             if st.ended {
                 return None;
@@ -385,11 +583,16 @@ struct StreamState {
     running: Guarded,
     out: Output,
     rec: RequestRecord,
-    pending: VecDeque<String>,
+    render: Render,
+    pending: VecDeque<Event>,
     ended: bool,
 }
 
 impl StreamState {
+    fn push(&mut self, c: Chunk) {
+        self.render.chunk(c, &mut self.pending);
+    }
+
     fn on_event(&mut self, ChoiceEvent { choice, at, event }: ChoiceEvent) {
         let offset = self.out.outputs[choice].text_chars();
         self.out.outputs[choice].take(at, &event);
@@ -408,11 +611,11 @@ impl StreamState {
                     .out
                     .delta_chunk(choice, &delta, logprob.as_ref(), offset)
                 {
-                    self.pending.push_back(c);
+                    self.push(c);
                 }
                 if !pieces.calls.is_empty() {
                     let c = self.out.tool_call_chunk(choice, pieces.calls);
-                    self.pending.push_back(c);
+                    self.push(c);
                 }
             }
             ServeEvent::Delta { delta, logprob, .. } => {
@@ -420,7 +623,7 @@ impl StreamState {
                     .out
                     .delta_chunk(choice, delta, logprob.as_ref(), offset)
                 {
-                    self.pending.push_back(c);
+                    self.push(c);
                 }
             }
             ServeEvent::Finished {
@@ -441,12 +644,12 @@ impl StreamState {
                             content: pieces.content,
                         };
                         if let Some(c) = self.out.delta_chunk(choice, &delta, None, 0) {
-                            self.pending.push_back(c);
+                            self.push(c);
                         }
                     }
                     if !pieces.calls.is_empty() {
                         let c = self.out.tool_call_chunk(choice, pieces.calls);
-                        self.pending.push_back(c);
+                        self.push(c);
                     }
                     calls = self.out.tool_streams[choice].has_calls();
                 }
@@ -457,12 +660,13 @@ impl StreamState {
                             delta: wire::ChunkDelta::default(),
                             logprobs: None,
                             finish_reason: Some("tool_calls".into()),
+                            stop_reason: None,
                         }],
                         self.out.chunk_usage(),
                     ),
                     (reason, _) => self.out.finish_chunk(choice, reason),
                 };
-                self.pending.push_back(c);
+                self.push(c);
             }
             ServeEvent::Failed { message } => {
                 tracing::error!(request_id = %self.rec.id, choice, error = %message, "generation failed");
@@ -482,21 +686,18 @@ impl StreamState {
         let usage = self.out.usage();
         if self.out.include_usage {
             let c = self.out.usage_chunk(usage);
-            self.pending.push_back(c);
+            self.push(c);
         }
-        self.pending.push_back("[DONE]".into());
+        self.render.done(&mut self.pending);
         self.rec.finish(200, Some(&usage));
         self.ended = true;
     }
 
-    /// Ends the stream with an error event (OpenAI's clients raise it) and `[DONE]`.
+    /// Ends the stream with an error event (the clients raise it).
     fn error(&mut self, e: AppError) {
         self.rec.audit_outputs(&self.running, &self.out);
         self.out.record_latencies(&self.state);
-        let body = wire::ErrorResponse { error: e.body() };
-        self.pending
-            .push_back(serde_json::to_string(&body).expect("error bodies serialize"));
-        self.pending.push_back("[DONE]".into());
+        self.render.error(&e, &mut self.pending);
         self.rec.finish_with(e.status().as_u16(), None, Some(&e));
         self.ended = true;
     }
@@ -676,7 +877,7 @@ impl Output {
         }
     }
 
-    fn chat_chunk(&self, choices: Vec<wire::ChunkChoice>, usage: ChunkUsage) -> String {
+    fn chat_chunk(&self, choices: Vec<wire::ChunkChoice>, usage: ChunkUsage) -> Chunk {
         let c = wire::ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk".into(),
@@ -685,10 +886,10 @@ impl Output {
             choices,
             usage,
         };
-        serde_json::to_string(&c).expect("chunks serialize")
+        Chunk::Chat(c)
     }
 
-    fn completion_chunk(&self, choices: Vec<wire::CompletionChoice>, usage: ChunkUsage) -> String {
+    fn completion_chunk(&self, choices: Vec<wire::CompletionChoice>, usage: ChunkUsage) -> Chunk {
         let c = wire::Completion {
             id: self.id.clone(),
             object: "text_completion".into(),
@@ -697,11 +898,11 @@ impl Output {
             choices,
             usage,
         };
-        serde_json::to_string(&c).expect("chunks serialize")
+        Chunk::Completion(c)
     }
 
     /// Chat streams open each choice with the assistant role.
-    fn start_chunks(&self) -> Vec<String> {
+    fn start_chunks(&self) -> Vec<Chunk> {
         if self.endpoint != Endpoint::Chat {
             return vec![];
         }
@@ -716,6 +917,7 @@ impl Output {
                     },
                     logprobs: None,
                     finish_reason: None,
+                    stop_reason: None,
                 };
                 self.chat_chunk(vec![choice], self.chunk_usage())
             })
@@ -723,7 +925,7 @@ impl Output {
     }
 
     /// A chat chunk of tool-call pieces.
-    fn tool_call_chunk(&self, index: usize, calls: Vec<wire::ToolCallDelta>) -> String {
+    fn tool_call_chunk(&self, index: usize, calls: Vec<wire::ToolCallDelta>) -> Chunk {
         let choice = wire::ChunkChoice {
             index,
             delta: wire::ChunkDelta {
@@ -732,6 +934,7 @@ impl Output {
             },
             logprobs: None,
             finish_reason: None,
+            stop_reason: None,
         };
         self.chat_chunk(vec![choice], self.chunk_usage())
     }
@@ -743,7 +946,7 @@ impl Output {
         delta: &seek_reasoning::Delta,
         logprob: Option<&TokenLogprob>,
         offset: usize,
-    ) -> Option<String> {
+    ) -> Option<Chunk> {
         if delta.is_empty() && logprob.is_none() {
             return None;
         }
@@ -767,6 +970,7 @@ impl Output {
                         content: vec![chat_logprob(l)],
                     }),
                     finish_reason: None,
+                    stop_reason: None,
                 };
                 self.chat_chunk(vec![choice], self.chunk_usage())
             }
@@ -783,7 +987,7 @@ impl Output {
         })
     }
 
-    fn finish_chunk(&self, index: usize, reason: FinishReason) -> String {
+    fn finish_chunk(&self, index: usize, reason: FinishReason) -> Chunk {
         let reason = Some(reason.to_string());
         match self.endpoint {
             Endpoint::Chat => self.chat_chunk(
@@ -792,6 +996,7 @@ impl Output {
                     delta: wire::ChunkDelta::default(),
                     logprobs: None,
                     finish_reason: reason,
+                    stop_reason: self.outputs[index].stop.clone(),
                 }],
                 self.chunk_usage(),
             ),
@@ -807,7 +1012,7 @@ impl Output {
         }
     }
 
-    fn usage_chunk(&self, usage: wire::Usage) -> String {
+    fn usage_chunk(&self, usage: wire::Usage) -> Chunk {
         match self.endpoint {
             Endpoint::Chat => self.chat_chunk(vec![], ChunkUsage::Final(usage)),
             Endpoint::Completion => self.completion_chunk(vec![], ChunkUsage::Final(usage)),
@@ -843,6 +1048,7 @@ impl Output {
                         content: o.logprobs.iter().map(chat_logprob).collect(),
                     }),
                     finish_reason,
+                    stop_reason: o.stop.clone(),
                 }
             })
             .collect();
@@ -939,7 +1145,7 @@ impl RequestRecord {
     fn new(state: &AppState, endpoint: &'static str, prefix: &str) -> Self {
         Self {
             state: state.clone(),
-            id: format!("{prefix}-{:032x}", rand::random::<u128>()),
+            id: format!("{prefix}{:032x}", rand::random::<u128>()),
             endpoint,
             start: Instant::now(),
             tenant: "unknown".into(),
@@ -994,8 +1200,12 @@ impl RequestRecord {
     }
 
     fn fail(&mut self, e: AppError) -> Response {
-        self.finish_with(e.status().as_u16(), None, Some(&e));
+        self.failed(&e);
         e.into_response()
+    }
+
+    fn failed(&mut self, e: &AppError) {
+        self.finish_with(e.status().as_u16(), None, Some(e));
     }
 
     fn finish(&mut self, status: u16, usage: Option<&wire::Usage>) {
@@ -1024,6 +1234,7 @@ impl RequestRecord {
             target: "seek_server::access",
             request_id = %self.id,
             tenant = %self.tenant,
+            end_user = self.audit.end_user.as_deref(),
             model = %self.model,
             endpoint = %self.endpoint,
             status,

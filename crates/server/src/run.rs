@@ -123,6 +123,8 @@ pub(crate) struct ChoiceOutput {
     /// Characters of text before each entry of `logprobs` (legacy completions' `text_offset`).
     pub token_offsets: Vec<usize>,
     pub finish: Option<FinishReason>,
+    /// The stop string that ended the choice, if one did.
+    pub stop: Option<String>,
     pub failed: Option<String>,
     /// The engine's counts once finished; before that, the prompt and the tokens seen.
     pub usage: Usage,
@@ -173,10 +175,12 @@ impl ChoiceOutput {
             }
             ServeEvent::Finished {
                 finish_reason,
+                stop,
                 usage,
                 ..
             } => {
                 self.finish = Some(*finish_reason);
+                self.stop = stop.clone();
                 self.usage = *usage;
             }
             ServeEvent::Failed { message } => self.failed = Some(message.clone()),

@@ -264,6 +264,8 @@ impl StreamState {
                     i,
                     ServeEvent::Finished {
                         finish_reason: f.unwrap_or(FinishReason::Stop),
+                        // Which stop string matched upstream is not passed on.
+                        stop: None,
                         usage: if i == 0 { usage } else { Usage::default() },
                         timings: Default::default(),
                     },

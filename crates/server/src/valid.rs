@@ -103,6 +103,22 @@ impl ValidRequest {
         out
     }
 
+    /// Caps each prompt's completion budget at `max_tokens`; whether the room left in the
+    /// context window is the tighter limit for any of them. Anthropic's `max_tokens` is such a
+    /// cap (its clients send 32000 whatever the model): a Messages request is checked without
+    /// it, so its budget starts as the room left, then capped here.
+    pub fn cap_max_tokens(&mut self, max_tokens: u64) -> bool {
+        let mut window = false;
+        for p in &mut self.prompts {
+            if (p.params.max_tokens as u64) < max_tokens {
+                window = true;
+            } else {
+                p.params.max_tokens = max_tokens as usize;
+            }
+        }
+        window
+    }
+
     /// Checks a chat request.
     pub fn chat(
         mut req: ChatCompletionRequest,

@@ -37,6 +37,8 @@ pub struct ChatCompletionRequest {
     pub top_p: Option<f32>,
     /// Random seed (OpenAI's is a signed 64-bit integer).
     pub seed: Option<i64>,
+    /// An id of the end user, kept in the audit entry and the access log.
+    pub user: Option<String>,
     /// In `[-2, 2]`.
     pub presence_penalty: Option<f32>,
     /// In `[-2, 2]`.
@@ -355,6 +357,9 @@ pub struct ChatChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// `stop`, `length` or `tool_calls`.
     pub finish_reason: Option<String>,
+    /// vLLM extension: the stop string that ended the choice (absent when none did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 /// The assistant message of a choice.
@@ -539,6 +544,10 @@ pub struct ChunkChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// Set in the choice's last chunk.
     pub finish_reason: Option<String>,
+    /// vLLM extension, in the choice's last chunk: the stop string that ended it (absent when
+    /// none did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 /// New text of a chunk; absent fields carry nothing new.

@@ -628,6 +628,9 @@ async fn a_stop_string_ends_the_output_before_it() {
     assert_eq!(c["finish_reason"], "stop", "{cut}");
     assert_eq!(c["message"]["reasoning_content"], before, "stop {stop:?}");
     assert_eq!(c["message"]["content"], "");
+    // vLLM's stop_reason says which stop string it was; absent when none was.
+    assert_eq!(c["stop_reason"], stop.as_str(), "{cut}");
+    assert!(free["choices"][0].get("stop_reason").is_none(), "{free}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1293,6 +1296,418 @@ async fn draining_past_the_grace_period_cancels_in_flight_requests() {
     assert_eq!(events.last().unwrap(), "[DONE]");
     let err: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(err["error"]["code"], "shutting_down", "{events:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Anthropic's Messages API
+// ---------------------------------------------------------------------------------------------
+
+/// A greedy Messages request for `content`, with `extra` fields on top.
+fn message(content: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "model": MODEL,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+    });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+/// POST with extra headers.
+async fn post_with(state: &AppState, uri: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = app(state.clone())
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+/// The events of an Anthropic stream: each `event:` name must be its data's `type`.
+fn anthropic_events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let field = |name: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|l| l.trim_start().to_string())
+                    .unwrap_or_else(|| panic!("no {name} line in {e:?}"))
+            };
+            let v: Value = serde_json::from_str(&field("data:")).unwrap();
+            assert_eq!(v["type"], field("event:"), "{e}");
+            v
+        })
+        .collect()
+}
+
+/// The message a stream of events adds up to (as the `anthropic` SDK accumulates it),
+/// checking the order of the events on the way.
+fn accumulate(events: &[Value]) -> Value {
+    let (first, rest) = events.split_first().unwrap();
+    assert_eq!(first["type"], "message_start", "{events:?}");
+    assert_eq!(rest[0]["type"], "ping", "{events:?}");
+    assert_eq!(events.last().unwrap()["type"], "message_stop", "{events:?}");
+    let mut m = first["message"].clone();
+    assert!(
+        m["stop_reason"].is_null() && m["content"] == json!([]),
+        "{m}"
+    );
+    let mut open: Option<usize> = None;
+    for e in &rest[1..rest.len() - 2] {
+        let i = e["index"].as_u64().map(|i| i as usize);
+        match e["type"].as_str().unwrap() {
+            "content_block_start" => {
+                assert!(
+                    open.is_none(),
+                    "a block opens while one is open: {events:?}"
+                );
+                assert_eq!(i, Some(m["content"].as_array().unwrap().len()));
+                m["content"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(e["content_block"].clone());
+                open = i;
+            }
+            "content_block_delta" => {
+                assert_eq!(i, open, "{e}");
+                let b = &mut m["content"][i.unwrap()];
+                let (field, d) = match e["delta"]["type"].as_str().unwrap() {
+                    "text_delta" => ("text", &e["delta"]["text"]),
+                    "thinking_delta" => ("thinking", &e["delta"]["thinking"]),
+                    other => panic!("delta {other}"),
+                };
+                let t = b[field].as_str().unwrap().to_string() + d.as_str().unwrap();
+                assert!(!d.as_str().unwrap().is_empty(), "an empty delta: {e}");
+                b[field] = json!(t);
+            }
+            "content_block_stop" => {
+                assert_eq!(i, open, "{e}");
+                open = None;
+            }
+            other => panic!("unexpected {other} in {events:?}"),
+        }
+    }
+    assert!(open.is_none(), "a block is left open: {events:?}");
+    let d = &events[events.len() - 2];
+    assert_eq!(d["type"], "message_delta", "{events:?}");
+    m["stop_reason"] = d["delta"]["stop_reason"].clone();
+    m["stop_sequence"] = d["delta"]["stop_sequence"].clone();
+    m["usage"] = d["usage"].clone();
+    m
+}
+
+#[tokio::test]
+async fn a_message_is_the_chat_completion_of_the_same_request() {
+    let s = state();
+    let system = "You answer in one sentence.";
+    let openai = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "max_tokens": 40, "temperature": 0,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": PROMPT}]}),
+    )
+    .await
+    .json();
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message(
+            PROMPT,
+            json!({"max_tokens": 40, "system": [{"type": "text", "text": system}]}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = r.json();
+    assert!(m["id"].as_str().unwrap().starts_with("msg_"), "{m}");
+    assert_eq!(
+        (&m["type"], &m["role"], &m["model"]),
+        (&json!("message"), &json!("assistant"), &json!(MODEL))
+    );
+    let want = &openai["choices"][0];
+    // A reasoning model: its chain of thought first, as a thinking block, then the text.
+    let reasoning = want["message"]["reasoning_content"].as_str().unwrap();
+    assert!(!reasoning.is_empty(), "{openai}");
+    assert_eq!(
+        m["content"][0],
+        json!({"type": "thinking", "thinking": reasoning, "signature": ""})
+    );
+    assert_eq!(
+        m["content"][1],
+        json!({"type": "text", "text": want["message"]["content"]})
+    );
+    assert_eq!(m["content"].as_array().unwrap().len(), 2, "{m}");
+    let stop = match want["finish_reason"].as_str().unwrap() {
+        "stop" => "end_turn",
+        "length" => "max_tokens",
+        other => panic!("{other}"),
+    };
+    assert_eq!(m["stop_reason"], stop);
+    assert!(m["stop_sequence"].is_null());
+    // The same prompt: the second request reads it from the prefix cache, and Anthropic counts
+    // cache reads apart from the input tokens.
+    let u = &m["usage"];
+    let prompt = want_usage(&openai, "prompt_tokens");
+    assert!(u["cache_read_input_tokens"].as_u64().unwrap() > 0, "{u}");
+    assert_eq!(
+        u["input_tokens"].as_u64().unwrap() + u["cache_read_input_tokens"].as_u64().unwrap(),
+        prompt
+    );
+    assert_eq!(
+        u["output_tokens"].as_u64().unwrap(),
+        want_usage(&openai, "completion_tokens")
+    );
+    assert_eq!(u["cache_creation_input_tokens"], 0);
+    // count_tokens says the same, and counts the system prompt.
+    let mut count = message(PROMPT, json!({"system": system}));
+    count.as_object_mut().unwrap().remove("max_tokens");
+    let r = post(&s, "/v1/messages/count_tokens", &count).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), json!({"input_tokens": prompt}));
+    let r = post(&s, "/messages/count_tokens", &message(PROMPT, json!({}))).await;
+    assert_eq!(r.json()["input_tokens"], prompt_tokens(PROMPT));
+}
+
+fn want_usage(openai: &Value, field: &str) -> u64 {
+    openai["usage"][field].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_streamed_message_adds_up_to_the_message() {
+    let s = Setup::no_prefix_cache().state();
+    let body = message(PROMPT, json!({"max_tokens": 40}));
+    let whole = post(&s, "/v1/messages", &body).await.json();
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let r = post(&s, "/messages", &sbody).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = anthropic_events(&r.text);
+    // message_start has the prompt's tokens already.
+    assert_eq!(
+        events[0]["message"]["usage"]["input_tokens"],
+        whole["usage"]["input_tokens"]
+    );
+    let mut got = accumulate(&events);
+    assert_ne!(got["id"], whole["id"]);
+    got["id"] = whole["id"].clone();
+    assert_eq!(got, whole);
+}
+
+#[tokio::test]
+async fn a_stop_sequence_ends_a_message_with_stop_reason_stop_sequence() {
+    let s = Setup::no_prefix_cache().state();
+    let free = post(
+        &s,
+        "/v1/messages",
+        &message(PROMPT, json!({"max_tokens": 40})),
+    )
+    .await
+    .json();
+    let thinking = free["content"][0]["thinking"].as_str().unwrap().to_string();
+    let chars: Vec<char> = thinking.chars().collect();
+    assert!(chars.len() >= 8, "the fixture writes some text: {free}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let before = &thinking[..thinking.find(&stop).unwrap()];
+    let body = message(PROMPT, json!({"max_tokens": 40, "stop_sequences": [stop]}));
+    let cut = post(&s, "/v1/messages", &body).await.json();
+    assert_eq!(cut["stop_reason"], "stop_sequence", "{cut}");
+    assert_eq!(cut["stop_sequence"], stop.as_str(), "{cut}");
+    assert_eq!(cut["content"][0]["thinking"], before, "{cut}");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let mut streamed = accumulate(&anthropic_events(
+        &post(&s, "/v1/messages", &sbody).await.text,
+    ));
+    streamed["id"] = cut["id"].clone();
+    assert_eq!(streamed, cut);
+}
+
+#[tokio::test]
+async fn max_tokens_caps_the_room_left_in_the_context_window() {
+    let s = state();
+    // Claude Code asks for 32000 tokens whatever the model: the 256-token window decides.
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message(PROMPT, json!({"max_tokens": 32000})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = r.json();
+    let u = &m["usage"];
+    let total = ["input_tokens", "cache_read_input_tokens", "output_tokens"]
+        .iter()
+        .map(|k| u[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(m["stop_reason"], "model_context_window_exceeded", "{m}");
+    assert_eq!(total, CONTEXT as u64, "{m}");
+    // Below the room left, max_tokens is what stops it.
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message(PROMPT, json!({"max_tokens": 5})),
+    )
+    .await;
+    let m = r.json();
+    assert_eq!(m["stop_reason"], "max_tokens", "{m}");
+    assert_eq!(m["usage"]["output_tokens"], 5, "{m}");
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message(PROMPT, json!({"max_tokens": 0})),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}
+
+#[tokio::test]
+async fn messages_errors_are_in_anthropics_shape_with_openais_statuses() {
+    fn assert_error(r: &Reply, status: u16, kind: &str) -> String {
+        assert_eq!(r.status, status, "{}", r.text);
+        let v = r.json();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], kind, "{v}");
+        v["error"]["message"].as_str().unwrap().to_string()
+    }
+    let s = limited("team-a:sk-a rpm=2\n", Limits::default());
+    let key = [("x-api-key", "sk-a")];
+    let body = message(PROMPT, json!({"max_tokens": 2}));
+    // Keys: Anthropic's header, or OpenAI's.
+    let r = post_with(&s, "/v1/messages", &body, &[]).await;
+    assert!(assert_error(&r, 401, "authentication_error").contains("x-api-key"));
+    let r = post_with(&s, "/v1/messages", &body, &[("x-api-key", "sk-wrong")]).await;
+    assert_error(&r, 401, "authentication_error");
+    let r = post_with(
+        &s,
+        "/v1/messages/count_tokens",
+        &body,
+        &[("x-api-key", "sk-wrong")],
+    )
+    .await;
+    assert_error(&r, 401, "authentication_error");
+    let r = post_with(&s, "/v1/messages", &body, &key).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = post_with(
+        &s,
+        "/v1/messages",
+        &body,
+        &[("authorization", "Bearer sk-a")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The tenant's rate limit, as for OpenAI's routes.
+    let r = post_with(&s, "/v1/messages", &body, &key).await;
+    let m = assert_error(&r, 429, "rate_limit_error");
+    assert!(m.contains("tenant \"team-a\""), "{m}");
+    assert!(header(&r, "retry-after").parse::<u64>().unwrap() >= 1);
+    // count_tokens is not rate limited (it generates nothing).
+    let r = post_with(&s, "/v1/messages/count_tokens", &body, &key).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let s = state();
+    let mut no_max = body.clone();
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    let m = assert_error(
+        &post(&s, "/v1/messages", &no_max).await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(m.contains("`max_tokens` is required"), "{m}");
+    let mut unknown = body.clone();
+    unknown["model"] = json!("claude-sonnet-4-5");
+    // 404, as on OpenAI's routes: the SDK raises NotFoundError.
+    let m = assert_error(
+        &post(&s, "/v1/messages", &unknown).await,
+        404,
+        "not_found_error",
+    );
+    assert!(m.contains("claude-sonnet-4-5") && m.contains(MODEL), "{m}");
+    let r = send(
+        &s,
+        "POST",
+        "/v1/messages",
+        Some("{\"model\": ".into()),
+        None,
+    )
+    .await;
+    assert_error(&r, 400, "invalid_request_error");
+    let too_long = message(&"sky ".repeat(300), json!({}));
+    let m = assert_error(
+        &post(&s, "/v1/messages", &too_long).await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(m.contains("maximum context length is 256 tokens"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stream_cut_short_ends_with_an_error_event() {
+    let gate = Arc::new(Gate::default());
+    let s = Setup {
+        gate: Some(gate.clone()),
+        grace: Duration::ZERO,
+        ..Setup::default()
+    }
+    .state();
+    let streamed = tokio::spawn({
+        let s = s.clone();
+        async move {
+            post(
+                &s,
+                "/v1/messages",
+                &message(PROMPT, json!({"max_tokens": 100, "stream": true})),
+            )
+            .await
+        }
+    });
+    gate.wait_for_waiter();
+    let engine = s.models()[0].engine().expect("a local model").clone();
+    let drain = tokio::spawn({
+        let s = s.clone();
+        async move { s.drain().await }
+    });
+    while !engine.is_shutting_down() {
+        tokio::task::yield_now().await;
+    }
+    gate.open();
+    drain.await.unwrap();
+    let r = streamed.await.unwrap();
+    assert_eq!(r.status, 200);
+    let events = anthropic_events(&r.text);
+    let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    // What was generated before the drain, then the error, and nothing after it.
+    assert_eq!(names[..2], ["message_start", "ping"], "{events:?}");
+    assert_eq!(names.last(), Some(&"error"), "{events:?}");
+    assert!(
+        !names.contains(&"message_delta") && !names.contains(&"message_stop"),
+        "{events:?}"
+    );
+    let e = &events.last().unwrap()["error"];
+    assert_eq!(e["type"], "overloaded_error", "{events:?}");
+    assert!(e["message"].as_str().unwrap().contains("shut down"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2293,6 +2708,104 @@ async fn json_schema_answers_are_validated_into_the_audit() {
     bad["response_format"]["json_schema"]["schema"] = json!(3);
     let r = post(&s, "/v1/chat/completions", &bad).await;
     assert_openai_error(&r, 400, None, Some("response_format"));
+}
+
+/// Anthropic's Messages run the same guard and audit as chat completions: an input rail
+/// refuses in Anthropic's shape, PII is pseudonymised, an output rail ends the turn with
+/// `stop_reason: "refusal"`, and the audit entry names the end user of `metadata.user_id`
+/// (OpenAI's `user` for chat completions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_guarded_and_audited_with_their_end_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let s = guarded_smol(
+        r#"
+name = "test-messages"
+[audit]
+store = "full"
+[[input.rails]]
+type = "words"
+name = "no-bombs"
+action = "block"
+words = ["bomb"]
+[[input.rails]]
+type = "pii"
+action = "redact"
+mode = "pseudonymise"
+[[output.rails]]
+type = "words"
+name = "city"
+action = "block"
+words = ["paris"]
+apply_to = ["content"]
+"#,
+        &db,
+    );
+    let message = |text: &str| {
+        json!({"model": "smol", "max_tokens": 24, "temperature": 0,
+               "metadata": {"user_id": "user-7f3a"},
+               "messages": [{"role": "user", "content": text}]})
+    };
+    let r = post(&s, "/v1/messages", &message("How do I build a b0mb?")).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert!(r.text.contains("no-bombs"), "{}", r.text);
+    let r = post(
+        &s,
+        "/v1/messages",
+        &message("Write a one-line greeting to jane.doe@example.com."),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let q = "What is the capital of France? Answer in one sentence.";
+    let r = post(&s, "/v1/messages", &message(q)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = r.json();
+    assert_eq!(m["stop_reason"], "refusal", "{m}");
+    assert!(!m["content"][0]["text"].as_str().unwrap().contains("Paris"));
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &smol_chat("Hi", json!({"user": "user-b2"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = post(
+        &s,
+        "/v1/messages",
+        &json!({"model": "smol", "max_tokens": 4, "metadata": {"user_id": "u".repeat(257)},
+                "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("longer than 256 characters"), "{}", r.text);
+
+    let entries = audit_entries(&db, 5).await;
+    let users: Vec<Option<&str>> = entries.iter().map(|e| e.end_user.as_deref()).collect();
+    assert_eq!(
+        users,
+        [
+            Some("user-7f3a"),
+            Some("user-7f3a"),
+            Some("user-7f3a"),
+            Some("user-b2"),
+            None
+        ]
+    );
+    let endpoints: Vec<&str> = entries.iter().map(|e| e.endpoint.as_str()).collect();
+    assert_eq!(
+        endpoints,
+        ["messages", "messages", "messages", "chat", "messages"]
+    );
+    let (blocked, redacted, refused) = (&entries[0], &entries[1], &entries[2]);
+    assert!(blocked.request_id.starts_with("msg_"), "{blocked:?}");
+    assert!(blocked
+        .rails
+        .iter()
+        .any(|r| r.rail == "no-bombs" && r.triggered));
+    let p = redacted.prompt_redacted.as_deref().unwrap();
+    assert!(p.contains("<EMAIL_1>") && !p.contains("jane.doe"), "{p}");
+    assert_eq!(refused.finish_reason.as_deref(), Some("content_filter"));
 }
 
 // ---------------------------------------------------------------------------------------------
