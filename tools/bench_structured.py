@@ -213,12 +213,16 @@ def schema_validity(s: Server) -> dict:
     return out
 
 
-def speed(s: Server, batch: int, tokens: int) -> dict:
+def speed(s: Server, batch: int, tokens: int, temperature: float) -> dict:
+    """Completion tokens per second of `batch` concurrent requests, free against constrained,
+    each measured twice (interleaved) and the best taken. With temperature > 0 the free run
+    samples over the whole vocabulary while the constrained one only over the allowed tokens,
+    so greedy runs (argmax, the cheapest sampler) show the mask's own cost."""
     long_array = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 999999}, "minItems": 1000}
     prompt = [{"role": "user", "content": "List as many six-digit numbers as you can."}]
     res = {}
-    for mode in ["free", "constrained", "free", "constrained"]:  # twice each, interleaved
-        body = {"messages": prompt, "temperature": 0.7, "max_tokens": tokens, "seed": 1}
+    for mode in ["free", "constrained", "free", "constrained"]:
+        body = {"messages": prompt, "temperature": temperature, "max_tokens": tokens}
         if mode == "constrained":
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "a", "schema": long_array}}
         else:
@@ -228,10 +232,11 @@ def speed(s: Server, batch: int, tokens: int) -> dict:
             rs = list(ex.map(lambda i: s.post("/v1/chat/completions", {**body, "seed": i}), range(batch)))
         wall = time.perf_counter() - t
         n = sum(r["usage"]["completion_tokens"] for r in rs)
+        assert n == batch * tokens, f"{mode}: {n} tokens, not {batch * tokens}"
         res.setdefault(mode, []).append(n / wall)
     free, con = max(res["free"]), max(res["constrained"])
-    return {"batch": batch, "tokens_per_request": tokens, "free_tok_s": free, "constrained_tok_s": con,
-            "constrained_vs_free": con / free}
+    return {"batch": batch, "temperature": temperature, "tokens_per_request": tokens, "free_tok_s": free,
+            "constrained_tok_s": con, "constrained_vs_free": con / free}
 
 
 def tool_accuracy(s: Server) -> dict:
@@ -286,7 +291,7 @@ def main():
     s = Server(a.seek, a.model, "m")
     try:
         if "speed" in only:
-            out["speed"] = [speed(s, b, a.tokens) for b in (1, 16)]
+            out["speed"] = [speed(s, b, a.tokens, t) for t in (0.0, 0.7) for b in (1, 16)]
             print(json.dumps(out["speed"]), flush=True)
         if "validity" in only:
             out["validity"] = schema_validity(s)

@@ -93,6 +93,8 @@ pub struct Sequence<'t> {
     guide: Option<Guide>,
     /// Why the sequence could not go on (reported by [`Self::finish`] as an error).
     failure: Option<String>,
+    /// The logits of this step were already biased and masked ([`Self::constrain`]).
+    constrained: bool,
     finished: Option<FinishReason>,
 }
 
@@ -104,6 +106,7 @@ impl<'t> Sequence<'t> {
             detok: IncrementalDetokenizer::new(tokenizer, !params.keep_special_tokens),
             guide: params.guide.take(),
             failure: None,
+            constrained: false,
             stops: StopMatcher::new(params.stop.clone()),
             splitter: params
                 .split_reasoning
@@ -152,17 +155,11 @@ impl<'t> Sequence<'t> {
         let (token, sampled) = match self.pending.pop() {
             Some(t) => (t, false),
             None => {
-                for &(id, bias) in &self.params.logit_bias {
-                    if let Some(l) = logits.get_mut(id as usize) {
-                        *l += bias;
-                    }
+                if !std::mem::take(&mut self.constrained) {
+                    self.bias_and_mask(logits, guided);
                 }
-                if guided {
-                    if let Some(g) = &mut self.guide {
-                        if let Err(e) = g.mask(logits) {
-                            return Ok(self.fail(e));
-                        }
-                    }
+                if self.failure.is_some() {
+                    return Ok(self.done(FinishReason::Abort, None, Delta::default()));
                 }
                 (self.sampler.sample(logits, prompt, &self.output), true)
             }
@@ -227,6 +224,50 @@ impl<'t> Sequence<'t> {
             out.append(s.finish());
         }
         Ok(out)
+    }
+
+    /// Whether a constraint may apply to the next sampled token.
+    pub fn is_guided(&self) -> bool {
+        self.guide.is_some() && self.finished.is_none()
+    }
+
+    /// Applies `logit_bias` and the constraint's mask to this step's `logits` ahead of
+    /// [`Self::step`] (which then does not apply them again), so that the engine can mask
+    /// many sequences at once. Does nothing when the next token will not be sampled under the
+    /// constraint (inside the reasoning, or while the budget's closing tag is inserted).
+    pub fn constrain(&mut self, logits: &mut [f32]) {
+        let in_reasoning = self
+            .splitter
+            .as_ref()
+            .is_some_and(|s| s.in_reasoning() && !s.reasoning_closed());
+        let budget_spent = in_reasoning
+            && self
+                .params
+                .max_reasoning_tokens
+                .is_some_and(|m| self.sampled_reasoning >= m);
+        if in_reasoning || budget_spent || !self.pending.is_empty() || self.finished.is_some() {
+            return;
+        }
+        self.bias_and_mask(logits, true);
+        self.constrained = true;
+    }
+
+    /// `logit_bias`, then (when `guided`) the constraint's mask; a failed mask is recorded in
+    /// `failure`.
+    fn bias_and_mask(&mut self, logits: &mut [f32], guided: bool) {
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        if guided {
+            if let Some(g) = &mut self.guide {
+                if let Err(e) = g.mask(logits) {
+                    tracing::error!(error = %e, "constrained decoding failed; ending the sequence");
+                    self.failure = Some(format!("constrained decoding failed: {e}"));
+                }
+            }
+        }
     }
 
     /// Ends the sequence because its constraint failed; [`Self::finish`] reports why.

@@ -2859,6 +2859,27 @@ async fn a_schema_constrains_even_a_random_model() {
             }
         }
     }
+    // Batched constrained sequences (masked in parallel) give what each gives alone.
+    let together = post(
+        &s,
+        "/v1/completions",
+        &completion("Data:", json!({"guided_json": schema, "seed": 11, "n": 4})),
+    )
+    .await
+    .json();
+    for j in 0..4 {
+        let alone = post(
+            &s,
+            "/v1/completions",
+            &completion("Data:", json!({"guided_json": schema, "seed": 11 + j})),
+        )
+        .await
+        .json();
+        assert_eq!(
+            together["choices"][j as usize]["text"], alone["choices"][0]["text"],
+            "choice {j}"
+        );
+    }
     // Regex, choice and grammar (vLLM's and llama.cpp's names).
     let r = post(
         &s,
