@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -160,6 +161,8 @@ class Server:
                 break
         else:
             sys.exit("seek serve exited before listening")
+        # Keep reading the log, or the server blocks once the pipe is full.
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
         while True:
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=5)

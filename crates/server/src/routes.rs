@@ -724,8 +724,10 @@ struct Output {
     json_schema: Option<serde_json::Value>,
     prices: crate::price::Prices,
     outputs: Vec<ChoiceOutput>,
-    /// Chat with tools: the model's call format, and per choice what its stream has sent.
+    /// Chat with tools: the model's call format, the offered names, and per choice what its
+    /// stream has sent.
     tool_format: Option<ToolFormat>,
+    tool_names: Vec<String>,
     tool_streams: Vec<ToolStream>,
 }
 
@@ -747,8 +749,15 @@ impl Output {
             prices: v.model.prices,
             outputs: (0..choices).map(|_| ChoiceOutput::default()).collect(),
             tool_format: v.tools.as_ref().map(|t| t.format),
+            tool_names: v
+                .tools
+                .as_ref()
+                .map(|t| t.names.clone())
+                .unwrap_or_default(),
             tool_streams: match &v.tools {
-                Some(t) => (0..choices).map(|_| ToolStream::new(t.format)).collect(),
+                Some(t) => (0..choices)
+                    .map(|_| ToolStream::new(t.format, t.names.clone()))
+                    .collect(),
                 None => Vec::new(),
             },
         }
@@ -1028,7 +1037,7 @@ impl Output {
                 let reasoning =
                     (self.reasoning || !o.reasoning.is_empty()).then(|| o.reasoning.clone());
                 let (content, tool_calls) = match self.tool_format {
-                    Some(f) => toolcalls::finished(f, &o.content),
+                    Some(f) => toolcalls::finished(f, &self.tool_names, &o.content),
                     None => (Some(o.content.clone()), None),
                 };
                 let finish_reason = match (o.finish, &tool_calls) {

@@ -18,10 +18,12 @@ pub(crate) fn call_id() -> String {
 /// A finished answer split into its content (`None` when only calls remain) and its calls.
 pub(crate) fn finished(
     format: ToolFormat,
+    names: &[String],
     text: &str,
 ) -> (Option<String>, Option<Vec<wire::ToolCall>>) {
     let parsed = format.parse(text);
-    if parsed.calls.is_empty() {
+    // A call to a function the request did not offer is text, not a call.
+    if parsed.calls.is_empty() || parsed.calls.iter().any(|c| !names.contains(&c.name)) {
         return (Some(text.to_string()), None);
     }
     let calls = parsed
@@ -43,6 +45,8 @@ pub(crate) fn finished(
 /// What a streamed choice has sent of its calls.
 pub(crate) struct ToolStream {
     format: ToolFormat,
+    /// The functions the request offered.
+    names: Vec<String>,
     /// Bytes of the answer sent as content.
     content_sent: usize,
     /// Per call begun: its id and the bytes of its arguments sent.
@@ -59,9 +63,10 @@ pub(crate) struct ToolDeltas {
 }
 
 impl ToolStream {
-    pub(crate) fn new(format: ToolFormat) -> Self {
+    pub(crate) fn new(format: ToolFormat, names: Vec<String>) -> Self {
         Self {
             format,
+            names,
             content_sent: 0,
             calls: Vec::new(),
         }
@@ -75,7 +80,20 @@ impl ToolStream {
     /// The pieces that `answer` (all the content so far) adds to what was sent; with `done`,
     /// everything left.
     pub(crate) fn update(&mut self, answer: &str, done: bool) -> ToolDeltas {
-        let scan = self.format.scan(answer, done);
+        let mut scan = self.format.scan(answer, done);
+        let unknown = scan
+            .calls
+            .iter()
+            .any(|c| c.name.as_ref().is_some_and(|n| !self.names.contains(n)));
+        if unknown && self.calls.is_empty() {
+            // Not a call to an offered function: the text is the answer.
+            scan.calls.clear();
+            scan.content_end = if done {
+                answer.len()
+            } else {
+                self.content_sent
+            };
+        }
         let mut out = ToolDeltas::default();
         if scan.content_end > self.content_sent {
             out.content = answer[self.content_sent..scan.content_end].to_string();
@@ -126,7 +144,8 @@ mod tests {
     #[test]
     fn streamed_pieces_add_up_to_the_finished_calls() {
         let text = "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": [1, 2]}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>";
-        let mut s = ToolStream::new(ToolFormat::Hermes);
+        let offered = vec!["get_weather".to_string(), "now".to_string()];
+        let mut s = ToolStream::new(ToolFormat::Hermes, offered.clone());
         let mut content = String::new();
         let mut names: Vec<String> = Vec::new();
         let mut args: Vec<String> = Vec::new();
@@ -149,7 +168,7 @@ mod tests {
                 }
             }
         }
-        let (whole_content, calls) = finished(ToolFormat::Hermes, text);
+        let (whole_content, calls) = finished(ToolFormat::Hermes, &offered, text);
         let calls = calls.unwrap();
         assert_eq!(content.trim_end(), whole_content.unwrap());
         assert_eq!(names, ["get_weather", "now"]);
@@ -161,7 +180,7 @@ mod tests {
 
     #[test]
     fn plain_answers_stream_as_content() {
-        let mut s = ToolStream::new(ToolFormat::Hermes);
+        let mut s = ToolStream::new(ToolFormat::Hermes, vec!["f".into()]);
         let mut content = String::new();
         for end in [3, 9, 12] {
             content.push_str(&s.update(&"The answer <is 4"[..end], false).content);
@@ -169,6 +188,17 @@ mod tests {
         content.push_str(&s.update("The answer <is 4", true).content);
         assert_eq!(content, "The answer <is 4");
         assert!(!s.has_calls());
-        assert_eq!(finished(ToolFormat::Hermes, "Hi").1, None);
+        assert_eq!(finished(ToolFormat::Hermes, &["f".into()], "Hi").1, None);
+        // A bare call to an offered function is a call; to another, text.
+        let bare = "{\"name\": \"f\", \"arguments\": {}}";
+        assert!(finished(ToolFormat::Hermes, &["f".into()], bare)
+            .1
+            .is_some());
+        assert_eq!(finished(ToolFormat::Hermes, &["g".into()], bare).1, None);
+        let mut s = ToolStream::new(ToolFormat::Hermes, vec!["g".into()]);
+        assert_eq!(s.update(&bare[..10], false).content, "");
+        let d = s.update(bare, true);
+        assert_eq!(d.content, bare);
+        assert!(d.calls.is_empty());
     }
 }

@@ -75,6 +75,8 @@ pub(crate) struct ToolPlan {
     pub format: ToolFormat,
     /// The request's `tool_choice`.
     pub choice: ToolChoice,
+    /// The names of the functions offered.
+    pub names: Vec<String>,
 }
 
 impl ValidRequest {
@@ -294,6 +296,7 @@ impl ValidRequest {
                 format: ToolFormat::detect(tokenizer.chat_template().map(|t| t.source()))
                     .map_err(|e| AppError::bad("tools", e.to_string()))?,
                 choice: choice.clone(),
+                names: tool_specs.iter().map(|t| t.name.clone()).collect(),
             }),
         };
         let template_tools: Vec<serde_json::Value> = match &plan {

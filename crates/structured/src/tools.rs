@@ -375,8 +375,37 @@ fn object_call(body: &str, complete: bool) -> PartialCall<'_> {
     }
 }
 
+/// A whole answer that is one bare `{"name": .., "arguments": {..}}` object: small Qwen models
+/// often write their call without the `<tool_call>` tags (llama.cpp's parser accepts it too).
+fn bare_call(text: &str) -> Option<PartialCall<'_>> {
+    let body = text.trim();
+    let v: Value = serde_json::from_str(body).ok()?;
+    let o = v.as_object()?;
+    let args_ok = o.get("arguments").is_some_and(Value::is_object);
+    if o.len() != 2 || !o.get("name").is_some_and(Value::is_string) || !args_ok {
+        return None;
+    }
+    Some(object_call(body, true))
+}
+
 fn scan_hermes(text: &str, done: bool) -> Scan<'_> {
     let Some(first) = text.find(HERMES_OPEN) else {
+        let lead = text.len() - text.trim_start().len();
+        if text.trim_start().starts_with('{') {
+            // Maybe a bare call: held back until the answer is complete.
+            if !done {
+                return Scan {
+                    content_end: lead,
+                    calls: Vec::new(),
+                };
+            }
+            if let Some(call) = bare_call(text) {
+                return Scan {
+                    content_end: lead,
+                    calls: vec![call],
+                };
+            }
+        }
         let hold = if done {
             0
         } else {
@@ -570,6 +599,12 @@ mod tests {
                 call("now", "{}")
             ]
         );
+        // A bare call object (no tags) is a call too; other JSON stays the answer.
+        let p = ToolFormat::Hermes.parse(" {\"name\": \"f\", \"arguments\": {\"x\": 1}}");
+        assert_eq!(p.calls, vec![call("f", "{\"x\": 1}")]);
+        assert_eq!(p.content, "");
+        let p = ToolFormat::Hermes.parse("{\"name\": \"Ada\", \"age\": 36}");
+        assert!(p.calls.is_empty());
         // Broken JSON: the text stays the answer.
         let p =
             ToolFormat::Hermes.parse("<tool_call>{\"name\": \"x\", \"arguments\": {</tool_call>");
