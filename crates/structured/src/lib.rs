@@ -303,15 +303,24 @@ impl Guide {
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| StructuredError::Invalid(format!("{} constraint: {e}", self.kind)))?;
+        // A word of the mask at a time: most words allow nothing (one fill of 32 logits) or
+        // everything (skipped); only mixed words are looked at bit by bit.
         let n = logits.len().min(self.vocab_size);
-        for (id, l) in logits[..n].iter_mut().enumerate() {
-            if !allowed.is_allowed(id as TokenId) {
-                *l = f32::NEG_INFINITY;
+        let words = allowed.as_slice();
+        for (w, chunk) in logits[..n].chunks_mut(32).enumerate() {
+            match words.get(w).copied().unwrap_or(0) {
+                0 => chunk.fill(f32::NEG_INFINITY),
+                u32::MAX => {}
+                bits => {
+                    for (b, l) in chunk.iter_mut().enumerate() {
+                        if bits & (1 << b) == 0 {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
+                }
             }
         }
-        for l in logits.iter_mut().skip(n) {
-            *l = f32::NEG_INFINITY;
-        }
+        logits[n..].fill(f32::NEG_INFINITY);
         Ok(())
     }
 
