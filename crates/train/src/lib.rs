@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod distill;
 pub mod export;
+pub mod grpo;
 pub mod optim;
 pub mod peft;
 pub mod report;

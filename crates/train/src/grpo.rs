@@ -1,0 +1,270 @@
+//! Group Relative Policy Optimization's objective, with TRL's option names and semantics
+//! (`GRPOConfig` / `GRPOTrainer._compute_loss`, TRL 1.16), checked value for value against TRL's
+//! own code on fixed log-probabilities (`tools/make_grpo_golden.py`, `tests/grpo_golden.rs`).
+//!
+//! Design decision: the objective is computed from per-token log-probabilities and returns its
+//! gradient with respect to them, so it is independent of how those log-probabilities were
+//! produced: the training forward backpropagates `grad_logps` through the model.
+//!
+//! Letters: B completions (prompts x `num_generations`), T completion positions (padded).
+
+/// How the per-token losses are averaged (TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossType {
+    /// Each completion's mean over its tokens, then the mean over completions (the paper's).
+    Grpo,
+    /// Mean over every token of the batch.
+    Bnpo,
+    /// Sum over tokens divided by B x `max_completion_length` (Dr. GRPO: no length bias).
+    DrGrpo,
+    /// Sum over tokens divided by the tokens of the whole generation batch (DAPO).
+    Dapo,
+}
+
+impl LossType {
+    /// TRL's spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "grpo" => Self::Grpo,
+            "bnpo" => Self::Bnpo,
+            "dr_grpo" => Self::DrGrpo,
+            "dapo" => Self::Dapo,
+            _ => return None,
+        })
+    }
+}
+
+/// How rewards become advantages (TRL's `scale_rewards`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleRewards {
+    /// Centre on the group mean, divide by the group's standard deviation.
+    Group,
+    /// Centre on the group mean, divide by the batch's standard deviation.
+    Batch,
+    /// Centre on the group mean only (Dr. GRPO).
+    None,
+}
+
+impl ScaleRewards {
+    /// TRL's spelling (`true` / `false` as TRL's older boolean).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "group" | "true" => Self::Group,
+            "batch" => Self::Batch,
+            "none" | "false" => Self::None,
+            _ => return None,
+        })
+    }
+}
+
+/// Standard deviation with Bessel's correction over the values that are not NaN; NaN with
+/// fewer than two (TRL's `nanstd`).
+fn nanstd(xs: &[f64]) -> f64 {
+    let v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+    let n = v.len() as f64;
+    if v.len() < 2 {
+        return f64::NAN;
+    }
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    (var * n / (n - 1.0)).sqrt()
+}
+
+fn nanmean(xs: &[f64]) -> f64 {
+    let v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Advantages of `rewards` (consecutive groups of `num_generations`; a NaN reward is an
+/// unscorable completion), and which completions' scale was zero (all-equal groups, logged as
+/// `frac_reward_zero_std`). NaN advantages become 0, as TRL does.
+pub fn advantages(
+    rewards: &[f64],
+    num_generations: usize,
+    scale: ScaleRewards,
+) -> (Vec<f64>, Vec<bool>) {
+    let g = num_generations.max(1);
+    let batch_std = nanstd(rewards);
+    let mut adv = Vec::with_capacity(rewards.len());
+    let mut zero = Vec::with_capacity(rewards.len());
+    for group in rewards.chunks(g) {
+        let mean = nanmean(group);
+        let std = match scale {
+            ScaleRewards::Group | ScaleRewards::None if g > 1 => nanstd(group),
+            ScaleRewards::Group | ScaleRewards::None => 0.0,
+            ScaleRewards::Batch => batch_std,
+        };
+        for &r in group {
+            let mut a = r - mean;
+            if scale != ScaleRewards::None {
+                a /= std + 1e-4;
+            }
+            adv.push(if a.is_nan() { 0.0 } else { a });
+            // torch.isclose(std, 0): |std| <= 1e-8 (NaN is not close).
+            zero.push(std.abs() <= 1e-8);
+        }
+    }
+    (adv, zero)
+}
+
+/// The options of the objective (TRL's names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrpoLossConfig {
+    /// `loss_type`.
+    pub loss_type: LossType,
+    /// `beta`: weight of the k3 KL estimate against the reference (0: no reference needed).
+    pub beta: f64,
+    /// `epsilon`: lower clip of the ratio (1 - epsilon).
+    pub epsilon: f64,
+    /// `epsilon_high`: upper clip (1 + epsilon_high); TRL defaults it to `epsilon`.
+    pub epsilon_high: f64,
+    /// `max_completion_length` (Dr. GRPO's normaliser).
+    pub max_completion_length: usize,
+    /// `gradient_accumulation_steps`: the loss is divided by it (one optimizer step's worth).
+    pub gradient_accumulation_steps: usize,
+    /// `steps_per_generation` (DAPO's normaliser spans the generation batch).
+    pub steps_per_generation: usize,
+}
+
+/// One micro-batch's per-token inputs; `mask[i][t]` marks completion tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct LossInputs<'a> {
+    /// The policy's log-probability of each sampled token (B x T).
+    pub logps: &'a [Vec<f64>],
+    /// The log-probabilities when the completions were generated (`num_iterations` > 1);
+    /// `None`: the same as `logps` (ratio 1).
+    pub old_logps: Option<&'a [Vec<f64>]>,
+    /// The frozen reference's (needed when beta > 0).
+    pub ref_logps: Option<&'a [Vec<f64>]>,
+    /// Completion tokens (1) and padding (0).
+    pub mask: &'a [Vec<bool>],
+    /// One advantage per completion.
+    pub advantages: &'a [f64],
+    /// Completion tokens in the whole generation batch (DAPO).
+    pub num_items_in_batch: f64,
+}
+
+/// The objective, its gradient and TRL's logged figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossOutput {
+    /// The loss (already divided for gradient accumulation, as TRL returns it).
+    pub loss: f64,
+    /// d loss / d `logps[i][t]` (0 on padding).
+    pub grad_logps: Vec<Vec<f64>>,
+    /// Mean k3 KL over completion tokens (`kl`), when beta > 0.
+    pub kl: Option<f64>,
+    /// `clip_ratio/low_mean`: tokens whose ratio fell under 1 - epsilon with a negative advantage.
+    pub clip_ratio_low_mean: f64,
+    /// `clip_ratio/high_mean`: over 1 + epsilon_high with a positive advantage.
+    pub clip_ratio_high_mean: f64,
+    /// `clip_ratio/region_mean`: either.
+    pub clip_ratio_region_mean: f64,
+    /// `clip_ratio/low_min`: the smallest per-completion low-clip fraction.
+    pub clip_ratio_low_min: f64,
+    /// `clip_ratio/high_max`: the largest per-completion high-clip fraction.
+    pub clip_ratio_high_max: f64,
+}
+
+/// The clipped surrogate with the KL penalty, aggregated per `loss_type`, and its gradient.
+pub fn grpo_loss(cfg: &GrpoLossConfig, x: &LossInputs<'_>) -> LossOutput {
+    let b = x.logps.len();
+    let (lo, hi) = (1.0 - cfg.epsilon, 1.0 + cfg.epsilon_high);
+    let ga = cfg.gradient_accumulation_steps.max(1) as f64;
+    let total_tokens: f64 = x.mask.iter().flatten().filter(|m| **m).count() as f64;
+    let mut loss = 0.0;
+    let mut grad = Vec::with_capacity(b);
+    let (mut kl_sum, mut low_sum, mut high_sum, mut region_sum) = (0.0, 0.0, 0.0, 0.0);
+    let (mut low_min, mut high_max) = (f64::NAN, f64::NAN);
+    for i in 0..b {
+        let a = x.advantages[i];
+        let n_i = x.mask[i].iter().filter(|m| **m).count() as f64;
+        // Weight of token t's loss in the aggregate.
+        let w = match cfg.loss_type {
+            LossType::Grpo => 1.0 / (n_i.max(1.0) * b as f64 * ga),
+            LossType::Bnpo => 1.0 / (total_tokens.max(1.0) * ga),
+            LossType::DrGrpo => 1.0 / ((b * cfg.max_completion_length) as f64 * ga),
+            LossType::Dapo => {
+                cfg.steps_per_generation.max(1) as f64 / (x.num_items_in_batch.max(1.0) * ga)
+            }
+        };
+        let mut g_row = vec![0.0; x.logps[i].len()];
+        let (mut low_i, mut high_i) = (0.0, 0.0);
+        for (t, &lp) in x.logps[i].iter().enumerate() {
+            if !x.mask[i][t] {
+                continue;
+            }
+            let old = x.old_logps.map_or(lp, |o| o[i][t]);
+            let c1 = (lp - old).exp();
+            let c2 = c1.clamp(lo, hi);
+            let inside = (lo..=hi).contains(&c1);
+            let (l1, l2) = (c1 * a, c2 * a);
+            // d min(l1, l2) / d lp, with torch's split of a tie.
+            let d1 = c1 * a;
+            let d2 = if inside { c1 * a } else { 0.0 };
+            let dmin = if l1 < l2 {
+                d1
+            } else if l1 > l2 {
+                d2
+            } else {
+                0.5 * (d1 + d2)
+            };
+            let mut tok_loss = -l1.min(l2);
+            let mut tok_grad = -dmin;
+            if cfg.beta != 0.0 {
+                let r = x.ref_logps.map_or(lp, |r| r[i][t]);
+                let kl = (r - lp).exp() - (r - lp) - 1.0;
+                tok_loss += cfg.beta * kl;
+                tok_grad += cfg.beta * (1.0 - (r - lp).exp());
+                kl_sum += kl;
+            }
+            loss += w * tok_loss;
+            g_row[t] = w * tok_grad;
+            let low = c1 < lo && a < 0.0;
+            let high = c1 > hi && a > 0.0;
+            low_i += f64::from(u8::from(low));
+            high_i += f64::from(u8::from(high));
+            region_sum += f64::from(u8::from(low || high));
+        }
+        low_sum += low_i;
+        high_sum += high_i;
+        if n_i > 0.0 {
+            low_min = low_min.min(low_i / n_i);
+            high_max = high_max.max(high_i / n_i);
+        }
+        grad.push(g_row);
+    }
+    let per_token = |s: f64| s / total_tokens.max(1.0);
+    LossOutput {
+        loss,
+        grad_logps: grad,
+        kl: (cfg.beta != 0.0).then(|| per_token(kl_sum)),
+        clip_ratio_low_mean: per_token(low_sum),
+        clip_ratio_high_mean: per_token(high_sum),
+        clip_ratio_region_mean: per_token(region_sum),
+        clip_ratio_low_min: low_min,
+        clip_ratio_high_max: high_max,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_rewards_give_zero_advantages_and_are_flagged() {
+        let (a, z) = advantages(&[1.0, 1.0, 0.0, 1.0], 2, ScaleRewards::Group);
+        assert_eq!(&a[..2], &[0.0, 0.0]);
+        assert_eq!(z, [true, true, false, false]);
+        assert!(a[2] < 0.0 && a[3] > 0.0);
+        // An unscorable completion (NaN reward) gets advantage 0 and is left out of the mean.
+        let (a, _) = advantages(&[f64::NAN, 1.0, 0.0], 3, ScaleRewards::None);
+        assert_eq!(a, [0.0, 0.5, -0.5]);
+    }
+
+    #[test]
+    fn names_parse_as_trl_spells_them() {
+        assert_eq!(LossType::parse("dr_grpo"), Some(LossType::DrGrpo));
+        assert_eq!(ScaleRewards::parse("batch"), Some(ScaleRewards::Batch));
+        assert_eq!(LossType::parse("ppo"), None);
+    }
+}
