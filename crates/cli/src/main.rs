@@ -21,6 +21,7 @@ mod generation;
 mod guard;
 mod inspect;
 mod npy;
+mod rewards;
 mod serve;
 mod source;
 mod tokens;
@@ -66,6 +67,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fine-tune a model (full or LoRA) with TRL's option names: `seek train sft`.
     Train(train::TrainArgs),
+    /// Serve Seek's rule-based rewards to RL runs elsewhere (OpenRLHF's remote reward model).
+    Rewards(rewards::RewardsArgs),
 }
 
 /// The model argument shared by every command.
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Audit(a) => audit::audit(a),
         Command::Eval(a) => eval::eval(a),
         Command::Train(a) => train::train(a),
+        Command::Rewards(a) => rewards::rewards(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ pub mod overrefusal;
 pub mod redteam;
 pub mod reliability;
 pub mod report;
+pub mod rewards;
 mod rng;
 pub mod run;
 pub mod target;

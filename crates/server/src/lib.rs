@@ -30,6 +30,7 @@ mod guarded;
 mod metrics;
 pub mod price;
 pub mod ratelimit;
+pub mod rewards;
 mod routes;
 mod run;
 mod state;
