@@ -336,3 +336,65 @@ fn gradient_checkpointing_gives_the_same_gradients() {
         }
     }
 }
+
+/// A policy-gradient step is a weighted cross-entropy: with per-position weights (negative
+/// ones included) the gradients are the same weighted sum of each position set's own
+/// gradients, with and without checkpointing; `token_logps` are minus the per-position losses.
+#[test]
+fn weighted_positions_give_the_weighted_sum_of_their_gradients() {
+    let m = trainable(
+        &golden_dir().join("tiny-qwen2"),
+        lora(&["all-linear"]),
+        false,
+    );
+    for (name, v) in m.vars() {
+        if name.ends_with("lora_B.weight") {
+            v.set(&seeded(0.05, v.shape(), v.device())).unwrap();
+        }
+    }
+    let full = batch();
+    // Positions 0..4 and 4.. as two label sets.
+    let only = |keep: &dyn Fn(usize) -> bool| {
+        let mut b = batch();
+        for (j, l) in b.labels[0].iter_mut().enumerate() {
+            if !keep(j) {
+                *l = None;
+            }
+        }
+        b
+    };
+    let (a, b) = (only(&|j| j < 4), only(&|j| j >= 4));
+    let grads = |batch: &Batch, ckpt: bool| {
+        m.loss_and_grads(batch, &mut Ctx::eval(), 1.0, ckpt)
+            .unwrap()
+    };
+    let (_, _, ga) = grads(&a, false);
+    let (_, _, gb) = grads(&b, false);
+    let mut weighted = full.clone();
+    let n = weighted.labels[0].len();
+    weighted.weights = Some(vec![(0..n)
+        .map(|j| if j < 4 { 0.5 } else { -1.5 })
+        .collect()]);
+    for ckpt in [false, true] {
+        let (_, _, gw) = grads(&weighted, ckpt);
+        // Largest difference relative to the largest gradient entry (f32 sums cancel).
+        let (mut diff, mut scale) = (0f32, 0f32);
+        for ((w, x), y) in gw.iter().zip(&ga).zip(&gb) {
+            for ((w, x), y) in w.iter().zip(x).zip(y) {
+                let want = 0.5 * x - 1.5 * y;
+                diff = diff.max((w - want).abs());
+                scale = scale.max(want.abs());
+            }
+        }
+        assert!(
+            diff < 1e-5 * scale.max(1e-6),
+            "checkpoint {ckpt}: {diff} of {scale}"
+        );
+    }
+    let logps = m.token_logps(&full, &mut Ctx::eval()).unwrap();
+    let (sum, n, _) = grads(&full, false);
+    let total: f64 = logps[0].iter().map(|&l| l as f64).sum();
+    assert_eq!(n, 8);
+    assert!((total + sum).abs() < 1e-4 * sum.abs(), "{total} vs -{sum}");
+    assert!(logps[0].iter().take(8).all(|&l| l < 0.0) && logps[0][8] == 0.0);
+}

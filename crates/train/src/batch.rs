@@ -90,6 +90,7 @@ pub fn epoch_batches(
                 position_ids: chunk.iter().map(|r| pad(&r.2, 0)).collect(),
                 // Padding gets its own segment so that no real token attends to it.
                 segment_ids: Some(chunk.iter().map(|r| pad(&r.3, u32::MAX)).collect()),
+                weights: None,
             }
         })
         .collect())

@@ -24,7 +24,7 @@ pub mod deepseek;
 pub mod llama;
 mod ops;
 
-pub use ops::{cross_entropy_sum, rms_norm, softmax_last_dim};
+pub use ops::{cross_entropy_rows, cross_entropy_sum, rms_norm, softmax_last_dim};
 
 /// A LoRA adapter's settings, as PEFT's `LoraConfig` names them.
 #[derive(Debug, Clone, PartialEq)]
@@ -436,6 +436,9 @@ pub struct Batch {
     pub segment_ids: Option<Vec<Vec<u32>>>,
     /// `(B, T)`: the token the logits at this position must predict, or `None` (no loss).
     pub labels: Vec<Vec<Option<u32>>>,
+    /// `(B, T)`: each supervised position's weight in the summed loss (`None`: 1 each). A
+    /// policy-gradient step (GRPO) is a weighted cross-entropy: weight `-dL/dlogp` per token.
+    pub weights: Option<Vec<Vec<f32>>>,
 }
 
 impl Batch {
@@ -450,6 +453,7 @@ impl Batch {
             position_ids: Vec::new(),
             segment_ids: None,
             labels: Vec::new(),
+            weights: None,
         };
         for (ids, labels) in rows {
             let mut ids = ids.clone();
@@ -729,6 +733,34 @@ impl Trainable {
         batch: &Batch,
         ctx: &mut Ctx,
     ) -> Result<(Tensor, usize)> {
+        let (per_row, n) = self.cross_entropy_rows(h, batch, ctx)?;
+        let Some(per_row) = per_row else {
+            return Ok((Tensor::zeros((), DType::F32, &self.device)?, 0));
+        };
+        let sum = match &batch.weights {
+            None => per_row.sum_all()?,
+            Some(w) => {
+                let mut ws = Vec::with_capacity(n);
+                for (i, labels) in batch.labels.iter().enumerate() {
+                    for (j, l) in labels.iter().enumerate() {
+                        if l.is_some() {
+                            ws.push(w.get(i).and_then(|r| r.get(j)).copied().unwrap_or(1.0));
+                        }
+                    }
+                }
+                (per_row * Tensor::new(ws.as_slice(), &self.device)?)?.sum_all()?
+            }
+        };
+        Ok((sum, n))
+    }
+
+    /// The cross-entropy of each supervised position, `(N,)` in row-major order, and N.
+    fn cross_entropy_rows(
+        &self,
+        h: &Tensor,
+        batch: &Batch,
+        ctx: &mut Ctx,
+    ) -> Result<(Option<Tensor>, usize)> {
         let (b, t) = batch.dims();
         let e = h.dim(D::Minus1)?;
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
@@ -742,13 +774,41 @@ impl Trainable {
         }
         let n = rows.len();
         if n == 0 {
-            return Ok((Tensor::zeros((), DType::F32, &self.device)?, 0));
+            return Ok((None, 0));
         }
         // (B*T, E) -> (N, E) -> (N, V)
         let rows = Tensor::new(rows.as_slice(), &self.device)?;
         let h = h.reshape((b * t, e))?.index_select(&rows, 0)?;
         let logits = self.project(&h, &mut ctx.part(HEAD))?;
-        Ok((cross_entropy_sum(&logits, &targets)?, n))
+        Ok((Some(cross_entropy_rows(&logits, &targets)?), n))
+    }
+
+    /// The log-probability of each supervised position's label, `(B, T)` with 0 elsewhere:
+    /// a policy's per-token log-probs of sampled completions (GRPO's ratio and KL), without a
+    /// gradient graph.
+    pub fn token_logps(&self, batch: &Batch, ctx: &mut Ctx) -> Result<Vec<Vec<f32>>> {
+        let h = self.hidden(batch, ctx)?.detach();
+        let (per_row, _) = self.cross_entropy_rows(&h, batch, ctx)?;
+        let values: Vec<f32> = match per_row {
+            Some(r) => r.detach().to_vec1()?,
+            None => Vec::new(),
+        };
+        let mut it = values.into_iter();
+        Ok(batch
+            .labels
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|l| {
+                        if l.is_some() {
+                            -it.next().unwrap_or(0.0)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
     /// The LoRA adapters under PEFT's keys.

@@ -350,6 +350,11 @@ pub(crate) fn dropout(x: &Tensor, p: f64, rng: &mut SplitMix64) -> Result<Tensor
 /// the loss (log-sum-exp) and one for the gradient `softmax - onehot`, never holding a
 /// second `(N, V)` tensor in the graph.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    Ok(cross_entropy_rows(logits, targets)?.sum_all()?)
+}
+
+/// The cross-entropy of each row of `logits: (N, V)` against its target, `(N,)`.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
     if targets.len() != n {
         return Err(ModelError::Input(format!(
@@ -362,10 +367,9 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
             "target {t} is outside the vocabulary (0..{v})"
         )));
     }
-    let per_row = logits.contiguous()?.apply_op1(CrossEntropy {
+    Ok(logits.contiguous()?.apply_op1(CrossEntropy {
         targets: Arc::new(targets.to_vec()),
-    })?;
-    Ok(per_row.sum_all()?)
+    })?)
 }
 
 struct CrossEntropy {
