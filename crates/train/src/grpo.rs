@@ -268,3 +268,171 @@ mod tests {
         assert_eq!(LossType::parse("ppo"), None);
     }
 }
+
+/// One prompt's sampled completions, ready for a policy step.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The prompt's token ids.
+    pub prompt: Vec<u32>,
+    /// Each completion's token ids (end-of-sequence token included when it stopped).
+    pub completions: Vec<Vec<u32>>,
+    /// Each completion's reward (NaN: unscorable).
+    pub rewards: Vec<f64>,
+    /// Whether each completion was cut by `max_completion_length`.
+    pub truncated: Vec<bool>,
+}
+
+/// What one policy step did (TRL's metric names in `metrics.jsonl`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// The objective.
+    pub loss: f64,
+    /// Mean reward (`reward`).
+    pub reward: f64,
+    /// Mean over groups of the reward's standard deviation (`reward_std`).
+    pub reward_std: f64,
+    /// Share of completions in groups whose rewards were all equal (`frac_reward_zero_std`).
+    pub frac_reward_zero_std: f64,
+    /// Mean completion length in tokens (`completions/mean_length`).
+    pub mean_length: f64,
+    /// Share cut by the length limit (`completions/clipped_ratio`).
+    pub clipped_ratio: f64,
+    /// The objective's clip ratios and KL.
+    pub clip_ratio_region_mean: f64,
+    /// `kl`, when beta > 0.
+    pub kl: Option<f64>,
+    /// The gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// How a policy step runs.
+#[derive(Debug, Clone, Copy)]
+pub struct StepConfig {
+    /// The objective's options.
+    pub loss: GrpoLossConfig,
+    /// `scale_rewards`.
+    pub scale_rewards: ScaleRewards,
+    /// `mask_truncated_completions`: cut completions take no part in the loss.
+    pub mask_truncated_completions: bool,
+    /// `max_grad_norm`.
+    pub max_grad_norm: f64,
+    /// The learning rate of this step.
+    pub learning_rate: f64,
+}
+
+/// One GRPO policy step with `num_iterations` = 1 (the completions were sampled from the
+/// current weights, so the old log-probs are the current ones and the ratio starts at 1):
+/// advantages from the groups' rewards, the per-token objective on the policy's log-probs,
+/// its gradient pushed through the model as a weighted cross-entropy, clipped, one AdamW update.
+pub fn policy_step(
+    model: &seek_models::autograd::Trainable,
+    opt: &mut crate::optim::AdamW,
+    groups: &[Group],
+    cfg: &StepConfig,
+) -> crate::Result<StepStats> {
+    use seek_models::autograd::{Batch, Ctx};
+    if cfg.loss.beta != 0.0 {
+        return Err(crate::TrainError::Config(
+            "beta > 0 needs a reference model, which this step does not keep yet; use beta 0 (TRL's default)".into(),
+        ));
+    }
+    let g = groups.first().map_or(1, |x| x.completions.len());
+    let mut rewards = Vec::new();
+    let mut rows: Vec<(Vec<u32>, Vec<Option<u32>>)> = Vec::new();
+    let mut mask = Vec::new();
+    let (mut lengths, mut clipped) = (0usize, 0usize);
+    for grp in groups {
+        if grp.completions.len() != g || grp.rewards.len() != g || grp.truncated.len() != g {
+            return Err(crate::TrainError::Config(
+                "every prompt needs num_generations completions, rewards and truncation flags"
+                    .into(),
+            ));
+        }
+        rewards.extend(&grp.rewards);
+        for (c, &cut) in grp.completions.iter().zip(&grp.truncated) {
+            let mut ids = grp.prompt.clone();
+            ids.extend(c);
+            // Position p predicts token p + 1: the completion's tokens are the labels.
+            let mut labels: Vec<Option<u32>> = vec![None; ids.len()];
+            for (k, &t) in c.iter().enumerate() {
+                labels[grp.prompt.len() + k - 1] = Some(t);
+            }
+            let keep = !(cut && cfg.mask_truncated_completions);
+            mask.push(
+                labels
+                    .iter()
+                    .map(|l| l.is_some() && keep)
+                    .collect::<Vec<bool>>(),
+            );
+            lengths += c.len();
+            clipped += usize::from(cut);
+            rows.push((ids, labels));
+        }
+    }
+    let n = rows.len();
+    let (adv, zero) = advantages(&rewards, g, cfg.scale_rewards);
+    let mut batch = Batch::from_rows(&rows).map_err(crate::TrainError::from)?;
+    let logps = model
+        .token_logps(&batch, &mut Ctx::eval())
+        .map_err(crate::TrainError::from)?;
+    let logps: Vec<Vec<f64>> = logps
+        .iter()
+        .map(|r| r.iter().map(|&x| x as f64).collect())
+        .collect();
+    // Pad the mask to the batch's length.
+    let t = batch.dims().1;
+    let mask: Vec<Vec<bool>> = mask
+        .into_iter()
+        .map(|mut m| {
+            m.resize(t, false);
+            m
+        })
+        .collect();
+    let tokens = mask.iter().flatten().filter(|m| **m).count() as f64;
+    let out = grpo_loss(
+        &cfg.loss,
+        &LossInputs {
+            logps: &logps,
+            old_logps: None,
+            ref_logps: None,
+            mask: &mask,
+            advantages: &adv,
+            num_items_in_batch: tokens,
+        },
+    );
+    // d loss / d logp = g  ->  loss = Σ (-g) · CE, as CE = -logp.
+    batch.weights = Some(
+        out.grad_logps
+            .iter()
+            .map(|r| r.iter().map(|&x| -(x as f32)).collect())
+            .collect(),
+    );
+    let (_, _, mut grads) = model
+        .loss_and_grads(&batch, &mut Ctx::eval(), 1.0, false)
+        .map_err(crate::TrainError::from)?;
+    let grad_norm = crate::optim::clip_grad_norm(&mut grads, cfg.max_grad_norm);
+    opt.update(&grads, cfg.learning_rate)?;
+    let finite: Vec<f64> = rewards.iter().copied().filter(|r| !r.is_nan()).collect();
+    let stds: Vec<f64> = rewards
+        .chunks(g)
+        .map(|c| {
+            let s = nanstd(c);
+            if s.is_nan() {
+                0.0
+            } else {
+                s
+            }
+        })
+        .collect();
+    Ok(StepStats {
+        loss: out.loss,
+        reward: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
+        reward_std: stds.iter().sum::<f64>() / stds.len().max(1) as f64,
+        frac_reward_zero_std: zero.iter().filter(|z| **z).count() as f64 / n.max(1) as f64,
+        mean_length: lengths as f64 / n.max(1) as f64,
+        clipped_ratio: clipped as f64 / n.max(1) as f64,
+        clip_ratio_region_mean: out.clip_ratio_region_mean,
+        kl: out.kl,
+        grad_norm,
+    })
+}
