@@ -30,6 +30,233 @@ enum TrainCommand {
     Distill(Box<DistillArgs>),
     /// Merge a LoRA adapter (or take a full fine-tune) into a GGUF file for llama.cpp / Ollama, or a merged Hugging Face folder.
     Export(ExportArgs),
+    /// R1-Zero-style reinforcement learning (GRPO, TRL's options) with rule-based rewards; LoRA.
+    Grpo(Box<GrpoArgs>),
+}
+
+/// `seek train grpo` (TRL's `GRPOConfig` names; unset options take TRL's defaults).
+#[derive(Args, Debug)]
+pub struct GrpoArgs {
+    /// The base model: a GGUF file or a Hugging Face folder (llama or qwen2 architecture).
+    #[arg(
+        long = "model_name_or_path",
+        visible_alias = "model-name-or-path",
+        alias = "model"
+    )]
+    model_name_or_path: String,
+    /// JSONL of problems: `prompt` or `question`, and `solution` or `answer`.
+    #[arg(
+        long = "dataset_name",
+        visible_alias = "dataset-name",
+        alias = "dataset"
+    )]
+    dataset_name: String,
+    /// Where the adapter and metrics.jsonl go.
+    #[arg(
+        long = "output_dir",
+        visible_alias = "output-dir",
+        default_value = "grpo-out"
+    )]
+    output_dir: String,
+    /// Reward functions (TRL's registry names, plus tag_count_reward and repetition_penalty_reward).
+    #[arg(long = "reward_funcs", visible_alias = "reward-funcs", num_args = 1.., default_values_t = vec!["accuracy_reward".to_string()])]
+    reward_funcs: Vec<String>,
+    /// One weight per reward function [1 each].
+    #[arg(long = "reward_weights", visible_alias = "reward-weights", num_args = 1..)]
+    reward_weights: Vec<f64>,
+    /// Completions per prompt (G) [8].
+    #[arg(
+        long = "num_generations",
+        visible_alias = "num-generations",
+        default_value_t = 8
+    )]
+    num_generations: usize,
+    /// Completions per device batch [8].
+    #[arg(
+        long = "per_device_train_batch_size",
+        visible_alias = "per-device-train-batch-size",
+        default_value_t = 8
+    )]
+    per_device_train_batch_size: usize,
+    /// Device batches per generation batch (one optimizer step each generation batch) [1].
+    #[arg(
+        long = "gradient_accumulation_steps",
+        visible_alias = "gradient-accumulation-steps",
+        default_value_t = 1
+    )]
+    gradient_accumulation_steps: usize,
+    /// Prompts longer than this are skipped [512].
+    #[arg(
+        long = "max_prompt_length",
+        visible_alias = "max-prompt-length",
+        default_value_t = 512
+    )]
+    max_prompt_length: usize,
+    /// Most tokens per completion [256].
+    #[arg(
+        long = "max_completion_length",
+        visible_alias = "max-completion-length",
+        default_value_t = 256
+    )]
+    max_completion_length: usize,
+    /// Rollout temperature [1.0].
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Rollout nucleus sampling [1.0].
+    #[arg(long = "top_p", visible_alias = "top-p", default_value_t = 1.0)]
+    top_p: f32,
+    /// grpo, bnpo, dr_grpo or dapo [dapo].
+    #[arg(
+        long = "loss_type",
+        visible_alias = "loss-type",
+        default_value = "dapo"
+    )]
+    loss_type: String,
+    /// group, batch or none [group].
+    #[arg(
+        long = "scale_rewards",
+        visible_alias = "scale-rewards",
+        default_value = "group"
+    )]
+    scale_rewards: String,
+    /// KL weight; only 0 for now [0].
+    #[arg(long, default_value_t = 0.0)]
+    beta: f64,
+    /// Lower clip of the ratio [0.2].
+    #[arg(long, default_value_t = 0.2)]
+    epsilon: f64,
+    /// Upper clip (clip-higher) [epsilon].
+    #[arg(long = "epsilon_high", visible_alias = "epsilon-high")]
+    epsilon_high: Option<f64>,
+    /// Leave cut completions out of the loss.
+    #[arg(
+        long = "mask_truncated_completions",
+        visible_alias = "mask-truncated-completions"
+    )]
+    mask_truncated_completions: bool,
+    /// Learning rate (constant) [1e-6].
+    #[arg(
+        long = "learning_rate",
+        visible_alias = "learning-rate",
+        default_value_t = 1e-6
+    )]
+    learning_rate: f64,
+    /// Gradient norm clip [1.0].
+    #[arg(
+        long = "max_grad_norm",
+        visible_alias = "max-grad-norm",
+        default_value_t = 1.0
+    )]
+    max_grad_norm: f64,
+    /// Optimizer steps [100].
+    #[arg(long = "max_steps", visible_alias = "max-steps", default_value_t = 100)]
+    max_steps: u64,
+    /// Seed [42].
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Accepted for TRL's recipes: GRPO here always trains a LoRA adapter.
+    #[arg(long = "use_peft", visible_alias = "use-peft")]
+    use_peft: bool,
+    /// LoRA rank [16].
+    #[arg(long = "lora_r", visible_alias = "lora-r", default_value_t = 16)]
+    lora_r: usize,
+    /// LoRA alpha [32].
+    #[arg(
+        long = "lora_alpha",
+        visible_alias = "lora-alpha",
+        default_value_t = 32.0
+    )]
+    lora_alpha: f64,
+    /// LoRA target modules [all-linear].
+    #[arg(long = "lora_target_modules", visible_alias = "lora-target-modules", num_args = 1.., default_values_t = vec!["all-linear".to_string()])]
+    lora_target_modules: Vec<String>,
+    /// Write the adapter every N steps (0: at the end only).
+    #[arg(long = "save_steps", visible_alias = "save-steps", default_value_t = 0)]
+    save_steps: u64,
+}
+
+fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
+    use seek_train::grpo::{LossType, ScaleRewards};
+    let loss_type = LossType::parse(&a.loss_type).with_context(|| {
+        format!(
+            "--loss_type {}: use grpo, bnpo, dr_grpo or dapo",
+            a.loss_type
+        )
+    })?;
+    let scale_rewards = ScaleRewards::parse(&a.scale_rewards).with_context(|| {
+        format!(
+            "--scale_rewards {}: use group, batch or none",
+            a.scale_rewards
+        )
+    })?;
+    if !Path::new(&a.dataset_name).is_file() {
+        bail!(
+            "--dataset_name {}: no such file (a local JSONL of problems)",
+            a.dataset_name
+        );
+    }
+    let cfg = seek_train::grpo_run::GrpoConfig {
+        model_name_or_path: a.model_name_or_path,
+        dataset_name: a.dataset_name,
+        output_dir: a.output_dir,
+        reward_funcs: a.reward_funcs,
+        reward_weights: (!a.reward_weights.is_empty()).then_some(a.reward_weights),
+        num_generations: a.num_generations,
+        per_device_train_batch_size: a.per_device_train_batch_size,
+        gradient_accumulation_steps: a.gradient_accumulation_steps,
+        max_prompt_length: a.max_prompt_length,
+        max_completion_length: a.max_completion_length,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        loss_type,
+        scale_rewards,
+        beta: a.beta,
+        epsilon: a.epsilon,
+        epsilon_high: a.epsilon_high,
+        mask_truncated_completions: a.mask_truncated_completions,
+        learning_rate: a.learning_rate,
+        max_grad_norm: a.max_grad_norm,
+        max_steps: a.max_steps,
+        seed: a.seed,
+        lora_r: a.lora_r,
+        lora_alpha: a.lora_alpha,
+        lora_target_modules: a.lora_target_modules,
+        quantized_base: true,
+        save_steps: a.save_steps,
+    };
+    eprintln!(
+        "seek train grpo: {} with LoRA r={}, G={}, {} prompts per step",
+        cfg.model_name_or_path,
+        cfg.lora_r,
+        cfg.num_generations,
+        cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+            / cfg.num_generations.max(1)
+    );
+    let out = seek_train::grpo_run::run(&cfg, &crate::source::load_options(), |r| {
+        let per: Vec<String> = r
+            .per_reward
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={v:.3}",
+                    k.trim_start_matches("rewards/").trim_end_matches("/mean")
+                )
+            })
+            .collect();
+        eprintln!(
+            "step {:>4}  reward {:.3} (std {:.3})  {}  len {:.1}  gen {:.1}s score {:.2}s train {:.1}s",
+            r.step,
+            r.reward,
+            r.reward_std,
+            per.join(" "),
+            r.mean_length,
+            r.time_generation_s,
+            r.time_scoring_s,
+            r.time_training_s
+        );
+    })?;
+    eprintln!("done: adapter and metrics.jsonl in {}", out.display());
+    Ok(())
 }
 
 /// `seek train export`.
@@ -271,6 +498,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         TrainCommand::Sft(a) => sft_cmd(*a),
         TrainCommand::Distill(a) => distill_cmd(*a),
         TrainCommand::Export(a) => export_cmd(a),
+        TrainCommand::Grpo(a) => grpo_cmd(*a),
     }
 }
 

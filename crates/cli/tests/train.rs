@@ -324,3 +324,114 @@ fn distill_rejects_what_the_verifier_does_not_accept() {
     let again = seek(&args);
     assert!(String::from_utf8_lossy(&again.stderr).contains("4 of 4 items already done"));
 }
+
+/// `seek train grpo` with TRL's spellings runs rollouts through the engine, scores them and
+/// updates a LoRA adapter; its metrics carry TRL's names and the step time split; the adapter
+/// is written in PEFT's layout. Bad options are errors that name them.
+#[test]
+fn grpo_runs_as_a_trl_command_and_writes_trls_metrics() {
+    let models = std::env::var_os("SEEK_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    let smol = models.join("SmolLM2-135M-Instruct-Q4_1.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let problems = dir.path().join("problems.jsonl");
+    std::fs::write(
+        &problems,
+        "{\"prompt\": \"What is 2 + 3? Answer with \\\\boxed{}.\", \"solution\": \"5\"}\n{\"question\": \"What is 4 * 4?\", \"answer\": \"16\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "grpo",
+            "--model_name_or_path",
+            smol.to_str().unwrap(),
+            "--dataset_name",
+            problems.to_str().unwrap(),
+            "--output_dir",
+            out.to_str().unwrap(),
+            "--reward_funcs",
+            "accuracy_reward",
+            "think_format_reward",
+            "get_soft_overlong_punishment",
+            "--num_generations",
+            "2",
+            "--max_completion_length",
+            "8",
+            "--learning_rate",
+            "1e-4",
+            "--max_steps",
+            "2",
+            "--temperature",
+            "1.0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        if !extra.contains(&"--per_device_train_batch_size") {
+            v.extend(["--per_device_train_batch_size".to_string(), "4".to_string()]);
+        }
+        v
+    };
+    let a = args(&[]);
+    let o = seek(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&o);
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for k in [
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "rewards/accuracy_reward/mean",
+        "rewards/think_format_reward/mean",
+        "rewards/soft_overlong_punishment_reward/mean",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "clip_ratio/region_mean",
+        "time_generation_s",
+        "time_scoring_s",
+        "time_training_s",
+        "generation_tokens_per_s",
+    ] {
+        assert!(
+            lines[1].get(k).is_some_and(|v| v.is_number()),
+            "{k}: {}",
+            lines[1]
+        );
+    }
+    assert!(lines[0]["completions/mean_length"].as_f64().unwrap() <= 8.0);
+    assert!(
+        out.join("adapter_config.json").is_file()
+            && out.join("adapter_model.safetensors").is_file()
+    );
+    for (extra, needle) in [
+        (&["--loss_type", "ppo"][..], "--loss_type ppo"),
+        (
+            &[
+                "--gradient_accumulation_steps",
+                "3",
+                "--per_device_train_batch_size",
+                "1",
+            ][..],
+            "must be at least 2 and divide",
+        ),
+        (&["--beta", "0.04"][..], "reference model"),
+        (
+            &["--reward_weights", "1"][..],
+            "1 reward weights for 3 reward functions",
+        ),
+    ] {
+        let a = args(extra);
+        let o = seek(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!o.status.success(), "{extra:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+}

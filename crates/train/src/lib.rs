@@ -18,6 +18,7 @@ pub mod data;
 pub mod distill;
 pub mod export;
 pub mod grpo;
+pub mod grpo_run;
 pub mod optim;
 pub mod peft;
 pub mod report;
