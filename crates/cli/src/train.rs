@@ -223,6 +223,7 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
         lora_target_modules: a.lora_target_modules,
         quantized_base: true,
         save_steps: a.save_steps,
+        micro_batch: a.per_device_train_batch_size.clamp(1, 4),
     };
     eprintln!(
         "seek train grpo: {} with LoRA r={}, G={}, {} prompts per step",

@@ -318,6 +318,10 @@ pub struct StepConfig {
     pub max_grad_norm: f64,
     /// The learning rate of this step.
     pub learning_rate: f64,
+    /// Completions per forward and backward (memory: a row's logits and activations).
+    pub micro_batch: usize,
+    /// Recompute each layer in the backward (gradient checkpointing).
+    pub gradient_checkpointing: bool,
 }
 
 /// One GRPO policy step with `num_iterations` = 1 (the completions were sampled from the
@@ -371,16 +375,25 @@ pub fn policy_step(
     }
     let n = rows.len();
     let (adv, zero) = advantages(&rewards, g, cfg.scale_rewards);
-    let mut batch = Batch::from_rows(&rows).map_err(crate::TrainError::from)?;
-    let logps = model
-        .token_logps(&batch, &mut Ctx::eval())
-        .map_err(crate::TrainError::from)?;
-    let logps: Vec<Vec<f64>> = logps
-        .iter()
-        .map(|r| r.iter().map(|&x| x as f64).collect())
-        .collect();
-    // Pad the mask to the batch's length.
-    let t = batch.dims().1;
+    // Micro-batches of rows bound the memory of a forward (the completions' logits over the
+    // vocabulary dominate); the objective still sees the whole batch.
+    let micro = cfg.micro_batch.max(1);
+    let mut batches = Vec::new();
+    for chunk in rows.chunks(micro) {
+        batches.push(Batch::from_rows(chunk).map_err(crate::TrainError::from)?);
+    }
+    let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut logps: Vec<Vec<f64>> = Vec::with_capacity(n);
+    for b in &batches {
+        for r in model
+            .token_logps(b, &mut Ctx::eval())
+            .map_err(crate::TrainError::from)?
+        {
+            let mut r: Vec<f64> = r.into_iter().map(f64::from).collect();
+            r.resize(t, 0.0);
+            logps.push(r);
+        }
+    }
     let mask: Vec<Vec<bool>> = mask
         .into_iter()
         .map(|mut m| {
@@ -400,16 +413,31 @@ pub fn policy_step(
             num_items_in_batch: tokens,
         },
     );
-    // d loss / d logp = g  ->  loss = Σ (-g) · CE, as CE = -logp.
-    batch.weights = Some(
-        out.grad_logps
-            .iter()
-            .map(|r| r.iter().map(|&x| -(x as f32)).collect())
-            .collect(),
-    );
-    let (_, _, mut grads) = model
-        .loss_and_grads(&batch, &mut Ctx::eval(), 1.0, false)
-        .map_err(crate::TrainError::from)?;
+    // d loss / d logp = g  ->  loss = Σ (-g) · CE, as CE = -logp; summed over micro-batches.
+    let mut grads: Option<Vec<Vec<f32>>> = None;
+    for (k, mut b) in batches.into_iter().enumerate() {
+        let bt = b.dims().1;
+        b.weights = Some(
+            out.grad_logps[k * micro..(k * micro + b.dims().0)]
+                .iter()
+                .map(|r| r[..bt].iter().map(|&x| -(x as f32)).collect())
+                .collect(),
+        );
+        let (_, _, gk) = model
+            .loss_and_grads(&b, &mut Ctx::eval(), 1.0, cfg.gradient_checkpointing)
+            .map_err(crate::TrainError::from)?;
+        match &mut grads {
+            None => grads = Some(gk),
+            Some(acc) => {
+                for (a, gk) in acc.iter_mut().zip(&gk) {
+                    for (a, gk) in a.iter_mut().zip(gk) {
+                        *a += gk;
+                    }
+                }
+            }
+        }
+    }
+    let mut grads = grads.unwrap_or_default();
     let grad_norm = crate::optim::clip_grad_norm(&mut grads, cfg.max_grad_norm);
     opt.update(&grads, cfg.learning_rate)?;
     let finite: Vec<f64> = rewards.iter().copied().filter(|r| !r.is_nan()).collect();

@@ -89,6 +89,8 @@ pub struct GrpoConfig {
     pub quantized_base: bool,
     /// Write the adapter every this many steps (0: only at the end).
     pub save_steps: u64,
+    /// Completions per forward and backward of the policy step (memory).
+    pub micro_batch: usize,
 }
 
 impl Default for GrpoConfig {
@@ -121,6 +123,7 @@ impl Default for GrpoConfig {
             lora_target_modules: vec!["all-linear".into()],
             quantized_base: true,
             save_steps: 0,
+            micro_batch: 4,
         }
     }
 }
@@ -283,6 +286,8 @@ pub fn run(
         mask_truncated_completions: cfg.mask_truncated_completions,
         max_grad_norm: cfg.max_grad_norm,
         learning_rate: cfg.learning_rate,
+        micro_batch: cfg.micro_batch,
+        gradient_checkpointing: true,
     };
     let mut order: Vec<usize> = (0..problems.len()).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);

@@ -66,6 +66,8 @@ fn cfg(loss_type: LossType) -> StepConfig {
         mask_truncated_completions: false,
         max_grad_norm: 1.0,
         learning_rate: 5e-3,
+        micro_batch: 3,
+        gradient_checkpointing: true,
     }
 }
 
