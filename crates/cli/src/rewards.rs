@@ -18,6 +18,100 @@ pub struct RewardsArgs {
 enum RewardsCommand {
     /// Answer `POST /get_reward` (OpenRLHF's remote reward model) with Seek's rewards.
     Serve(ServeArgs),
+    /// Write verifiable problems (arithmetic, Countdown) as JSONL for `seek train grpo`.
+    Tasks(TasksArgs),
+}
+
+#[derive(Args, Debug)]
+struct TasksArgs {
+    /// arithmetic or countdown.
+    task: String,
+    /// How many rows.
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Seed (a held-out set: another seed, and --exclude the training file).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// r1-zero (raw text in the R1-Zero template, ending inside <think>) or chat (a user message).
+    #[arg(long, default_value = "r1-zero")]
+    format: String,
+    /// Arithmetic: digits per number.
+    #[arg(long, default_value_t = 2)]
+    digits: u32,
+    /// Arithmetic: numbers per expression.
+    #[arg(long, default_value_t = 2)]
+    terms: usize,
+    /// Arithmetic: operators to draw from.
+    #[arg(long, default_value = "+-*")]
+    ops: String,
+    /// Countdown: numbers given.
+    #[arg(long, default_value_t = 3)]
+    numbers: usize,
+    /// Countdown: largest number.
+    #[arg(long = "max-number", default_value_t = 25)]
+    max_number: i64,
+    /// Leave out any problem whose question is in this JSONL (the training set).
+    #[arg(long)]
+    exclude: Option<std::path::PathBuf>,
+    /// Output file (default: stdout).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+fn tasks(a: TasksArgs) -> anyhow::Result<()> {
+    use seek_eval::tasks::{disjoint, generate, PromptFormat, Task};
+    let format = PromptFormat::parse(&a.format)
+        .with_context(|| format!("--format {}: use r1-zero or chat", a.format))?;
+    let task = match a.task.as_str() {
+        "arithmetic" => {
+            if a.terms < 2 || !(1..=9).contains(&a.digits) {
+                anyhow::bail!("arithmetic needs --terms 2 or more and --digits from 1 to 9");
+            }
+            if a.ops.is_empty() || a.ops.chars().any(|c| !"+-*".contains(c)) {
+                anyhow::bail!("--ops {:?}: use some of + - *", a.ops);
+            }
+            Task::Arithmetic {
+                digits: a.digits,
+                terms: a.terms,
+                ops: a.ops.clone(),
+            }
+        }
+        "countdown" => {
+            if !(2..=6).contains(&a.numbers) || !(1..=1000).contains(&a.max_number) {
+                anyhow::bail!("countdown needs --numbers from 2 to 6 and --max-number from 1 to 1000");
+            }
+            Task::Countdown {
+                numbers: a.numbers,
+                max_number: a.max_number,
+            }
+        }
+        other => anyhow::bail!("unknown task {other:?}; use arithmetic or countdown"),
+    };
+    let mut rows = generate(&task, a.n, a.seed, format);
+    if let Some(path) = &a.exclude {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --exclude {}", path.display()))?;
+        let train: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--exclude {}: not JSONL", path.display()))?;
+        rows = disjoint(rows, &train);
+    }
+    let mut out = String::new();
+    for r in &rows {
+        out.push_str(&serde_json::to_string(r)?);
+        out.push('\n');
+    }
+    match &a.out {
+        Some(p) => std::fs::write(p, out).with_context(|| format!("cannot write {}", p.display()))?,
+        None => print!("{out}"),
+    }
+    if let Some(p) = &a.out {
+        eprintln!("{} {} problems in {}", rows.len(), a.task, p.display());
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -49,7 +143,10 @@ struct ServeArgs {
 
 /// Runs `seek rewards ...`.
 pub fn rewards(args: RewardsArgs) -> anyhow::Result<()> {
-    let RewardsCommand::Serve(a) = args.command;
+    let a = match args.command {
+        RewardsCommand::Serve(a) => a,
+        RewardsCommand::Tasks(t) => return tasks(t),
+    };
     let weights = (!a.reward_weights.is_empty()).then_some(&a.reward_weights[..]);
     let set = seek_eval::rewards::RewardSet::new(&a.reward_funcs, weights, a.max_completion_length)
         .map_err(anyhow::Error::msg)?;

@@ -173,6 +173,13 @@ pub struct GrpoArgs {
     /// Write the adapter every N steps (0: at the end only).
     #[arg(long = "save_steps", visible_alias = "save-steps", default_value_t = 0)]
     save_steps: u64,
+    /// Held-out problems (same format as --dataset_name), answered greedily before training,
+    /// every --eval_steps and at the end; logged as eval_rewards/<name>/mean.
+    #[arg(long = "eval_dataset", visible_alias = "eval-dataset")]
+    eval_dataset: Option<String>,
+    /// Evaluate every N steps (0: before and after training only).
+    #[arg(long = "eval_steps", visible_alias = "eval-steps", default_value_t = 0)]
+    eval_steps: u64,
 }
 
 fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
@@ -224,7 +231,14 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
         quantized_base: true,
         save_steps: a.save_steps,
         micro_batch: a.per_device_train_batch_size.clamp(1, 4),
+        eval_dataset: a.eval_dataset,
+        eval_steps: a.eval_steps,
     };
+    if let Some(e) = &cfg.eval_dataset {
+        if !Path::new(e).is_file() {
+            bail!("--eval_dataset {e}: no such file (a local JSONL of held-out problems)");
+        }
+    }
     eprintln!(
         "seek train grpo: {} with LoRA r={}, G={}, {} prompts per step",
         cfg.model_name_or_path,
@@ -233,16 +247,38 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
         cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
             / cfg.num_generations.max(1)
     );
-    let out = seek_train::grpo_run::run(&cfg, &crate::source::load_options(), |r| {
+    let short = |k: &str| {
+        k.trim_start_matches("eval_rewards/")
+            .trim_start_matches("rewards/")
+            .trim_end_matches("/mean")
+            .to_string()
+    };
+    let out = seek_train::grpo_run::run(&cfg, &crate::source::load_options(), |ev| {
+        let r = match ev {
+            seek_train::grpo_run::RunEvent::Step(r) => r,
+            seek_train::grpo_run::RunEvent::Eval(e) => {
+                let per: Vec<String> = e
+                    .per_reward
+                    .iter()
+                    .map(|(k, v)| format!("{}={v:.3}", short(k)))
+                    .collect();
+                eprintln!(
+                    "eval after step {}: reward {:.3}  {}  len {:.1}  clipped {:.2}  ({} problems, {:.0}s)",
+                    e.step,
+                    e.eval_reward,
+                    per.join(" "),
+                    e.mean_length,
+                    e.clipped_ratio,
+                    e.eval_samples,
+                    e.eval_time_s
+                );
+                return;
+            }
+        };
         let per: Vec<String> = r
             .per_reward
             .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{}={v:.3}",
-                    k.trim_start_matches("rewards/").trim_end_matches("/mean")
-                )
-            })
+            .map(|(k, v)| format!("{}={v:.3}", short(k)))
             .collect();
         eprintln!(
             "step {:>4}  reward {:.3} (std {:.3})  {}  len {:.1}  gen {:.1}s score {:.2}s train {:.1}s",

@@ -18,6 +18,7 @@ pub mod rewards;
 mod rng;
 pub mod run;
 pub mod target;
+pub mod tasks;
 pub mod verify;
 
 use std::path::Path;

@@ -22,6 +22,9 @@ pub struct Sample<'a> {
     pub completion_tokens: Option<usize>,
     /// Whether the prompt already opened `<think>`.
     pub prompt_opens_think: bool,
+    /// The dataset row the prompt came from (TRL passes every column to a reward function):
+    /// `countdown_reward` reads `nums` and `target` from it.
+    pub row: Option<&'a serde_json::Value>,
 }
 
 /// A reward function.
@@ -46,6 +49,9 @@ pub enum Reward {
     },
     /// Minus the share of repeated word 3-grams (0 for no repetition, towards -1 for a loop).
     Repetition,
+    /// Countdown (`seek rewards tasks countdown`): 1 when the answer's equation uses the row's
+    /// `nums` exactly once each and equals its `target`; `None` for a row without them.
+    Countdown,
 }
 
 impl Reward {
@@ -62,6 +68,7 @@ impl Reward {
             "think_format_reward" | "format" => Reward::ThinkFormat,
             "tag_count_reward" => Reward::TagCount,
             "repetition_penalty_reward" => Reward::Repetition,
+            "countdown_reward" | "countdown" => Reward::Countdown,
             "get_soft_overlong_punishment" | "soft_overlong_punishment_reward" => {
                 let num = |p: Option<&str>, d: usize| -> Result<usize, String> {
                     p.map_or(Ok(d), |s| {
@@ -79,7 +86,7 @@ impl Reward {
             other => {
                 return Err(format!(
                     "unknown reward {other:?}; use accuracy_reward, reasoning_accuracy_reward, think_format_reward, \
-                     get_soft_overlong_punishment, tag_count_reward or repetition_penalty_reward"
+                     get_soft_overlong_punishment, tag_count_reward, repetition_penalty_reward or countdown_reward"
                 ))
             }
         })
@@ -94,6 +101,7 @@ impl Reward {
             Reward::TagCount => "tag_count_reward",
             Reward::SoftOverlong { .. } => "soft_overlong_punishment_reward",
             Reward::Repetition => "repetition_penalty_reward",
+            Reward::Countdown => "countdown_reward",
         }
     }
 
@@ -115,6 +123,16 @@ impl Reward {
                 Some(soft_overlong(len, *max, *cache))
             }
             Reward::Repetition => Some(-repetition(answer_part(&text))),
+            Reward::Countdown => {
+                let row = s.row?;
+                let target = row["target"].as_i64()?;
+                let nums: Vec<i64> = row["nums"]
+                    .as_array()?
+                    .iter()
+                    .map(serde_json::Value::as_i64)
+                    .collect::<Option<_>>()?;
+                Some(crate::tasks::countdown_score(answer_part(&text), &nums, target))
+            }
         }
     }
 }
@@ -278,6 +296,7 @@ mod tests {
             solution: sol,
             completion_tokens: None,
             prompt_opens_think: false,
+            row: None,
         }
     }
 

@@ -80,11 +80,17 @@ async fn get_reward(
     for (i, query) in req.query.iter().enumerate() {
         let prompt = req.prompts.get(i).map(String::as_str).unwrap_or("");
         let completion = query.strip_prefix(prompt).unwrap_or(query);
+        let label = req.labels.get(i).and_then(|l| l.as_deref());
+        // A label that is a JSON object is the row's columns (Countdown's `nums` and `target`).
+        let row = label
+            .filter(|l| l.trim_start().starts_with('{'))
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
         let sample = Sample {
             completion,
-            solution: req.labels.get(i).and_then(|l| l.as_deref()),
+            solution: label,
             completion_tokens: None,
             prompt_opens_think: prompt.trim_end().ends_with("<think>"),
+            row: row.as_ref(),
         };
         let s = set.score(&sample);
         if s.total.is_nan() {

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use seek_engine::chat::render_chat;
+use seek_engine::chat::{render_chat, render_raw, RenderedPrompt};
 use seek_engine::sequence::SequenceParams;
 use seek_engine::serve::{EngineConfig, EngineHandle, ServeEvent, ServeRequest};
 use seek_eval::rewards::{RewardSet, Sample};
@@ -91,6 +91,11 @@ pub struct GrpoConfig {
     pub save_steps: u64,
     /// Completions per forward and backward of the policy step (memory).
     pub micro_batch: usize,
+    /// Held-out problems (same format as the dataset), answered greedily before training, every
+    /// `eval_steps` and at the end.
+    pub eval_dataset: Option<String>,
+    /// Evaluate every this many steps (0: only before and after).
+    pub eval_steps: u64,
 }
 
 impl Default for GrpoConfig {
@@ -124,15 +129,42 @@ impl Default for GrpoConfig {
             quantized_base: true,
             save_steps: 0,
             micro_batch: 4,
+            eval_dataset: None,
+            eval_steps: 0,
         }
     }
+}
+
+/// How a problem's prompt reaches the model (TRL's dataset formats).
+#[derive(Debug, Clone)]
+enum PromptSpec {
+    /// `prompt` as text: sent as it is, no chat template (TRL's "standard" format; the
+    /// R1-Zero template ends in `<think>`).
+    Raw(String),
+    /// `prompt` as messages, or `question`: through the model's chat template.
+    Chat(Vec<ChatMessage>),
 }
 
 /// One problem.
 #[derive(Debug, Clone)]
 struct Problem {
-    messages: Vec<ChatMessage>,
+    prompt: PromptSpec,
     solution: Option<String>,
+    /// The whole row, for rewards that read other columns (Countdown's `nums`, `target`).
+    row: serde_json::Value,
+}
+
+fn render(tokenizer: &seek_tokenizer::Tokenizer, p: &Problem) -> Result<RenderedPrompt> {
+    match &p.prompt {
+        PromptSpec::Raw(text) => {
+            let mut r = render_raw(tokenizer, text)
+                .map_err(|e| TrainError::Config(format!("cannot encode a prompt: {e}")))?;
+            r.starts_in_reasoning = text.trim_end().ends_with("<think>");
+            Ok(r)
+        }
+        PromptSpec::Chat(messages) => render_chat(tokenizer, messages)
+            .map_err(|e| TrainError::Config(format!("cannot render a prompt: {e}"))),
+    }
 }
 
 fn read_problems(path: &Path) -> Result<Vec<Problem>> {
@@ -147,19 +179,19 @@ fn read_problems(path: &Path) -> Result<Vec<Problem>> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
             TrainError::Config(format!("{}:{}: not JSON: {e}", path.display(), i + 1))
         })?;
-        let messages = match (&v["prompt"], &v["question"]) {
-            (serde_json::Value::String(p), _) | (_, serde_json::Value::String(p)) => {
-                vec![ChatMessage::user(p.clone())]
-            }
-            (serde_json::Value::Array(ms), _) => ms
-                .iter()
-                .map(|m| {
-                    ChatMessage::new(
-                        m["role"].as_str().unwrap_or("user"),
-                        m["content"].as_str().unwrap_or(""),
-                    )
-                })
-                .collect(),
+        let prompt = match (&v["prompt"], &v["question"]) {
+            (serde_json::Value::String(p), _) => PromptSpec::Raw(p.clone()),
+            (serde_json::Value::Array(ms), _) => PromptSpec::Chat(
+                ms.iter()
+                    .map(|m| {
+                        ChatMessage::new(
+                            m["role"].as_str().unwrap_or("user"),
+                            m["content"].as_str().unwrap_or(""),
+                        )
+                    })
+                    .collect(),
+            ),
+            (_, serde_json::Value::String(q)) => PromptSpec::Chat(vec![ChatMessage::user(q.clone())]),
             _ => {
                 return Err(TrainError::Config(format!(
                     "{}:{}: a row needs `prompt` (text or messages) or `question`",
@@ -173,7 +205,11 @@ fn read_problems(path: &Path) -> Result<Vec<Problem>> {
             .or(v["answer"].as_str())
             .map(str::to_string)
             .or_else(|| v["answer"].as_f64().map(|x| x.to_string()));
-        out.push(Problem { messages, solution });
+        out.push(Problem {
+            prompt,
+            solution,
+            row: v,
+        });
     }
     if out.is_empty() {
         return Err(TrainError::Config(format!(
@@ -223,12 +259,207 @@ pub struct GrpoStepRecord {
     pub sample: String,
 }
 
-/// Runs GRPO as `cfg` says; `on_step` sees every record (it is also appended to
+/// A greedy pass over the held-out problems (logged as TRL logs evaluation: `eval_` names).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRecord {
+    /// Optimizer steps taken before it (0: the base model).
+    pub step: u64,
+    /// Mean total reward.
+    pub eval_reward: f64,
+    /// Per reward function: its mean (`eval_rewards/<name>/mean`).
+    #[serde(flatten)]
+    pub per_reward: BTreeMap<String, f64>,
+    /// Problems answered.
+    pub eval_samples: usize,
+    /// `eval_completions/mean_length`.
+    #[serde(rename = "eval_completions/mean_length")]
+    pub mean_length: f64,
+    /// `eval_completions/clipped_ratio`.
+    #[serde(rename = "eval_completions/clipped_ratio")]
+    pub clipped_ratio: f64,
+    /// Seconds it took.
+    pub eval_time_s: f64,
+    /// The first problem's completion.
+    pub eval_sample: String,
+}
+
+/// What the run reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum RunEvent<'a> {
+    /// An optimizer step.
+    Step(&'a GrpoStepRecord),
+    /// A held-out evaluation.
+    Eval(&'a EvalRecord),
+}
+
+/// One finished completion.
+struct Rollout {
+    ids: Vec<u32>,
+    text: String,
+    truncated: bool,
+}
+
+/// Generates `per_prompt` completions for each prompt through `engine` (all submitted at
+/// once, so the engine batches them), in prompt order.
+fn rollouts(
+    engine: &EngineHandle,
+    prompts: &[&RenderedPrompt],
+    per_prompt: usize,
+    max_tokens: usize,
+    eos: Option<u32>,
+    sampling: impl Fn(usize) -> SamplingParams,
+) -> Result<Vec<Rollout>> {
+    let mut receivers = Vec::with_capacity(prompts.len() * per_prompt);
+    for (k, r) in prompts.iter().enumerate() {
+        for j in 0..per_prompt {
+            let (tx, rx) = mpsc::channel::<ServeEvent>();
+            let req = ServeRequest {
+                prompt: r.ids.clone(),
+                params: SequenceParams {
+                    sampling: sampling(k * per_prompt + j),
+                    max_tokens,
+                    starts_in_reasoning: r.starts_in_reasoning,
+                    split_reasoning: false,
+                    ..SequenceParams::default()
+                },
+                logprobs: None,
+            };
+            engine
+                .submit(req, Box::new(move |ev| tx.send(ev).is_ok()))
+                .map_err(|e| TrainError::Config(format!("rollout refused: {e}")))?;
+            receivers.push(rx);
+        }
+    }
+    let mut done = Vec::with_capacity(receivers.len());
+    for rx in receivers {
+        let (mut ids, mut text, mut truncated) = (Vec::new(), String::new(), false);
+        for ev in rx.iter() {
+            match ev {
+                ServeEvent::Delta { delta, token, .. } => {
+                    text.push_str(&delta.reasoning);
+                    text.push_str(&delta.content);
+                    ids.extend(token);
+                }
+                ServeEvent::Finished { finish_reason, .. } => {
+                    truncated = finish_reason == FinishReason::Length;
+                    if finish_reason == FinishReason::Stop {
+                        ids.extend(eos);
+                    }
+                    break;
+                }
+                ServeEvent::Failed { message } => {
+                    return Err(TrainError::Config(format!("a rollout failed: {message}")))
+                }
+                ServeEvent::Started { .. } => {}
+            }
+        }
+        done.push(Rollout {
+            ids,
+            text,
+            truncated,
+        });
+    }
+    Ok(done)
+}
+
+/// The inference engine on the base model with the adapter as it is now.
+fn start_engine(
+    base: &Path,
+    load: &LoadOptions,
+    model: &seek_models::autograd::Trainable,
+    scaling: f64,
+    tokenizer: &Arc<seek_tokenizer::Tokenizer>,
+    max_running: usize,
+    max_queue: usize,
+) -> Result<EngineHandle> {
+    let adapter = seek_models::llama::LoraAdapter {
+        scaling,
+        tensors: model.adapter_state()?,
+    };
+    let infer = seek_models::load(
+        base,
+        &LoadOptions {
+            lora: Some(adapter),
+            ..load.clone()
+        },
+    )?;
+    EngineHandle::start(
+        infer.model,
+        tokenizer.clone(),
+        EngineConfig {
+            max_running,
+            max_queue,
+            ..EngineConfig::default()
+        },
+    )
+    .map_err(|e| TrainError::Config(e.to_string()))
+}
+
+/// Answers every held-out problem greedily and scores it.
+fn evaluate(
+    engine: &EngineHandle,
+    set: &[(Problem, RenderedPrompt)],
+    rewards: &RewardSet,
+    max_tokens: usize,
+    eos: Option<u32>,
+    step: u64,
+) -> Result<EvalRecord> {
+    let t0 = Instant::now();
+    let prompts: Vec<&RenderedPrompt> = set.iter().map(|(_, r)| r).collect();
+    let done = rollouts(engine, &prompts, 1, max_tokens, eos, |_| SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    })?;
+    let mut sums: Vec<(f64, usize)> = vec![(0.0, 0); rewards.funcs.len()];
+    let (mut total, mut scored_n) = (0.0, 0usize);
+    for ((p, r), out) in set.iter().zip(&done) {
+        let scored = rewards.score(&Sample {
+            completion: &out.text,
+            solution: p.solution.as_deref(),
+            completion_tokens: Some(out.ids.len()),
+            prompt_opens_think: r.starts_in_reasoning,
+            row: Some(&p.row),
+        });
+        if scored.total.is_finite() {
+            total += scored.total;
+            scored_n += 1;
+        }
+        for (acc, v) in sums.iter_mut().zip(&scored.per_func) {
+            if let Some(v) = v {
+                acc.0 += v;
+                acc.1 += 1;
+            }
+        }
+    }
+    let n = done.len().max(1) as f64;
+    Ok(EvalRecord {
+        step,
+        eval_reward: total / scored_n.max(1) as f64,
+        per_reward: rewards
+            .funcs
+            .iter()
+            .zip(&sums)
+            .map(|((f, _), (s, k))| (format!("eval_rewards/{}/mean", f.name()), s / (*k).max(1) as f64))
+            .collect(),
+        eval_samples: done.len(),
+        mean_length: done.iter().map(|d| d.ids.len() as f64).sum::<f64>() / n,
+        clipped_ratio: done.iter().filter(|d| d.truncated).count() as f64 / n,
+        eval_time_s: t0.elapsed().as_secs_f64(),
+        eval_sample: done.first().map(|d| d.text.clone()).unwrap_or_default(),
+    })
+}
+
+fn write_line(metrics: &mut std::fs::File, rec: &impl Serialize) -> Result<()> {
+    let line = serde_json::to_string(rec).map_err(|e| TrainError::Config(e.to_string()))?;
+    writeln!(metrics, "{line}").map_err(|e| TrainError::Config(format!("cannot write metrics: {e}")))
+}
+
+/// Runs GRPO as `cfg` says; `on_event` sees every record (each is also appended to
 /// `output_dir/metrics.jsonl`).
 pub fn run(
     cfg: &GrpoConfig,
     load: &LoadOptions,
-    mut on_step: impl FnMut(&GrpoStepRecord),
+    mut on_event: impl FnMut(RunEvent<'_>),
 ) -> Result<PathBuf> {
     let g = cfg.num_generations;
     let completions_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps;
@@ -250,6 +481,10 @@ pub fn run(
     )
     .map_err(TrainError::Config)?;
     let problems = read_problems(Path::new(&cfg.dataset_name))?;
+    let eval_problems = match &cfg.eval_dataset {
+        Some(p) => read_problems(Path::new(p))?,
+        None => Vec::new(),
+    };
     let lora = LoraConfig {
         r: cfg.lora_r,
         alpha: cfg.lora_alpha,
@@ -265,6 +500,11 @@ pub fn run(
     let base = Path::new(&cfg.model_name_or_path);
     let (model, _info, format) = seek_models::load_trainable(base, load, &opts)?;
     let tokenizer = Arc::new(crate::sft::tokenizer_for(&format)?);
+    let eos = tokenizer.eos_token_ids().first().copied();
+    let eval_set: Vec<(Problem, RenderedPrompt)> = eval_problems
+        .into_iter()
+        .map(|p| render(&tokenizer, &p).map(|r| (p, r)))
+        .collect::<Result<_>>()?;
     let mut opt = AdamW::new(model.vars().to_vec(), AdamWConfig::default());
     let out = PathBuf::from(&cfg.output_dir);
     std::fs::create_dir_all(&out)
@@ -294,9 +534,15 @@ pub fn run(
     order.shuffle(&mut rng);
     let mut cursor = 0;
     let scaling = lora.scaling();
+    let max_running = completions_per_step.max(eval_set.len().min(64)).min(64);
+    let max_queue = completions_per_step.max(eval_set.len()) + 8;
+    let eval_due = |step: u64| {
+        !eval_set.is_empty()
+            && (step == 0 || step == cfg.max_steps || (cfg.eval_steps > 0 && step % cfg.eval_steps == 0))
+    };
     for step in 1..=cfg.max_steps {
         // The step's prompts, rendered as `seek run` renders them.
-        let mut picked = Vec::with_capacity(prompts_per_step);
+        let mut picked: Vec<(&Problem, RenderedPrompt)> = Vec::with_capacity(prompts_per_step);
         while picked.len() < prompts_per_step {
             if cursor == order.len() {
                 order.shuffle(&mut rng);
@@ -304,91 +550,35 @@ pub fn run(
             }
             let p = &problems[order[cursor]];
             cursor += 1;
-            let rendered = render_chat(&tokenizer, &p.messages)
-                .map_err(|e| TrainError::Config(format!("cannot render a prompt: {e}")))?;
+            let rendered = render(&tokenizer, p)?;
             if rendered.ids.len() <= cfg.max_prompt_length {
                 picked.push((p, rendered));
             }
         }
         // Rollouts through the engine, with the adapter as it is now.
         let t0 = Instant::now();
-        let adapter = seek_models::llama::LoraAdapter {
-            scaling,
-            tensors: model.adapter_state()?,
-        };
-        let infer = seek_models::load(
-            base,
-            &LoadOptions {
-                lora: Some(adapter),
-                ..load.clone()
-            },
-        )?;
-        let engine = EngineHandle::start(
-            infer.model,
-            tokenizer.clone(),
-            EngineConfig {
-                max_running: completions_per_step.min(64),
-                max_queue: completions_per_step + 8,
-                ..EngineConfig::default()
-            },
-        )
-        .map_err(|e| TrainError::Config(e.to_string()))?;
-        let mut receivers = Vec::new();
-        for (k, (_, r)) in picked.iter().enumerate() {
-            for j in 0..g {
-                let (tx, rx) = mpsc::channel::<ServeEvent>();
-                let req = ServeRequest {
-                    prompt: r.ids.clone(),
-                    params: SequenceParams {
-                        sampling: SamplingParams {
-                            temperature: cfg.temperature,
-                            top_p: cfg.top_p,
-                            seed: Some(cfg.seed ^ (step << 20) ^ ((k * g + j) as u64)),
-                            ..SamplingParams::default()
-                        },
-                        max_tokens: cfg.max_completion_length,
-                        starts_in_reasoning: r.starts_in_reasoning,
-                        split_reasoning: false,
-                        ..SequenceParams::default()
-                    },
-                    logprobs: None,
-                };
-                engine
-                    .submit(req, Box::new(move |ev| tx.send(ev).is_ok()))
-                    .map_err(|e| TrainError::Config(format!("rollout refused: {e}")))?;
-                receivers.push(rx);
-            }
+        let engine = start_engine(base, load, &model, scaling, &tokenizer, max_running, max_queue)?;
+        let engine_start_s = t0.elapsed().as_secs_f64();
+        if eval_due(step - 1) {
+            let rec = evaluate(&engine, &eval_set, &rewards, cfg.max_completion_length, eos, step - 1)?;
+            write_line(&mut metrics, &rec)?;
+            on_event(RunEvent::Eval(&rec));
         }
-        let eos = tokenizer.eos_token_ids().first().copied();
-        let mut done: Vec<(Vec<u32>, String, bool)> = Vec::with_capacity(receivers.len());
-        let mut gen_tokens = 0usize;
-        for rx in receivers {
-            let (mut ids, mut text, mut cut) = (Vec::new(), String::new(), false);
-            for ev in rx.iter() {
-                match ev {
-                    ServeEvent::Delta { delta, token, .. } => {
-                        text.push_str(&delta.reasoning);
-                        text.push_str(&delta.content);
-                        ids.extend(token);
-                    }
-                    ServeEvent::Finished { finish_reason, .. } => {
-                        cut = finish_reason == FinishReason::Length;
-                        if finish_reason == FinishReason::Stop {
-                            ids.extend(eos);
-                        }
-                        break;
-                    }
-                    ServeEvent::Failed { message } => {
-                        return Err(TrainError::Config(format!("a rollout failed: {message}")))
-                    }
-                    ServeEvent::Started { .. } => {}
-                }
+        let t_gen = Instant::now();
+        let prompts: Vec<&RenderedPrompt> = picked.iter().map(|(_, r)| r).collect();
+        let done = rollouts(&engine, &prompts, g, cfg.max_completion_length, eos, |i| {
+            SamplingParams {
+                temperature: cfg.temperature,
+                top_p: cfg.top_p,
+                seed: Some(cfg.seed ^ (step << 20) ^ (i as u64)),
+                ..SamplingParams::default()
             }
-            gen_tokens += ids.len();
-            done.push((ids, text, cut));
-        }
+        })?;
         engine.shutdown(std::time::Duration::from_secs(1));
-        let time_generation_s = t0.elapsed().as_secs_f64();
+        let gen_tokens: usize = done.iter().map(|d| d.ids.len()).sum();
+        // Engine start (the adapter merged into a fresh model) counts as generation time, the
+        // held-out evaluation does not.
+        let time_generation_s = engine_start_s + t_gen.elapsed().as_secs_f64();
         // Scoring.
         let t1 = Instant::now();
         let mut groups = Vec::with_capacity(picked.len());
@@ -401,12 +591,13 @@ pub fn run(
                 rewards: Vec::with_capacity(g),
                 truncated: Vec::with_capacity(g),
             };
-            for (ids, text, cut) in &done[k * g..(k + 1) * g] {
+            for d in &done[k * g..(k + 1) * g] {
                 let scored = rewards.score(&Sample {
-                    completion: text,
+                    completion: &d.text,
                     solution: p.solution.as_deref(),
-                    completion_tokens: Some(ids.len()),
+                    completion_tokens: Some(d.ids.len()),
                     prompt_opens_think: r.starts_in_reasoning,
+                    row: Some(&p.row),
                 });
                 for (acc, v) in per_reward.iter_mut().zip(&scored.per_func) {
                     if let Some(v) = v {
@@ -415,11 +606,11 @@ pub fn run(
                     }
                 }
                 if sample.is_empty() {
-                    sample = format!("[reward {:.2}] {text}", scored.total);
+                    sample = format!("[reward {:.2}] {}", scored.total, d.text);
                 }
-                grp.completions.push(ids.clone());
+                grp.completions.push(d.ids.clone());
                 grp.rewards.push(scored.total);
-                grp.truncated.push(*cut);
+                grp.truncated.push(d.truncated);
             }
             groups.push(grp);
         }
@@ -451,10 +642,8 @@ pub fn run(
             generation_tokens_per_s: gen_tokens as f64 / time_generation_s.max(1e-9),
             sample,
         };
-        let line = serde_json::to_string(&rec).map_err(|e| TrainError::Config(e.to_string()))?;
-        writeln!(metrics, "{line}")
-            .map_err(|e| TrainError::Config(format!("cannot write metrics: {e}")))?;
-        on_step(&rec);
+        write_line(&mut metrics, &rec)?;
+        on_event(RunEvent::Step(&rec));
         if step == cfg.max_steps || (cfg.save_steps > 0 && step % cfg.save_steps == 0) {
             crate::peft::write_adapter_files(
                 &out,
@@ -463,6 +652,13 @@ pub fn run(
                 model.adapter_state()?,
             )?;
         }
+    }
+    if eval_due(cfg.max_steps) {
+        let engine = start_engine(base, load, &model, scaling, &tokenizer, max_running, max_queue)?;
+        let rec = evaluate(&engine, &eval_set, &rewards, cfg.max_completion_length, eos, cfg.max_steps)?;
+        engine.shutdown(std::time::Duration::from_secs(1));
+        write_line(&mut metrics, &rec)?;
+        on_event(RunEvent::Eval(&rec));
     }
     Ok(out)
 }
