@@ -35,12 +35,16 @@ struct TasksArgs {
     /// r1-zero (raw text in the R1-Zero template, ending inside <think>) or chat (a user message).
     #[arg(long, default_value = "r1-zero")]
     format: String,
-    /// Arithmetic: digits per number.
+    /// Arithmetic: digits per number (when no --template).
     #[arg(long, default_value_t = 2)]
     digits: u32,
-    /// Arithmetic: numbers per expression.
+    /// Arithmetic: numbers per expression (when no --template).
     #[arg(long, default_value_t = 2)]
     terms: usize,
+    /// Arithmetic: the expression's shape, `{D}` a D-digit number, `{op}` an operator from
+    /// --ops (e.g. "{2} * {1} + {2}").
+    #[arg(long)]
+    template: Option<String>,
     /// Arithmetic: operators to draw from.
     #[arg(long, default_value = "+-*")]
     ops: String,
@@ -70,15 +74,21 @@ fn tasks(a: TasksArgs) -> anyhow::Result<()> {
             if a.ops.is_empty() || a.ops.chars().any(|c| !"+-*".contains(c)) {
                 anyhow::bail!("--ops {:?}: use some of + - *", a.ops);
             }
+            let template = a
+                .template
+                .clone()
+                .unwrap_or_else(|| vec![format!("{{{}}}", a.digits); a.terms].join(" {op} "));
+            seek_eval::tasks::check_template(&template).map_err(anyhow::Error::msg)?;
             Task::Arithmetic {
-                digits: a.digits,
-                terms: a.terms,
+                template,
                 ops: a.ops.clone(),
             }
         }
         "countdown" => {
             if !(2..=6).contains(&a.numbers) || !(1..=1000).contains(&a.max_number) {
-                anyhow::bail!("countdown needs --numbers from 2 to 6 and --max-number from 1 to 1000");
+                anyhow::bail!(
+                    "countdown needs --numbers from 2 to 6 and --max-number from 1 to 1000"
+                );
             }
             Task::Countdown {
                 numbers: a.numbers,
@@ -105,7 +115,9 @@ fn tasks(a: TasksArgs) -> anyhow::Result<()> {
         out.push('\n');
     }
     match &a.out {
-        Some(p) => std::fs::write(p, out).with_context(|| format!("cannot write {}", p.display()))?,
+        Some(p) => {
+            std::fs::write(p, out).with_context(|| format!("cannot write {}", p.display()))?
+        }
         None => print!("{out}"),
     }
     if let Some(p) = &a.out {
@@ -150,6 +162,16 @@ pub fn rewards(args: RewardsArgs) -> anyhow::Result<()> {
     let weights = (!a.reward_weights.is_empty()).then_some(&a.reward_weights[..]);
     let set = seek_eval::rewards::RewardSet::new(&a.reward_funcs, weights, a.max_completion_length)
         .map_err(anyhow::Error::msg)?;
+    if let Some((f, _)) = set
+        .funcs
+        .iter()
+        .find(|(f, _)| matches!(f, seek_eval::rewards::Reward::External(_)))
+    {
+        anyhow::bail!(
+            "{}: the reward server answers with Seek's built-in rewards only; point the trainer at that endpoint directly",
+            f.name()
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -159,7 +181,7 @@ pub fn rewards(args: RewardsArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
         let addr = listener.local_addr()?;
-        let names: Vec<&str> = set.funcs.iter().map(|(f, _)| f.name()).collect();
+        let names: Vec<String> = set.funcs.iter().map(|(f, _)| f.name()).collect();
         eprintln!(
             "seek rewards: {} on http://{addr}/get_reward",
             names.join(", ")

@@ -64,6 +64,20 @@ pub struct GrpoArgs {
     /// One weight per reward function [1 each].
     #[arg(long = "reward_weights", visible_alias = "reward-weights", num_args = 1..)]
     reward_weights: Vec<f64>,
+    /// Seconds an external reward (cmd:PROGRAM or an http(s) URL in --reward_funcs) may take per batch [60].
+    #[arg(
+        long = "reward_timeout",
+        visible_alias = "reward-timeout",
+        default_value_t = 60.0
+    )]
+    reward_timeout: f64,
+    /// How a batch an external reward failed on is scored: skip (left out of the sum) or zero [skip].
+    #[arg(
+        long = "reward_on_error",
+        visible_alias = "reward-on-error",
+        default_value = "skip"
+    )]
+    reward_on_error: String,
     /// Completions per prompt (G) [8].
     #[arg(
         long = "num_generations",
@@ -119,9 +133,34 @@ pub struct GrpoArgs {
         default_value = "group"
     )]
     scale_rewards: String,
-    /// KL weight; only 0 for now [0].
+    /// KL weight against the reference (the base model without the adapter) [0: no reference].
     #[arg(long, default_value_t = 0.0)]
     beta: f64,
+    /// Optimizer passes over each generation batch (mu; the generation-time log-probs are kept for the ratio) [1].
+    #[arg(
+        long = "num_iterations",
+        visible_alias = "num-iterations",
+        default_value_t = 1
+    )]
+    num_iterations: usize,
+    /// Device batches per generation batch [gradient_accumulation_steps].
+    #[arg(long = "steps_per_generation", visible_alias = "steps-per-generation")]
+    steps_per_generation: Option<usize>,
+    /// Continue from a checkpoint-N folder, or `latest` in --output_dir.
+    #[arg(
+        long = "resume_from_checkpoint",
+        visible_alias = "resume-from-checkpoint",
+        num_args = 0..=1,
+        default_missing_value = "latest"
+    )]
+    resume_from_checkpoint: Option<String>,
+    /// Checkpoints kept (0: all) [0].
+    #[arg(
+        long = "save_total_limit",
+        visible_alias = "save-total-limit",
+        default_value_t = 0
+    )]
+    save_total_limit: usize,
     /// Lower clip of the ratio [0.2].
     #[arg(long, default_value_t = 0.2)]
     epsilon: f64,
@@ -208,6 +247,12 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
         output_dir: a.output_dir,
         reward_funcs: a.reward_funcs,
         reward_weights: (!a.reward_weights.is_empty()).then_some(a.reward_weights),
+        reward_timeout_s: a.reward_timeout,
+        reward_on_error: match a.reward_on_error.as_str() {
+            "skip" => seek_eval::rewards::OnError::Skip,
+            "zero" => seek_eval::rewards::OnError::Zero,
+            other => bail!("--reward_on_error {other}: use skip or zero"),
+        },
         num_generations: a.num_generations,
         per_device_train_batch_size: a.per_device_train_batch_size,
         gradient_accumulation_steps: a.gradient_accumulation_steps,
@@ -218,6 +263,8 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
         loss_type,
         scale_rewards,
         beta: a.beta,
+        num_iterations: a.num_iterations,
+        steps_per_generation: a.steps_per_generation,
         epsilon: a.epsilon,
         epsilon_high: a.epsilon_high,
         mask_truncated_completions: a.mask_truncated_completions,
@@ -233,6 +280,8 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
         micro_batch: a.per_device_train_batch_size.clamp(1, 4),
         eval_dataset: a.eval_dataset,
         eval_steps: a.eval_steps,
+        resume_from_checkpoint: a.resume_from_checkpoint,
+        save_total_limit: a.save_total_limit,
     };
     if let Some(e) = &cfg.eval_dataset {
         if !Path::new(e).is_file() {
@@ -253,9 +302,17 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
             .trim_end_matches("/mean")
             .to_string()
     };
+    let max_steps = cfg.max_steps;
     let out = seek_train::grpo_run::run(&cfg, &crate::source::load_options(), |ev| {
         let r = match ev {
             seek_train::grpo_run::RunEvent::Step(r) => r,
+            seek_train::grpo_run::RunEvent::RewardError(e) => {
+                eprintln!(
+                    "reward error: {}: {} (first completion of the batch: {:?})",
+                    e.func, e.message, e.input
+                );
+                return;
+            }
             seek_train::grpo_run::RunEvent::Eval(e) => {
                 let per: Vec<String> = e
                     .per_reward
@@ -280,8 +337,17 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(k, v)| format!("{}={v:.3}", short(k)))
             .collect();
+        let eta = if r.step > 0 {
+            let per = r.elapsed_s / r.step as f64;
+            format!(
+                "{:.0}m",
+                per * max_steps.saturating_sub(r.step) as f64 / 60.0
+            )
+        } else {
+            "?".into()
+        };
         eprintln!(
-            "step {:>4}  reward {:.3} (std {:.3})  {}  len {:.1}  gen {:.1}s score {:.2}s train {:.1}s",
+            "step {:>4}/{max_steps} ETA {eta}  reward {:.3} (std {:.3})  {}  len {:.1}  gen {:.1}s score {:.2}s train {:.1}s",
             r.step,
             r.reward,
             r.reward_std,

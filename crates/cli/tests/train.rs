@@ -422,7 +422,18 @@ fn grpo_runs_as_a_trl_command_and_writes_trls_metrics() {
             ][..],
             "must be at least 2 and divide",
         ),
-        (&["--beta", "0.04"][..], "reference model"),
+        (
+            &["--num_iterations", "0"][..],
+            "num_iterations must be at least 1",
+        ),
+        (
+            &["--reward_on_error", "ignore"][..],
+            "--reward_on_error ignore",
+        ),
+        (
+            &["--reward_funcs", "nosuch"][..],
+            "unknown reward \"nosuch\"",
+        ),
         (
             &["--reward_weights", "1"][..],
             "1 reward weights for 3 reward functions",
@@ -434,4 +445,189 @@ fn grpo_runs_as_a_trl_command_and_writes_trls_metrics() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
+}
+
+/// The rest of TRL's GRPO options on a real model: an R1-Zero text prompt (no chat template)
+/// and a held-out set scored before and after; beta > 0 against the base without the adapter
+/// (`kl` logged); num_iterations 2 (two optimizer steps per generation batch); a user's reward
+/// as a command; checkpoints, and a run resumed from the latest one that carries on where it
+/// stopped. A reward command that fails is reported with its input and counted, not hidden.
+#[test]
+fn grpo_keeps_a_reference_iterates_resumes_and_reports_failed_rewards() {
+    let models = std::env::var_os("SEEK_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    let smol = models.join("SmolLM2-135M-Instruct-Q4_1.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks.jsonl");
+    let o = seek(&[
+        "rewards",
+        "tasks",
+        "arithmetic",
+        "--n",
+        "6",
+        "--seed",
+        "3",
+        "--out",
+        tasks.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let held = dir.path().join("held.jsonl");
+    let o = seek(&[
+        "rewards",
+        "tasks",
+        "arithmetic",
+        "--n",
+        "3",
+        "--seed",
+        "4",
+        "--exclude",
+        tasks.to_str().unwrap(),
+        "--out",
+        held.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&tasks)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(first["prompt"]
+        .as_str()
+        .unwrap()
+        .ends_with("Assistant: <think>"));
+    // A user's reward: 1 for a completion under 20 characters.
+    let script = dir.path().join("short.py");
+    std::fs::write(
+        &script,
+        "import json, sys\nd = json.load(sys.stdin)\nassert len(d['completions']) == len(d['rows'])\nprint(json.dumps({'rewards': [float(len(c) < 20) for c in d['completions']]}))\n",
+    )
+    .unwrap();
+    let user_reward = format!("cmd:python3 {}", script.display());
+    let out = dir.path().join("out");
+    let args = |max_steps: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "grpo",
+            "--model_name_or_path",
+            smol.to_str().unwrap(),
+            "--dataset_name",
+            tasks.to_str().unwrap(),
+            "--eval_dataset",
+            held.to_str().unwrap(),
+            "--output_dir",
+            out.to_str().unwrap(),
+            "--reward_funcs",
+            "accuracy_reward",
+            "think_format_reward",
+            &user_reward,
+            "--num_generations",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_completion_length",
+            "8",
+            "--learning_rate",
+            "1e-3",
+            "--beta",
+            "0.04",
+            "--num_iterations",
+            "2",
+            "--save_steps",
+            "2",
+            "--max_steps",
+            max_steps,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = args("2", &[]);
+    ok(&seek(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let lines = read();
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    let evals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("eval_reward").is_some())
+        .collect();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(
+        evals
+            .iter()
+            .map(|e| e["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 2]
+    );
+    assert_eq!(evals[0]["eval_samples"], 3);
+    assert!(evals[1]["eval_rewards/accuracy_reward/mean"].is_number());
+    // One generation batch, two passes: the second step has no generation time of its own, and
+    // its policy moved after the first update, so the reference's KL is positive.
+    assert!(steps[0]["time_generation_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(steps[1]["time_generation_s"].as_f64().unwrap(), 0.0);
+    assert!(steps[1]["kl"].as_f64().unwrap() > 0.0, "{}", steps[1]);
+    let key = format!("rewards/{user_reward}/mean");
+    assert!(steps[0][&key].is_number(), "{}", steps[0]);
+    assert!(out.join("checkpoint-2/trainer_state.json").is_file());
+    assert!(out.join("checkpoint-2/optimizer.safetensors").is_file());
+    // Resume to step 4: steps 3 and 4 follow 1 and 2, once each.
+    let a = args("4", &["--resume_from_checkpoint"]);
+    ok(&seek(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let steps: Vec<u64> = read()
+        .iter()
+        .filter(|l| l.get("loss").is_some())
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4]);
+    assert!(out.join("checkpoint-4").is_dir());
+    // A reward command that fails: named on stderr with the completion it got, counted, and
+    // the run goes on with that function left out.
+    let fresh = dir.path().join("failing");
+    let o = seek(&[
+        "train",
+        "grpo",
+        "--model_name_or_path",
+        smol.to_str().unwrap(),
+        "--dataset_name",
+        tasks.to_str().unwrap(),
+        "--output_dir",
+        fresh.to_str().unwrap(),
+        "--reward_funcs",
+        "accuracy_reward",
+        "cmd:false",
+        "--num_generations",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_completion_length",
+        "8",
+        "--max_steps",
+        "1",
+    ]);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("reward error: cmd:false: exited with"),
+        "{err}"
+    );
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(fresh.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["reward_errors"], 1);
 }

@@ -10,6 +10,7 @@
 
 pub mod bias;
 pub mod data;
+pub mod external;
 pub mod overrefusal;
 pub mod redteam;
 pub mod reliability;

@@ -52,6 +52,9 @@ pub enum Reward {
     /// Countdown (`seek rewards tasks countdown`): 1 when the answer's equation uses the row's
     /// `nums` exactly once each and equals its `target`; `None` for a row without them.
     Countdown,
+    /// A user's function outside Seek (`cmd:PROGRAM ARGS` or an `http(s)://` URL), scored a
+    /// batch at a time by [`RewardSet::score_batch`].
+    External(crate::external::External),
 }
 
 impl Reward {
@@ -83,9 +86,14 @@ impl Reward {
                 }
                 Reward::SoftOverlong { max, cache }
             }
+            _ if crate::external::External::parse(name).is_some() => {
+                Reward::External(crate::external::External::parse(name).unwrap_or_else(|| {
+                    crate::external::External::Http(name.to_string())
+                }))
+            }
             other => {
                 return Err(format!(
-                    "unknown reward {other:?}; use accuracy_reward, reasoning_accuracy_reward, think_format_reward, \
+                    "unknown reward {other:?}; use cmd:PROGRAM, an http(s):// URL, or accuracy_reward, reasoning_accuracy_reward, think_format_reward, \
                      get_soft_overlong_punishment, tag_count_reward, repetition_penalty_reward or countdown_reward"
                 ))
             }
@@ -93,8 +101,9 @@ impl Reward {
     }
 
     /// The name metrics are logged under (TRL's `rewards/<name>/mean`).
-    pub fn name(&self) -> &'static str {
-        match self {
+    pub fn name(&self) -> String {
+        let s = match self {
+            Reward::External(e) => return e.label(),
             Reward::Accuracy => "accuracy_reward",
             Reward::ReasoningAccuracy => "reasoning_accuracy_reward",
             Reward::ThinkFormat => "think_format_reward",
@@ -102,7 +111,8 @@ impl Reward {
             Reward::SoftOverlong { .. } => "soft_overlong_punishment_reward",
             Reward::Repetition => "repetition_penalty_reward",
             Reward::Countdown => "countdown_reward",
-        }
+        };
+        s.to_string()
     }
 
     /// The reward of one sample; `None` when it cannot be scored (no readable solution).
@@ -123,6 +133,7 @@ impl Reward {
                 Some(soft_overlong(len, *max, *cache))
             }
             Reward::Repetition => Some(-repetition(answer_part(&text))),
+            Reward::External(_) => None,
             Reward::Countdown => {
                 let row = s.row?;
                 let target = row["target"].as_i64()?;
@@ -131,7 +142,11 @@ impl Reward {
                     .iter()
                     .map(serde_json::Value::as_i64)
                     .collect::<Option<_>>()?;
-                Some(crate::tasks::countdown_score(answer_part(&text), &nums, target))
+                Some(crate::tasks::countdown_score(
+                    answer_part(&text),
+                    &nums,
+                    target,
+                ))
             }
         }
     }
@@ -227,6 +242,30 @@ fn repetition(text: &str) -> f64 {
 pub struct RewardSet {
     /// Each function and its weight.
     pub funcs: Vec<(Reward, f64)>,
+    /// How long an external function may take per batch.
+    pub timeout: std::time::Duration,
+    /// How a batch an external function failed on is scored.
+    pub on_error: OnError,
+}
+
+/// What a failed external reward gives its batch (`--reward_on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Left out of the sum (as a function that cannot score; advantage 0 if nothing else scores).
+    Skip,
+    /// 0.
+    Zero,
+}
+
+/// An external reward that failed on a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardError {
+    /// The function (`cmd:...` or the URL).
+    pub func: String,
+    /// What went wrong.
+    pub message: String,
+    /// The first completion of the batch it was given (shortened).
+    pub input: String,
 }
 
 /// One sample's rewards.
@@ -264,13 +303,52 @@ impl RewardSet {
                 Reward::parse(n, max_completion_length).map(|r| (r, weights.map_or(1.0, |w| w[i])))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { funcs })
+        Ok(Self {
+            funcs,
+            timeout: std::time::Duration::from_secs(60),
+            on_error: OnError::Skip,
+        })
     }
 
-    /// Scores one sample with every function (TRL's `sum_then_normalize` sum: functions that
-    /// cannot score are left out; NaN when none can).
-    pub fn score(&self, s: &Sample<'_>) -> Scored {
-        let per_func: Vec<Option<f64>> = self.funcs.iter().map(|(f, _)| f.score(s)).collect();
+    /// Scores a batch: built-in functions per sample, external ones with one call for the whole
+    /// batch. A failed external call is returned with its input and scored as `on_error` says.
+    pub fn score_batch(&self, batch: &[Sample<'_>]) -> (Vec<Scored>, Vec<RewardError>) {
+        let mut per: Vec<Vec<Option<f64>>> = batch
+            .iter()
+            .map(|s| self.funcs.iter().map(|(f, _)| f.score(s)).collect())
+            .collect();
+        let mut errors = Vec::new();
+        for (k, (f, _)) in self.funcs.iter().enumerate() {
+            let Reward::External(ext) = f else { continue };
+            if batch.is_empty() {
+                continue;
+            }
+            match ext.score(batch, self.timeout) {
+                Ok(vals) => {
+                    for (row, v) in per.iter_mut().zip(vals) {
+                        row[k] = v;
+                    }
+                }
+                Err(message) => {
+                    let input: String = batch[0].completion.chars().take(200).collect();
+                    errors.push(RewardError {
+                        func: ext.label(),
+                        message,
+                        input,
+                    });
+                    if self.on_error == OnError::Zero {
+                        for row in &mut per {
+                            row[k] = Some(0.0);
+                        }
+                    }
+                }
+            }
+        }
+        let scored = per.into_iter().map(|p| self.total(p)).collect();
+        (scored, errors)
+    }
+
+    fn total(&self, per_func: Vec<Option<f64>>) -> Scored {
         let mut total = 0.0;
         let mut any = false;
         for ((_, w), r) in self.funcs.iter().zip(&per_func) {
@@ -283,6 +361,16 @@ impl RewardSet {
             total: if any { total } else { f64::NAN },
             per_func,
         }
+    }
+
+    /// Scores one sample with every function (TRL's `sum_then_normalize` sum: functions that
+    /// cannot score are left out; NaN when none can).
+    pub fn score(&self, s: &Sample<'_>) -> Scored {
+        let (mut s, _) = self.score_batch(std::slice::from_ref(s));
+        s.pop().unwrap_or(Scored {
+            total: f64::NAN,
+            per_func: Vec::new(),
+        })
     }
 }
 

@@ -41,14 +41,13 @@ impl PromptFormat {
 /// A task to generate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Task {
-    /// `terms` numbers of `digits` digits joined by operators drawn from `ops` (`+`, `-`, `*`),
-    /// usual precedence.
+    /// An expression from `template`, usual precedence: each `{D}` (D a digit count, 1 to 9)
+    /// is a random D-digit number, each `{op}` an operator drawn from `ops` (`+`, `-`, `*`);
+    /// e.g. `{2} * {1} + {2}`.
     Arithmetic {
-        /// Digits per number.
-        digits: u32,
-        /// Numbers per expression (at least 2).
-        terms: usize,
-        /// Operators to draw from.
+        /// The expression's shape.
+        template: String,
+        /// Operators `{op}` draws from.
         ops: String,
     },
     /// `numbers` numbers from 1 to `max_number`, and a target from 1 to 100 that an expression
@@ -62,20 +61,30 @@ pub enum Task {
 }
 
 fn question_and_answer(task: &Task, rng: &mut SplitMix) -> (String, String, Value) {
-    let uniform = |rng: &mut SplitMix, lo: i64, hi: i64| lo + (rng.next() % (hi - lo + 1) as u64) as i64;
+    let uniform =
+        |rng: &mut SplitMix, lo: i64, hi: i64| lo + (rng.next() % (hi - lo + 1) as u64) as i64;
     match task {
-        Task::Arithmetic { digits, terms, ops } => {
-            let lo = 10i64.pow(digits.saturating_sub(1)).max(1);
-            let hi = 10i64.pow(*digits) - 1;
+        Task::Arithmetic { template, ops } => {
             let ops: Vec<char> = ops.chars().collect();
-            let nums: Vec<i64> = (0..*terms).map(|_| uniform(rng, lo, hi)).collect();
-            let chosen: Vec<char> = (1..*terms)
-                .map(|_| ops[(rng.next() % ops.len() as u64) as usize])
-                .collect();
-            let mut expr = nums[0].to_string();
-            for (op, n) in chosen.iter().zip(&nums[1..]) {
-                expr.push_str(&format!(" {op} {n}"));
+            let mut expr = String::new();
+            let mut rest = template.as_str();
+            while let Some(i) = rest.find('{') {
+                expr.push_str(&rest[..i]);
+                let j = rest[i..].find('}').map_or(rest.len(), |j| i + j);
+                let field = &rest[i + 1..j.min(rest.len())];
+                if field == "op" {
+                    if !ops.is_empty() {
+                        expr.push(ops[(rng.next() % ops.len() as u64) as usize]);
+                    }
+                } else {
+                    let d: u32 = field.parse().unwrap_or(1).clamp(1, 9);
+                    let lo = 10i64.pow(d - 1);
+                    let hi = 10i64.pow(d) - 1;
+                    expr.push_str(&uniform(rng, if d == 1 { 2 } else { lo }, hi).to_string());
+                }
+                rest = rest.get(j + 1..).unwrap_or("");
             }
+            expr.push_str(rest);
             let value = eval_expr(&expr).map_or(0, |v| v.0 / v.1);
             (
                 format!("What is {expr}?"),
@@ -87,7 +96,9 @@ fn question_and_answer(task: &Task, rng: &mut SplitMix) -> (String, String, Valu
             numbers,
             max_number,
         } => loop {
-            let nums: Vec<i64> = (0..*numbers).map(|_| uniform(rng, 1, *max_number)).collect();
+            let nums: Vec<i64> = (0..*numbers)
+                .map(|_| uniform(rng, 1, *max_number))
+                .collect();
             // A random expression tree over the numbers in a random order.
             let mut order = nums.clone();
             rng.shuffle(&mut order);
@@ -125,6 +136,40 @@ fn question_and_answer(task: &Task, rng: &mut SplitMix) -> (String, String, Valu
     }
 }
 
+/// Checks an arithmetic template: `{D}` fields (D from 1 to 9) and `{op}`, with `+ - *`,
+/// parentheses and spaces between; at least one number.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let mut probe = String::new();
+    let mut rest = template;
+    let mut numbers = 0;
+    while let Some(i) = rest.find('{') {
+        probe.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find('}').map(|j| i + j) else {
+            return Err(format!("{template:?}: a '{{' is not closed"));
+        };
+        match &rest[i + 1..j] {
+            "op" => probe.push('+'),
+            d if d.len() == 1 && ('1'..='9').contains(&d.chars().next().unwrap_or('0')) => {
+                probe.push('1');
+                numbers += 1;
+            }
+            other => {
+                return Err(format!(
+                    "{template:?}: {{{other}}} is neither a digit count (1-9) nor {{op}}"
+                ))
+            }
+        }
+        rest = &rest[j + 1..];
+    }
+    probe.push_str(rest);
+    if numbers == 0 || eval_expr(&probe).is_none() {
+        return Err(format!(
+            "{template:?} is not an expression of {{D}} numbers, {{op}} and + - * ( ), e.g. \"{{2}} * {{1}} + {{2}}\""
+        ));
+    }
+    Ok(())
+}
+
 /// `n` rows of `task`, seeded.
 pub fn generate(task: &Task, n: usize, seed: u64, format: PromptFormat) -> Vec<Value> {
     let mut rng = SplitMix(seed ^ 0x5eed_7a5c);
@@ -145,11 +190,17 @@ pub fn generate(task: &Task, n: usize, seed: u64, format: PromptFormat) -> Vec<V
         .collect()
 }
 
-/// `rows` without those whose `question` is also in `train`.
+/// `rows` without those whose `question` is also in `train`, and without repeats.
 pub fn disjoint(rows: Vec<Value>, train: &[Value]) -> Vec<Value> {
-    let seen: HashSet<&str> = train.iter().filter_map(|r| r["question"].as_str()).collect();
+    let mut seen: HashSet<String> = train
+        .iter()
+        .filter_map(|r| r["question"].as_str().map(str::to_string))
+        .collect();
     rows.into_iter()
-        .filter(|r| !r["question"].as_str().is_some_and(|q| seen.contains(q)))
+        .filter(|r| match r["question"].as_str() {
+            Some(q) => seen.insert(q.to_string()),
+            None => true,
+        })
         .collect()
 }
 
@@ -318,9 +369,18 @@ pub fn countdown_score(answer: &str, nums: &[i64], target: i64) -> f64 {
             let rest = &answer[s + "<answer>".len()..];
             Some(rest[..rest.find("</answer>").unwrap_or(rest.len())].to_string())
         })
-        .or_else(|| answer.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
+        .or_else(|| {
+            answer
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
-    let candidate = candidate.replace("\\times", "*").replace("\\div", "/").replace("\\cdot", "*");
+    let candidate = candidate
+        .replace("\\times", "*")
+        .replace("\\div", "/")
+        .replace("\\cdot", "*");
     let lhs = candidate.split('=').next().unwrap_or_default();
     let Some(((n, d), mut used)) = eval_with_numbers(lhs) else {
         return 0.0;
@@ -343,10 +403,14 @@ mod tests {
         assert_eq!(eval_expr("1 / 0"), None);
         assert_eq!(eval_expr("2 + x"), None);
         assert_eq!(eval_expr("(2 + 3"), None);
+        assert!(check_template("{2} * {1} + {2}").is_ok());
+        assert!(check_template("{2} {op} {2}").is_ok());
+        assert!(check_template("{2} * {x}").is_err());
+        assert!(check_template("{2} * ").is_err());
+        assert!(check_template("{2").is_err());
         let rows = generate(
             &Task::Arithmetic {
-                digits: 2,
-                terms: 3,
+                template: "{2} {op} {2} {op} {1}".into(),
                 ops: "+-*".into(),
             },
             50,
@@ -360,7 +424,10 @@ mod tests {
                 eval_expr(expr).unwrap().0.to_string(),
                 r["solution"].as_str().unwrap()
             );
-            assert!(r["prompt"].as_str().unwrap().ends_with("Assistant: <think>"));
+            assert!(r["prompt"]
+                .as_str()
+                .unwrap()
+                .ends_with("Assistant: <think>"));
         }
     }
 
@@ -378,7 +445,10 @@ mod tests {
         }
         let nums = [3, 5, 8];
         assert_eq!(countdown_score("so \\boxed{(8 - 5) * 3}", &nums, 9), 1.0);
-        assert_eq!(countdown_score("<answer>3 * (8 - 5) = 9</answer>", &nums, 9), 1.0);
+        assert_eq!(
+            countdown_score("<answer>3 * (8 - 5) = 9</answer>", &nums, 9),
+            1.0
+        );
         assert_eq!(countdown_score("\\boxed{3 \\times (8 - 5)}", &nums, 9), 1.0);
         // Wrong value, a number used twice, a number left out, a number not given.
         assert_eq!(countdown_score("\\boxed{(8 - 5) * 5}", &nums, 9), 0.0);
@@ -387,7 +457,10 @@ mod tests {
         assert_eq!(countdown_score("\\boxed{9}", &nums, 9), 0.0);
         assert_eq!(countdown_score("no equation here", &nums, 9), 0.0);
         // Same seed, same rows; another seed, other rows.
-        assert_eq!(generate(&task, 5, 3, PromptFormat::Chat), rows[..5].to_vec());
+        assert_eq!(
+            generate(&task, 5, 3, PromptFormat::Chat),
+            rows[..5].to_vec()
+        );
         let other = generate(&task, 40, 4, PromptFormat::Chat);
         assert!(disjoint(other, &rows).len() > 30);
     }

@@ -324,27 +324,46 @@ pub struct StepConfig {
     pub gradient_checkpointing: bool,
 }
 
-/// One GRPO policy step with `num_iterations` = 1 (the completions were sampled from the
-/// current weights, so the old log-probs are the current ones and the ratio starts at 1):
-/// advantages from the groups' rewards, the per-token objective on the policy's log-probs,
-/// its gradient pushed through the model as a weighted cross-entropy, clipped, one AdamW update.
-pub fn policy_step(
-    model: &seek_models::autograd::Trainable,
-    opt: &mut crate::optim::AdamW,
+/// A generation batch made ready for the policy: one row per completion (prompt + completion
+/// tokens, the completion's tokens as labels), its mask, and the advantages computed over the
+/// whole batch (TRL computes them once per generation batch, before splitting it into steps).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `(ids, labels)` per completion.
+    pub rows: Vec<(Vec<u32>, Vec<Option<u32>>)>,
+    /// Completion tokens that take part in the loss, per row (row length).
+    pub mask: Vec<Vec<bool>>,
+    /// One advantage per completion.
+    pub advantages: Vec<f64>,
+    /// Whether each completion's group had all-equal rewards.
+    pub zero_std: Vec<bool>,
+    /// The rewards (NaN: unscorable).
+    pub rewards: Vec<f64>,
+    /// Completions per prompt.
+    pub num_generations: usize,
+    /// Completion lengths.
+    pub lengths: Vec<usize>,
+    /// Whether each was cut.
+    pub truncated: Vec<bool>,
+}
+
+/// Rows, masks and advantages of `groups` (each of `num_generations` completions).
+pub fn prepare(
     groups: &[Group],
-    cfg: &StepConfig,
-) -> crate::Result<StepStats> {
-    use seek_models::autograd::{Batch, Ctx};
-    if cfg.loss.beta != 0.0 {
-        return Err(crate::TrainError::Config(
-            "beta > 0 needs a reference model, which this step does not keep yet; use beta 0 (TRL's default)".into(),
-        ));
-    }
+    scale_rewards: ScaleRewards,
+    mask_truncated_completions: bool,
+) -> crate::Result<Prepared> {
     let g = groups.first().map_or(1, |x| x.completions.len());
-    let mut rewards = Vec::new();
-    let mut rows: Vec<(Vec<u32>, Vec<Option<u32>>)> = Vec::new();
-    let mut mask = Vec::new();
-    let (mut lengths, mut clipped) = (0usize, 0usize);
+    let mut p = Prepared {
+        rows: Vec::new(),
+        mask: Vec::new(),
+        advantages: Vec::new(),
+        zero_std: Vec::new(),
+        rewards: Vec::new(),
+        num_generations: g,
+        lengths: Vec::new(),
+        truncated: Vec::new(),
+    };
     for grp in groups {
         if grp.completions.len() != g || grp.rewards.len() != g || grp.truncated.len() != g {
             return Err(crate::TrainError::Config(
@@ -352,7 +371,7 @@ pub fn policy_step(
                     .into(),
             ));
         }
-        rewards.extend(&grp.rewards);
+        p.rewards.extend(&grp.rewards);
         for (c, &cut) in grp.completions.iter().zip(&grp.truncated) {
             let mut ids = grp.prompt.clone();
             ids.extend(c);
@@ -361,42 +380,109 @@ pub fn policy_step(
             for (k, &t) in c.iter().enumerate() {
                 labels[grp.prompt.len() + k - 1] = Some(t);
             }
-            let keep = !(cut && cfg.mask_truncated_completions);
-            mask.push(
-                labels
-                    .iter()
-                    .map(|l| l.is_some() && keep)
-                    .collect::<Vec<bool>>(),
-            );
-            lengths += c.len();
-            clipped += usize::from(cut);
-            rows.push((ids, labels));
+            let keep = !(cut && mask_truncated_completions);
+            p.mask
+                .push(labels.iter().map(|l| l.is_some() && keep).collect());
+            p.lengths.push(c.len());
+            p.truncated.push(cut);
+            p.rows.push((ids, labels));
         }
     }
-    let n = rows.len();
-    let (adv, zero) = advantages(&rewards, g, cfg.scale_rewards);
-    // Micro-batches of rows bound the memory of a forward (the completions' logits over the
-    // vocabulary dominate); the objective still sees the whole batch.
+    let (adv, zero) = advantages(&p.rewards, g, scale_rewards);
+    p.advantages = adv;
+    p.zero_std = zero;
+    Ok(p)
+}
+
+/// Per-token log-probs of `rows` (each as long as its row; 0 off the labels) under `ctx`
+/// (`Ctx::eval()`: the policy; `Ctx::reference()`: the base without the adapter), in
+/// micro-batches of `micro` rows.
+pub fn logps_of(
+    model: &seek_models::autograd::Trainable,
+    rows: &[(Vec<u32>, Vec<Option<u32>>)],
+    micro: usize,
+    reference: bool,
+) -> crate::Result<Vec<Vec<f64>>> {
+    use seek_models::autograd::{Batch, Ctx};
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(micro.max(1)) {
+        let b = Batch::from_rows(chunk).map_err(crate::TrainError::from)?;
+        let mut ctx = if reference {
+            Ctx::reference()
+        } else {
+            Ctx::eval()
+        };
+        let lp = model
+            .token_logps(&b, &mut ctx)
+            .map_err(crate::TrainError::from)?;
+        for (r, row) in lp.into_iter().zip(chunk) {
+            out.push(r.into_iter().take(row.0.len()).map(f64::from).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateStats {
+    /// The objective.
+    pub loss: f64,
+    /// `clip_ratio/region_mean`.
+    pub clip_ratio_region_mean: f64,
+    /// `clip_ratio/low_mean`.
+    pub clip_ratio_low_mean: f64,
+    /// `clip_ratio/high_mean`.
+    pub clip_ratio_high_mean: f64,
+    /// `kl`, when beta > 0.
+    pub kl: Option<f64>,
+    /// The gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimizer step on the rows `range` of `p`. `old_logps` are the log-probs at generation
+/// time (`num_iterations` > 1; `None`: the current ones, ratio 1) and `ref_logps` the
+/// reference's (beta > 0), both over all of `p`'s rows.
+pub fn update(
+    model: &seek_models::autograd::Trainable,
+    opt: &mut crate::optim::AdamW,
+    p: &Prepared,
+    range: std::ops::Range<usize>,
+    old_logps: Option<&[Vec<f64>]>,
+    ref_logps: Option<&[Vec<f64>]>,
+    cfg: &StepConfig,
+) -> crate::Result<UpdateStats> {
+    use seek_models::autograd::{Batch, Ctx};
+    if cfg.loss.beta != 0.0 && ref_logps.is_none() {
+        return Err(crate::TrainError::Config(
+            "beta > 0 needs the reference model's log-probs".into(),
+        ));
+    }
+    let rows = &p.rows[range.clone()];
     let micro = cfg.micro_batch.max(1);
-    let mut batches = Vec::new();
-    for chunk in rows.chunks(micro) {
-        batches.push(Batch::from_rows(chunk).map_err(crate::TrainError::from)?);
-    }
     let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut logps: Vec<Vec<f64>> = Vec::with_capacity(n);
-    for b in &batches {
-        for r in model
-            .token_logps(b, &mut Ctx::eval())
-            .map_err(crate::TrainError::from)?
-        {
-            let mut r: Vec<f64> = r.into_iter().map(f64::from).collect();
-            r.resize(t, 0.0);
-            logps.push(r);
-        }
-    }
-    let mask: Vec<Vec<bool>> = mask
-        .into_iter()
-        .map(|mut m| {
+    let pad = |v: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        v[range.clone()]
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.resize(t, 0.0);
+                r
+            })
+            .collect()
+    };
+    // With the old log-probs equal to the current ones (ratio 1) and no KL term, the objective's
+    // gradient does not depend on the log-prob values: the policy's forward is skipped.
+    let logps = if old_logps.is_some() || cfg.loss.beta != 0.0 {
+        pad(&logps_of(model, rows, micro, false)?)
+    } else {
+        vec![vec![0.0; t]; rows.len()]
+    };
+    let old = old_logps.map(pad);
+    let reference = ref_logps.map(pad);
+    let mask: Vec<Vec<bool>> = p.mask[range.clone()]
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
             m.resize(t, false);
             m
         })
@@ -406,19 +492,20 @@ pub fn policy_step(
         &cfg.loss,
         &LossInputs {
             logps: &logps,
-            old_logps: None,
-            ref_logps: None,
+            old_logps: old.as_deref(),
+            ref_logps: reference.as_deref(),
             mask: &mask,
-            advantages: &adv,
+            advantages: &p.advantages[range.clone()],
             num_items_in_batch: tokens,
         },
     );
     // d loss / d logp = g  ->  loss = Σ (-g) · CE, as CE = -logp; summed over micro-batches.
     let mut grads: Option<Vec<Vec<f32>>> = None;
-    for (k, mut b) in batches.into_iter().enumerate() {
+    for (k, chunk) in rows.chunks(micro).enumerate() {
+        let mut b = Batch::from_rows(chunk).map_err(crate::TrainError::from)?;
         let bt = b.dims().1;
         b.weights = Some(
-            out.grad_logps[k * micro..(k * micro + b.dims().0)]
+            out.grad_logps[k * micro..(k * micro + chunk.len())]
                 .iter()
                 .map(|r| r[..bt].iter().map(|&x| -(x as f32)).collect())
                 .collect(),
@@ -440,27 +527,85 @@ pub fn policy_step(
     let mut grads = grads.unwrap_or_default();
     let grad_norm = crate::optim::clip_grad_norm(&mut grads, cfg.max_grad_norm);
     opt.update(&grads, cfg.learning_rate)?;
-    let finite: Vec<f64> = rewards.iter().copied().filter(|r| !r.is_nan()).collect();
-    let stds: Vec<f64> = rewards
-        .chunks(g)
-        .map(|c| {
-            let s = nanstd(c);
-            if s.is_nan() {
-                0.0
-            } else {
-                s
-            }
-        })
-        .collect();
-    Ok(StepStats {
+    Ok(UpdateStats {
         loss: out.loss,
-        reward: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
-        reward_std: stds.iter().sum::<f64>() / stds.len().max(1) as f64,
-        frac_reward_zero_std: zero.iter().filter(|z| **z).count() as f64 / n.max(1) as f64,
-        mean_length: lengths as f64 / n.max(1) as f64,
-        clipped_ratio: clipped as f64 / n.max(1) as f64,
         clip_ratio_region_mean: out.clip_ratio_region_mean,
+        clip_ratio_low_mean: out.clip_ratio_low_mean,
+        clip_ratio_high_mean: out.clip_ratio_high_mean,
         kl: out.kl,
         grad_norm,
+    })
+}
+
+impl Prepared {
+    /// TRL's reward figures of the batch: mean reward, mean group std, share of all-equal
+    /// groups, mean length, share cut.
+    pub fn summary(&self) -> (f64, f64, f64, f64, f64) {
+        let n = self.rows.len().max(1) as f64;
+        let finite: Vec<f64> = self
+            .rewards
+            .iter()
+            .copied()
+            .filter(|r| !r.is_nan())
+            .collect();
+        let stds: Vec<f64> = self
+            .rewards
+            .chunks(self.num_generations.max(1))
+            .map(|c| {
+                let s = nanstd(c);
+                if s.is_nan() {
+                    0.0
+                } else {
+                    s
+                }
+            })
+            .collect();
+        (
+            finite.iter().sum::<f64>() / finite.len().max(1) as f64,
+            stds.iter().sum::<f64>() / stds.len().max(1) as f64,
+            self.zero_std.iter().filter(|z| **z).count() as f64 / n,
+            self.lengths.iter().sum::<usize>() as f64 / n,
+            self.truncated.iter().filter(|c| **c).count() as f64 / n,
+        )
+    }
+}
+
+/// One GRPO policy step with `num_iterations` = 1 (the completions were sampled from the
+/// current weights, so the old log-probs are the current ones and the ratio starts at 1):
+/// advantages from the groups' rewards, the per-token objective on the policy's log-probs,
+/// its gradient pushed through the model as a weighted cross-entropy, clipped, one AdamW update.
+/// With beta > 0 the reference is the base model without the adapter.
+pub fn policy_step(
+    model: &seek_models::autograd::Trainable,
+    opt: &mut crate::optim::AdamW,
+    groups: &[Group],
+    cfg: &StepConfig,
+) -> crate::Result<StepStats> {
+    let p = prepare(groups, cfg.scale_rewards, cfg.mask_truncated_completions)?;
+    let reference = if cfg.loss.beta != 0.0 {
+        Some(logps_of(model, &p.rows, cfg.micro_batch, true)?)
+    } else {
+        None
+    };
+    let u = update(
+        model,
+        opt,
+        &p,
+        0..p.rows.len(),
+        None,
+        reference.as_deref(),
+        cfg,
+    )?;
+    let (reward, reward_std, frac_reward_zero_std, mean_length, clipped_ratio) = p.summary();
+    Ok(StepStats {
+        loss: u.loss,
+        reward,
+        reward_std,
+        frac_reward_zero_std,
+        mean_length,
+        clipped_ratio,
+        clip_ratio_region_mean: u.clip_ratio_region_mean,
+        kl: u.kl,
+        grad_norm: u.grad_norm,
     })
 }

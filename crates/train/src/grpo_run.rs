@@ -26,7 +26,9 @@ use seek_models::LoadOptions;
 use seek_types::{ChatMessage, FinishReason, SamplingParams};
 use serde::Serialize;
 
-use crate::grpo::{policy_step, Group, GrpoLossConfig, LossType, ScaleRewards, StepConfig};
+use crate::grpo::{
+    logps_of, prepare, update, Group, GrpoLossConfig, LossType, ScaleRewards, StepConfig,
+};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{Result, TrainError};
 
@@ -44,6 +46,10 @@ pub struct GrpoConfig {
     pub reward_funcs: Vec<String>,
     /// One weight per reward function.
     pub reward_weights: Option<Vec<f64>>,
+    /// Seconds an external reward may take per batch.
+    pub reward_timeout_s: f64,
+    /// How a batch an external reward failed on is scored.
+    pub reward_on_error: seek_eval::rewards::OnError,
     /// G: completions per prompt.
     pub num_generations: usize,
     /// Completions per device batch (the generation batch is this times
@@ -63,8 +69,15 @@ pub struct GrpoConfig {
     pub loss_type: LossType,
     /// `scale_rewards`.
     pub scale_rewards: ScaleRewards,
-    /// `beta` (only 0 for now).
+    /// `beta`: weight of the k3 KL against the reference (the base without the adapter; no
+    /// second model is kept). 0 skips the reference's forward.
     pub beta: f64,
+    /// `num_iterations` (mu): optimizer passes over each generation batch, the log-probs at
+    /// generation time kept for the ratio.
+    pub num_iterations: usize,
+    /// `steps_per_generation`: the generation batch is this many device batches (default:
+    /// `gradient_accumulation_steps`).
+    pub steps_per_generation: Option<usize>,
     /// `epsilon`.
     pub epsilon: f64,
     /// `epsilon_high` (default: `epsilon`).
@@ -96,6 +109,10 @@ pub struct GrpoConfig {
     pub eval_dataset: Option<String>,
     /// Evaluate every this many steps (0: only before and after).
     pub eval_steps: u64,
+    /// A `checkpoint-N` folder to continue from, or `latest`.
+    pub resume_from_checkpoint: Option<String>,
+    /// Checkpoints kept (0: all).
+    pub save_total_limit: usize,
 }
 
 impl Default for GrpoConfig {
@@ -106,6 +123,8 @@ impl Default for GrpoConfig {
             output_dir: "grpo-out".into(),
             reward_funcs: vec!["accuracy_reward".into()],
             reward_weights: None,
+            reward_timeout_s: 60.0,
+            reward_on_error: seek_eval::rewards::OnError::Skip,
             num_generations: 8,
             per_device_train_batch_size: 8,
             gradient_accumulation_steps: 1,
@@ -116,6 +135,8 @@ impl Default for GrpoConfig {
             loss_type: LossType::Dapo,
             scale_rewards: ScaleRewards::Group,
             beta: 0.0,
+            num_iterations: 1,
+            steps_per_generation: None,
             epsilon: 0.2,
             epsilon_high: None,
             mask_truncated_completions: false,
@@ -131,6 +152,8 @@ impl Default for GrpoConfig {
             micro_batch: 4,
             eval_dataset: None,
             eval_steps: 0,
+            resume_from_checkpoint: None,
+            save_total_limit: 0,
         }
     }
 }
@@ -191,7 +214,9 @@ fn read_problems(path: &Path) -> Result<Vec<Problem>> {
                     })
                     .collect(),
             ),
-            (_, serde_json::Value::String(q)) => PromptSpec::Chat(vec![ChatMessage::user(q.clone())]),
+            (_, serde_json::Value::String(q)) => {
+                PromptSpec::Chat(vec![ChatMessage::user(q.clone())])
+            }
             _ => {
                 return Err(TrainError::Config(format!(
                     "{}:{}: a row needs `prompt` (text or messages) or `question`",
@@ -245,6 +270,19 @@ pub struct GrpoStepRecord {
     /// `clip_ratio/region_mean`.
     #[serde(rename = "clip_ratio/region_mean")]
     pub clip_ratio_region_mean: f64,
+    /// `clip_ratio/low_mean`.
+    #[serde(rename = "clip_ratio/low_mean")]
+    pub clip_ratio_low_mean: f64,
+    /// `clip_ratio/high_mean`.
+    #[serde(rename = "clip_ratio/high_mean")]
+    pub clip_ratio_high_mean: f64,
+    /// Mean k3 KL to the reference (beta > 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    /// `learning_rate`.
+    pub learning_rate: f64,
+    /// Seconds since the run (or its resumption) started.
+    pub elapsed_s: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     /// Seconds generating the completions (engine start included).
@@ -257,6 +295,8 @@ pub struct GrpoStepRecord {
     pub generation_tokens_per_s: f64,
     /// A sampled completion and its reward, to read along the curves.
     pub sample: String,
+    /// External reward calls that failed on this step's batch.
+    pub reward_errors: usize,
 }
 
 /// A greedy pass over the held-out problems (logged as TRL logs evaluation: `eval_` names).
@@ -281,6 +321,8 @@ pub struct EvalRecord {
     pub eval_time_s: f64,
     /// The first problem's completion.
     pub eval_sample: String,
+    /// External reward calls that failed.
+    pub eval_reward_errors: usize,
 }
 
 /// What the run reports as it goes.
@@ -290,6 +332,8 @@ pub enum RunEvent<'a> {
     Step(&'a GrpoStepRecord),
     /// A held-out evaluation.
     Eval(&'a EvalRecord),
+    /// An external reward failed on a batch (scored as `reward_on_error` says).
+    RewardError(&'a seek_eval::rewards::RewardError),
 }
 
 /// One finished completion.
@@ -412,14 +456,19 @@ fn evaluate(
     })?;
     let mut sums: Vec<(f64, usize)> = vec![(0.0, 0); rewards.funcs.len()];
     let (mut total, mut scored_n) = (0.0, 0usize);
-    for ((p, r), out) in set.iter().zip(&done) {
-        let scored = rewards.score(&Sample {
+    let samples: Vec<Sample<'_>> = set
+        .iter()
+        .zip(&done)
+        .map(|((p, r), out)| Sample {
             completion: &out.text,
             solution: p.solution.as_deref(),
             completion_tokens: Some(out.ids.len()),
             prompt_opens_think: r.starts_in_reasoning,
             row: Some(&p.row),
-        });
+        })
+        .collect();
+    let (all, errors) = rewards.score_batch(&samples);
+    for scored in all {
         if scored.total.is_finite() {
             total += scored.total;
             scored_n += 1;
@@ -439,19 +488,26 @@ fn evaluate(
             .funcs
             .iter()
             .zip(&sums)
-            .map(|((f, _), (s, k))| (format!("eval_rewards/{}/mean", f.name()), s / (*k).max(1) as f64))
+            .map(|((f, _), (s, k))| {
+                (
+                    format!("eval_rewards/{}/mean", f.name()),
+                    s / (*k).max(1) as f64,
+                )
+            })
             .collect(),
         eval_samples: done.len(),
         mean_length: done.iter().map(|d| d.ids.len() as f64).sum::<f64>() / n,
         clipped_ratio: done.iter().filter(|d| d.truncated).count() as f64 / n,
         eval_time_s: t0.elapsed().as_secs_f64(),
         eval_sample: done.first().map(|d| d.text.clone()).unwrap_or_default(),
+        eval_reward_errors: errors.len(),
     })
 }
 
 fn write_line(metrics: &mut std::fs::File, rec: &impl Serialize) -> Result<()> {
     let line = serde_json::to_string(rec).map_err(|e| TrainError::Config(e.to_string()))?;
-    writeln!(metrics, "{line}").map_err(|e| TrainError::Config(format!("cannot write metrics: {e}")))
+    writeln!(metrics, "{line}")
+        .map_err(|e| TrainError::Config(format!("cannot write metrics: {e}")))
 }
 
 /// Runs GRPO as `cfg` says; `on_event` sees every record (each is also appended to
@@ -468,18 +524,43 @@ pub fn run(
             "num_generations ({g}) must be at least 2 and divide per_device_train_batch_size x gradient_accumulation_steps ({completions_per_step})"
         )));
     }
-    if cfg.beta != 0.0 {
+    let spg = cfg
+        .steps_per_generation
+        .unwrap_or(cfg.gradient_accumulation_steps)
+        .max(1);
+    let generation_batch = cfg.per_device_train_batch_size * spg;
+    if !generation_batch.is_multiple_of(g) || !generation_batch.is_multiple_of(completions_per_step)
+    {
+        return Err(TrainError::Config(format!(
+            "the generation batch (per_device_train_batch_size x steps_per_generation = {generation_batch}) must hold whole groups of num_generations ({g}) and whole optimizer steps ({completions_per_step} completions)"
+        )));
+    }
+    if cfg.num_iterations == 0 {
         return Err(TrainError::Config(
-            "beta > 0 needs a reference model, not kept yet; use --beta 0 (TRL's default)".into(),
+            "num_iterations must be at least 1".into(),
         ));
     }
-    let prompts_per_step = completions_per_step / g;
-    let rewards = RewardSet::new(
+    if !(cfg.beta >= 0.0 && cfg.beta.is_finite()) {
+        return Err(TrainError::Config(format!(
+            "beta {} must be 0 or more",
+            cfg.beta
+        )));
+    }
+    let prompts_per_step = generation_batch / g;
+    let mut rewards = RewardSet::new(
         &cfg.reward_funcs,
         cfg.reward_weights.as_deref(),
         cfg.max_completion_length,
     )
     .map_err(TrainError::Config)?;
+    if !(cfg.reward_timeout_s > 0.0 && cfg.reward_timeout_s.is_finite()) {
+        return Err(TrainError::Config(format!(
+            "reward_timeout {} must be a positive number of seconds",
+            cfg.reward_timeout_s
+        )));
+    }
+    rewards.timeout = std::time::Duration::from_secs_f64(cfg.reward_timeout_s);
+    rewards.on_error = cfg.reward_on_error;
     let problems = read_problems(Path::new(&cfg.dataset_name))?;
     let eval_problems = match &cfg.eval_dataset {
         Some(p) => read_problems(Path::new(p))?,
@@ -510,8 +591,6 @@ pub fn run(
     std::fs::create_dir_all(&out)
         .map_err(|e| TrainError::Config(format!("cannot create {}: {e}", out.display())))?;
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
-        .map_err(|e| TrainError::Config(format!("cannot write {}: {e}", metrics_path.display())))?;
     let step_cfg = StepConfig {
         loss: GrpoLossConfig {
             loss_type: cfg.loss_type,
@@ -529,27 +608,67 @@ pub fn run(
         micro_batch: cfg.micro_batch,
         gradient_checkpointing: true,
     };
-    let mut order: Vec<usize> = (0..problems.len()).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-    order.shuffle(&mut rng);
-    let mut cursor = 0;
-    let scaling = lora.scaling();
-    let max_running = completions_per_step.max(eval_set.len().min(64)).min(64);
-    let max_queue = completions_per_step.max(eval_set.len()) + 8;
-    let eval_due = |step: u64| {
-        !eval_set.is_empty()
-            && (step == 0 || step == cfg.max_steps || (cfg.eval_steps > 0 && step % cfg.eval_steps == 0))
+    // Where the run is: resumed from a checkpoint, or fresh.
+    let mut state = GrpoState {
+        global_step: 0,
+        epoch: 0,
+        cursor: 0,
     };
-    for step in 1..=cfg.max_steps {
-        // The step's prompts, rendered as `seek run` renders them.
+    if let Some(from) = &cfg.resume_from_checkpoint {
+        let dir = crate::sft::resolve_checkpoint(&out, from)?;
+        let p = dir.join(STATE);
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))?;
+        state = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))?;
+        model.load_adapter(&crate::checkpoint::load_tensors(
+            &dir.join(crate::peft::WEIGHTS),
+        )?)?;
+        crate::checkpoint::load_optimizer(&dir, &mut opt, state.global_step)?;
+        keep_metrics_up_to(&metrics_path, state.global_step)?;
+    } else if metrics_path.exists() {
+        std::fs::remove_file(&metrics_path).map_err(|e| {
+            TrainError::Config(format!("cannot replace {}: {e}", metrics_path.display()))
+        })?;
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| TrainError::Config(format!("cannot write {}: {e}", metrics_path.display())))?;
+    // The epoch's order is a function of (seed, epoch), so a resumed run draws the same prompts.
+    let order_of = |epoch: u64| {
+        let mut order: Vec<usize> = (0..problems.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+            cfg.seed ^ epoch.wrapping_mul(0x9E37_79B9),
+        ));
+        order
+    };
+    let mut order = order_of(state.epoch);
+    let scaling = lora.scaling();
+    let max_running = generation_batch.max(eval_set.len().min(64)).min(64);
+    let max_queue = generation_batch.max(eval_set.len()) + 8;
+    let mut last_eval: Option<u64> = None;
+    let eval_due = |step: u64, last: Option<u64>| {
+        !eval_set.is_empty()
+            && last != Some(step)
+            && (step == 0
+                || step >= cfg.max_steps
+                || (cfg.eval_steps > 0
+                    && last.is_none_or(|l| step / cfg.eval_steps > l / cfg.eval_steps)))
+    };
+    let started = Instant::now();
+    while state.global_step < cfg.max_steps {
+        // The generation batch's prompts.
         let mut picked: Vec<(&Problem, RenderedPrompt)> = Vec::with_capacity(prompts_per_step);
         while picked.len() < prompts_per_step {
-            if cursor == order.len() {
-                order.shuffle(&mut rng);
-                cursor = 0;
+            if state.cursor >= order.len() {
+                state.epoch += 1;
+                state.cursor = 0;
+                order = order_of(state.epoch);
             }
-            let p = &problems[order[cursor]];
-            cursor += 1;
+            let p = &problems[order[state.cursor]];
+            state.cursor += 1;
             let rendered = render(&tokenizer, p)?;
             if rendered.ids.len() <= cfg.max_prompt_length {
                 picked.push((p, rendered));
@@ -557,20 +676,37 @@ pub fn run(
         }
         // Rollouts through the engine, with the adapter as it is now.
         let t0 = Instant::now();
-        let engine = start_engine(base, load, &model, scaling, &tokenizer, max_running, max_queue)?;
+        let engine = start_engine(
+            base,
+            load,
+            &model,
+            scaling,
+            &tokenizer,
+            max_running,
+            max_queue,
+        )?;
         let engine_start_s = t0.elapsed().as_secs_f64();
-        if eval_due(step - 1) {
-            let rec = evaluate(&engine, &eval_set, &rewards, cfg.max_completion_length, eos, step - 1)?;
+        if eval_due(state.global_step, last_eval) {
+            let rec = evaluate(
+                &engine,
+                &eval_set,
+                &rewards,
+                cfg.max_completion_length,
+                eos,
+                state.global_step,
+            )?;
             write_line(&mut metrics, &rec)?;
             on_event(RunEvent::Eval(&rec));
+            last_eval = Some(state.global_step);
         }
         let t_gen = Instant::now();
         let prompts: Vec<&RenderedPrompt> = picked.iter().map(|(_, r)| r).collect();
+        let gen_index = state.global_step;
         let done = rollouts(&engine, &prompts, g, cfg.max_completion_length, eos, |i| {
             SamplingParams {
                 temperature: cfg.temperature,
                 top_p: cfg.top_p,
-                seed: Some(cfg.seed ^ (step << 20) ^ (i as u64)),
+                seed: Some(cfg.seed ^ ((gen_index + 1) << 20) ^ (i as u64)),
                 ..SamplingParams::default()
             }
         })?;
@@ -584,21 +720,35 @@ pub fn run(
         let mut groups = Vec::with_capacity(picked.len());
         let mut per_reward: Vec<(f64, usize)> = vec![(0.0, 0); rewards.funcs.len()];
         let mut sample = String::new();
-        for (k, (p, r)) in picked.iter().enumerate() {
+        let samples: Vec<Sample<'_>> = done
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let (p, r) = &picked[i / g];
+                Sample {
+                    completion: &d.text,
+                    solution: p.solution.as_deref(),
+                    completion_tokens: Some(d.ids.len()),
+                    prompt_opens_think: r.starts_in_reasoning,
+                    row: Some(&p.row),
+                }
+            })
+            .collect();
+        let (all_scored, reward_errors) = rewards.score_batch(&samples);
+        for e in &reward_errors {
+            on_event(RunEvent::RewardError(e));
+        }
+        for (k, (_, r)) in picked.iter().enumerate() {
             let mut grp = Group {
                 prompt: r.ids.clone(),
                 completions: Vec::with_capacity(g),
                 rewards: Vec::with_capacity(g),
                 truncated: Vec::with_capacity(g),
             };
-            for d in &done[k * g..(k + 1) * g] {
-                let scored = rewards.score(&Sample {
-                    completion: &d.text,
-                    solution: p.solution.as_deref(),
-                    completion_tokens: Some(d.ids.len()),
-                    prompt_opens_think: r.starts_in_reasoning,
-                    row: Some(&p.row),
-                });
+            for (d, scored) in done[k * g..(k + 1) * g]
+                .iter()
+                .zip(&all_scored[k * g..(k + 1) * g])
+            {
                 for (acc, v) in per_reward.iter_mut().zip(&scored.per_func) {
                     if let Some(v) = v {
                         acc.0 += v;
@@ -615,50 +765,161 @@ pub fn run(
             groups.push(grp);
         }
         let time_scoring_s = t1.elapsed().as_secs_f64();
+        // The policy steps on this generation batch.
         let t2 = Instant::now();
-        let stats = policy_step(&model, &mut opt, &groups, &step_cfg)?;
-        let time_training_s = t2.elapsed().as_secs_f64();
-        let rec = GrpoStepRecord {
-            step,
-            loss: stats.loss,
-            reward: stats.reward,
-            reward_std: stats.reward_std,
-            per_reward: rewards
-                .funcs
-                .iter()
-                .zip(&per_reward)
-                .map(|((f, _), (s, n))| {
-                    (format!("rewards/{}/mean", f.name()), s / (*n).max(1) as f64)
-                })
-                .collect(),
-            frac_reward_zero_std: stats.frac_reward_zero_std,
-            mean_length: stats.mean_length,
-            clipped_ratio: stats.clipped_ratio,
-            clip_ratio_region_mean: stats.clip_ratio_region_mean,
-            grad_norm: stats.grad_norm,
-            time_generation_s,
-            time_scoring_s,
-            time_training_s,
-            generation_tokens_per_s: gen_tokens as f64 / time_generation_s.max(1e-9),
-            sample,
+        let prepared = prepare(&groups, cfg.scale_rewards, cfg.mask_truncated_completions)?;
+        let old = if cfg.num_iterations > 1 {
+            Some(logps_of(&model, &prepared.rows, cfg.micro_batch, false)?)
+        } else {
+            None
         };
-        write_line(&mut metrics, &rec)?;
-        on_event(RunEvent::Step(&rec));
-        if step == cfg.max_steps || (cfg.save_steps > 0 && step % cfg.save_steps == 0) {
-            crate::peft::write_adapter_files(
-                &out,
-                &lora,
-                &cfg.model_name_or_path,
-                model.adapter_state()?,
-            )?;
+        let reference = if cfg.beta != 0.0 {
+            Some(logps_of(&model, &prepared.rows, cfg.micro_batch, true)?)
+        } else {
+            None
+        };
+        let mut extra_s = t2.elapsed().as_secs_f64();
+        let (reward, reward_std, frac_zero, mean_length, clipped_ratio) = prepared.summary();
+        let per_reward: BTreeMap<String, f64> = rewards
+            .funcs
+            .iter()
+            .zip(&per_reward)
+            .map(|((f, _), (s, n))| (format!("rewards/{}/mean", f.name()), s / (*n).max(1) as f64))
+            .collect();
+        let mut first = true;
+        'passes: for _ in 0..cfg.num_iterations {
+            for start in (0..prepared.rows.len()).step_by(completions_per_step) {
+                if state.global_step >= cfg.max_steps {
+                    break 'passes;
+                }
+                let t3 = Instant::now();
+                let u = update(
+                    &model,
+                    &mut opt,
+                    &prepared,
+                    start..start + completions_per_step,
+                    old.as_deref(),
+                    reference.as_deref(),
+                    &step_cfg,
+                )?;
+                state.global_step += 1;
+                let step = state.global_step;
+                let rec = GrpoStepRecord {
+                    step,
+                    loss: u.loss,
+                    reward,
+                    reward_std,
+                    per_reward: per_reward.clone(),
+                    frac_reward_zero_std: frac_zero,
+                    mean_length,
+                    clipped_ratio,
+                    clip_ratio_region_mean: u.clip_ratio_region_mean,
+                    clip_ratio_low_mean: u.clip_ratio_low_mean,
+                    clip_ratio_high_mean: u.clip_ratio_high_mean,
+                    kl: u.kl,
+                    learning_rate: cfg.learning_rate,
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                    grad_norm: u.grad_norm,
+                    // The generation and scoring of a batch count on its first step.
+                    time_generation_s: if first { time_generation_s } else { 0.0 },
+                    time_scoring_s: if first { time_scoring_s } else { 0.0 },
+                    time_training_s: t3.elapsed().as_secs_f64() + std::mem::take(&mut extra_s),
+                    generation_tokens_per_s: gen_tokens as f64 / time_generation_s.max(1e-9),
+                    sample: if first { sample.clone() } else { String::new() },
+                    reward_errors: if first { reward_errors.len() } else { 0 },
+                };
+                first = false;
+                write_line(&mut metrics, &rec)?;
+                on_event(RunEvent::Step(&rec));
+                if step == cfg.max_steps || (cfg.save_steps > 0 && step % cfg.save_steps == 0) {
+                    save_checkpoint(&out, &lora, cfg, &model, &opt, &state)?;
+                }
+            }
         }
     }
-    if eval_due(cfg.max_steps) {
-        let engine = start_engine(base, load, &model, scaling, &tokenizer, max_running, max_queue)?;
-        let rec = evaluate(&engine, &eval_set, &rewards, cfg.max_completion_length, eos, cfg.max_steps)?;
+    if eval_due(state.global_step, last_eval) {
+        let engine = start_engine(
+            base,
+            load,
+            &model,
+            scaling,
+            &tokenizer,
+            max_running,
+            max_queue,
+        )?;
+        let rec = evaluate(
+            &engine,
+            &eval_set,
+            &rewards,
+            cfg.max_completion_length,
+            eos,
+            state.global_step,
+        )?;
         engine.shutdown(std::time::Duration::from_secs(1));
         write_line(&mut metrics, &rec)?;
         on_event(RunEvent::Eval(&rec));
     }
+    // The adapter at the top of output_dir (what `seek run --lora`, peft and `seek train export`
+    // load).
+    crate::peft::write_adapter_files(&out, &lora, &cfg.model_name_or_path, model.adapter_state()?)?;
     Ok(out)
+}
+
+const STATE: &str = "trainer_state.json";
+
+/// Where a GRPO run is (`trainer_state.json` in each checkpoint).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct GrpoState {
+    /// Optimizer steps done.
+    global_step: u64,
+    /// Passes over the dataset started.
+    epoch: u64,
+    /// Prompts of this epoch's order used.
+    cursor: usize,
+}
+
+/// `checkpoint-N/`: the adapter, the optimizer moments and the state, written atomically.
+fn save_checkpoint(
+    out: &Path,
+    lora: &LoraConfig,
+    cfg: &GrpoConfig,
+    model: &seek_models::autograd::Trainable,
+    opt: &AdamW,
+    state: &GrpoState,
+) -> Result<()> {
+    let dir = out.join(format!("checkpoint-{}", state.global_step));
+    crate::checkpoint::atomic_dir(&dir, |tmp| {
+        crate::peft::write_adapter_files(
+            tmp,
+            lora,
+            &cfg.model_name_or_path,
+            model.adapter_state()?,
+        )?;
+        crate::checkpoint::save_optimizer(tmp, opt)?;
+        let p = tmp.join(STATE);
+        let text = serde_json::to_string_pretty(state)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        std::fs::write(&p, text + "\n")
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))
+    })?;
+    crate::sft::prune_checkpoints(out, cfg.save_total_limit)
+}
+
+/// Keeps the lines of `metrics.jsonl` up to `step` (a resumed run writes what came after again).
+fn keep_metrics_up_to(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{epoch_batches, epoch_order};
 use crate::data::{load_jsonl, DataConfig, Dataset, Overlong};
-use crate::optim::{clip_grad_norm, warmup_steps, AdamW, AdamWConfig, Moments, Schedule};
+use crate::optim::{clip_grad_norm, warmup_steps, AdamW, AdamWConfig, Schedule};
 use crate::report::StepRecord;
 use crate::{io_err, Result, TrainError};
 
@@ -584,7 +584,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 }
 
 /// `latest` (the newest `checkpoint-N` in `out`) or a path.
-fn resolve_checkpoint(out: &Path, from: &str) -> Result<PathBuf> {
+pub(crate) fn resolve_checkpoint(out: &Path, from: &str) -> Result<PathBuf> {
     if from != "latest" && from != "true" {
         return Ok(PathBuf::from(from));
     }
@@ -600,7 +600,7 @@ fn resolve_checkpoint(out: &Path, from: &str) -> Result<PathBuf> {
         })
 }
 
-fn checkpoints(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn checkpoints(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(out)
         .map_err(io_err(out))?
         .filter_map(|e| e.ok())
@@ -618,7 +618,7 @@ fn checkpoints(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(v)
 }
 
-fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
+pub(crate) fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
     if keep == 0 {
         return Ok(());
     }
@@ -629,7 +629,6 @@ fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-const OPTIMIZER: &str = "optimizer.safetensors";
 const STATE: &str = "trainer_state.json";
 
 /// Writes the trainable weights (adapter or full model), the optimizer moments and the
@@ -644,18 +643,7 @@ fn save_checkpoint(
     crate::checkpoint::atomic_dir(dir, |tmp| {
         write_weights(tmp, setup, &state.config)?;
         if with_optimizer {
-            let mut t: HashMap<String, Tensor> = HashMap::new();
-            for ((name, var), m) in opt.vars().iter().zip(opt.state()) {
-                t.insert(
-                    format!("exp_avg.{name}"),
-                    Tensor::from_vec(m.m.clone(), var.shape(), &Device::Cpu)?,
-                );
-                t.insert(
-                    format!("exp_avg_sq.{name}"),
-                    Tensor::from_vec(m.v.clone(), var.shape(), &Device::Cpu)?,
-                );
-            }
-            candle_core::safetensors::save(&t, tmp.join(OPTIMIZER))?;
+            crate::checkpoint::save_optimizer(tmp, opt)?;
         }
         let p = tmp.join(STATE);
         std::fs::write(
@@ -785,20 +773,6 @@ fn resume(dir: &Path, model: &Trainable, opt: &mut AdamW, lora: bool) -> Result<
     } else {
         model.load_state(&load(&dir.join("model.safetensors"))?)?;
     }
-    let t = load(&dir.join(OPTIMIZER))?;
-    let mut moments = Vec::new();
-    for (name, _) in opt.vars() {
-        let get = |k: String| -> Result<Vec<f32>> {
-            let t = t.get(&k).ok_or_else(|| {
-                TrainError::Checkpoint(format!("{}: no {k}", dir.join(OPTIMIZER).display()))
-            })?;
-            crate::optim::flat(t)
-        };
-        moments.push(Moments {
-            m: get(format!("exp_avg.{name}"))?,
-            v: get(format!("exp_avg_sq.{name}"))?,
-        });
-    }
-    opt.set_state(moments, state.global_step)?;
+    crate::checkpoint::load_optimizer(dir, opt, state.global_step)?;
     Ok(state)
 }

@@ -259,6 +259,8 @@ pub(crate) struct Linear {
 pub struct Ctx {
     seed: Option<u64>,
     rng: Option<ops::SplitMix64>,
+    /// The LoRA adapters are skipped (PEFT's `disable_adapter()`): the frozen base model.
+    no_adapter: bool,
 }
 
 impl Ctx {
@@ -267,6 +269,7 @@ impl Ctx {
         Self {
             seed: Some(seed),
             rng: Some(ops::SplitMix64::new(seed)),
+            no_adapter: false,
         }
     }
 
@@ -275,16 +278,28 @@ impl Ctx {
         Self {
             seed: None,
             rng: None,
+            no_adapter: false,
+        }
+    }
+
+    /// The base model without its LoRA adapters (no dropout): GRPO's frozen reference, with
+    /// no second copy of the weights kept.
+    pub fn reference() -> Self {
+        Self {
+            no_adapter: true,
+            ..Self::eval()
         }
     }
 
     /// The context of one part of the model (a layer, the head): its own stream of random
     /// numbers, so that recomputing a layer (gradient checkpointing) draws the same dropout.
     fn part(&self, i: usize) -> Self {
-        match self.seed {
+        let mut c = match self.seed {
             None => Self::eval(),
             Some(s) => Self::train(s ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        }
+        };
+        c.no_adapter = self.no_adapter;
+        c
     }
 }
 
@@ -303,7 +318,7 @@ impl Linear {
             Some(b) => y.broadcast_add(b.tensor())?,
             None => y,
         };
-        let Some(l) = &self.lora else {
+        let Some(l) = self.lora.as_ref().filter(|_| !ctx.no_adapter) else {
             return Ok(y);
         };
         let xd = match (&mut ctx.rng, l.dropout > 0.0) {
