@@ -94,7 +94,15 @@ impl ModelArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let argv = match train::recipe_argv(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     // A server's request log is its main output; other commands stay quiet.
     let default_filter = match cli.command {
         Command::Serve(_) => "warn,seek_server=info",

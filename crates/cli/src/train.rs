@@ -37,6 +37,11 @@ enum TrainCommand {
 /// `seek train grpo` (TRL's `GRPOConfig` names; unset options take TRL's defaults).
 #[derive(Args, Debug)]
 pub struct GrpoArgs {
+    /// A recipe (YAML as TRL's recipes are written, or TOML) with the same keys
+    /// (`learning_rate: 1.0e-5`, `reward_funcs: [accuracy_reward, think_format_reward]`); flags
+    /// on the command line win.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The base model: a GGUF file or a Hugging Face folder (llama or qwen2 architecture).
     #[arg(
         long = "model_name_or_path",
@@ -221,6 +226,122 @@ pub struct GrpoArgs {
     eval_steps: u64,
 }
 
+/// For `seek train grpo --config FILE`: the recipe's keys become flags, placed before the
+/// command line's own so that a flag given there wins (its key is then left out of the
+/// recipe's). Other commands pass through unchanged.
+pub fn recipe_argv(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let is_grpo =
+        argv.get(1).is_some_and(|a| a == "train") && argv.get(2).is_some_and(|a| a == "grpo");
+    let Some(i) = argv
+        .iter()
+        .position(|a| a == "--config")
+        .filter(|_| is_grpo)
+    else {
+        return Ok(argv);
+    };
+    let path = argv
+        .get(i + 1)
+        .with_context(|| "--config needs a recipe file")?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read --config {path}"))?;
+    let entries = if path.ends_with(".toml") {
+        toml_entries(&text).with_context(|| format!("--config {path}"))?
+    } else {
+        yaml_entries(&text).with_context(|| format!("--config {path}"))?
+    };
+    let given: Vec<String> = argv
+        .iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).replace('-', "_"))
+        .collect();
+    let mut out: Vec<String> = argv[..3].to_vec();
+    for (key, values) in entries {
+        if given.contains(&key.replace('-', "_")) {
+            continue;
+        }
+        match values.as_slice() {
+            [v] if v == "true" => out.push(format!("--{key}")),
+            [v] if v == "false" => {}
+            _ => {
+                out.push(format!("--{key}"));
+                out.extend(values);
+            }
+        }
+    }
+    out.extend(argv[3..].iter().cloned());
+    Ok(out)
+}
+
+/// `key = value` pairs of a flat TOML table (arrays become several values).
+fn toml_entries(text: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let table: toml::Table = toml::from_str(text).context("not TOML")?;
+    let scalar = |v: &toml::Value| -> anyhow::Result<String> {
+        Ok(match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!("{other:?} is not a number, text or true/false"),
+        })
+    };
+    table
+        .iter()
+        .map(|(k, v)| {
+            let vals = match v {
+                toml::Value::Array(a) => a.iter().map(scalar).collect::<anyhow::Result<_>>()?,
+                v => vec![scalar(v).with_context(|| format!("{k}"))?],
+            };
+            Ok((k.clone(), vals))
+        })
+        .collect()
+}
+
+/// The flat YAML of TRL's recipes: `key: value`, `key: [a, b]`, or `key:` followed by
+/// `- item` lines; `#` comments. Nested maps are an error that says so.
+fn yaml_entries(text: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let unquote = |s: &str| s.trim().trim_matches('"').trim_matches('\'').to_string();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = match raw.find(" #") {
+            Some(i) => &raw[..i],
+            None if raw.trim_start().starts_with('#') => "",
+            None => raw,
+        };
+        if line.trim().is_empty() || line.trim() == "---" {
+            continue;
+        }
+        if let Some(item) = line.trim_start().strip_prefix("- ") {
+            let Some(last) = out.last_mut() else {
+                bail!("line {}: a list item before any key", n + 1);
+            };
+            last.1.push(unquote(item));
+            continue;
+        }
+        if line.starts_with(' ') || line.starts_with('\t') {
+            bail!(
+                "line {}: nested settings are not recipe keys; write each key at the top level",
+                n + 1
+            );
+        }
+        let Some((k, v)) = line.split_once(':') else {
+            bail!("line {}: {line:?} is not `key: value`", n + 1);
+        };
+        let v = v.trim();
+        let vals = if let Some(list) = v.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            list.split(',')
+                .map(unquote)
+                .filter(|s| !s.is_empty())
+                .collect()
+        } else if v.is_empty() {
+            Vec::new()
+        } else {
+            vec![unquote(v)]
+        };
+        out.push((k.trim().to_string(), vals));
+    }
+    Ok(out)
+}
+
 fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
     use seek_train::grpo::{LossType, ScaleRewards};
     let loss_type = LossType::parse(&a.loss_type).with_context(|| {
@@ -303,14 +424,32 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
             .to_string()
     };
     let max_steps = cfg.max_steps;
+    let bar = ProgressBar::new(max_steps);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !tty {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let line = |msg: String| {
+        if tty {
+            bar.println(msg);
+        } else {
+            eprintln!("{msg}");
+        }
+    };
     let out = seek_train::grpo_run::run(&cfg, &crate::source::load_options(), |ev| {
         let r = match ev {
             seek_train::grpo_run::RunEvent::Step(r) => r,
             seek_train::grpo_run::RunEvent::RewardError(e) => {
-                eprintln!(
+                line(format!(
                     "reward error: {}: {} (first completion of the batch: {:?})",
                     e.func, e.message, e.input
-                );
+                ));
                 return;
             }
             seek_train::grpo_run::RunEvent::Eval(e) => {
@@ -319,7 +458,7 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|(k, v)| format!("{}={v:.3}", short(k)))
                     .collect();
-                eprintln!(
+                line(format!(
                     "eval after step {}: reward {:.3}  {}  len {:.1}  clipped {:.2}  ({} problems, {:.0}s)",
                     e.step,
                     e.eval_reward,
@@ -328,7 +467,7 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
                     e.clipped_ratio,
                     e.eval_samples,
                     e.eval_time_s
-                );
+                ));
                 return;
             }
         };
@@ -337,17 +476,10 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(k, v)| format!("{}={v:.3}", short(k)))
             .collect();
-        let eta = if r.step > 0 {
-            let per = r.elapsed_s / r.step as f64;
-            format!(
-                "{:.0}m",
-                per * max_steps.saturating_sub(r.step) as f64 / 60.0
-            )
-        } else {
-            "?".into()
-        };
-        eprintln!(
-            "step {:>4}/{max_steps} ETA {eta}  reward {:.3} (std {:.3})  {}  len {:.1}  gen {:.1}s score {:.2}s train {:.1}s",
+        bar.set_position(r.step);
+        bar.set_message(format!("reward {:.3}", r.reward));
+        line(format!(
+            "step {:>4}/{max_steps}  reward {:.3} (std {:.3})  {}  len {:.1}  gen {:.1}s score {:.2}s train {:.1}s  elapsed {:.0}s",
             r.step,
             r.reward,
             r.reward_std,
@@ -355,10 +487,15 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
             r.mean_length,
             r.time_generation_s,
             r.time_scoring_s,
-            r.time_training_s
-        );
+            r.time_training_s,
+            r.elapsed_s
+        ));
     })?;
-    eprintln!("done: adapter and metrics.jsonl in {}", out.display());
+    bar.finish_and_clear();
+    eprintln!(
+        "done: adapter, metrics.jsonl and report.html in {}",
+        out.display()
+    );
     Ok(())
 }
 

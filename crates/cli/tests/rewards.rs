@@ -44,8 +44,34 @@ fn the_reward_server_scores_openrlhfs_request() {
         .expect("200")
         .into_json()
         .unwrap();
+    // The client a TRL or veRL run uses (tools/seek_reward_client.py), as each calls it: TRL with
+    // chat-message completions and the dataset's `solution` column, veRL one completion at a time.
+    let tools = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools");
+    let py = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from seek_reward_client import seek_reward, compute_score\n\
+             print(seek_reward(['Q: 2+3?'], [[{'role': 'assistant', 'content': '<think>add</think> \\\\boxed{5}'}]], solution=['5']))\n\
+             print(seek_reward(prompts=['Q'], completions=['6'], solution=['5']))\n\
+             print(compute_score('gsm8k', '<think>x</think> so 5', '5'))",
+        ])
+        .env("PYTHONPATH", tools)
+        .env("SEEK_REWARD_URL", &url)
+        .output()
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    let stdout = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["[1.5]", "[0.0]", "1.5"],
+        "{stdout}"
+    );
     assert_eq!(v["rewards"], serde_json::json!([1.5, 0.0]), "{v}");
     assert_eq!(
         v["extra_logs"]["think_format_reward"],

@@ -833,6 +833,7 @@ pub fn run(
                 on_event(RunEvent::Step(&rec));
                 if step == cfg.max_steps || (cfg.save_steps > 0 && step % cfg.save_steps == 0) {
                     save_checkpoint(&out, &lora, cfg, &model, &opt, &state)?;
+                    refresh_report(&out, cfg);
                 }
             }
         }
@@ -862,10 +863,73 @@ pub fn run(
     // The adapter at the top of output_dir (what `seek run --lora`, peft and `seek train export`
     // load).
     crate::peft::write_adapter_files(&out, &lora, &cfg.model_name_or_path, model.adapter_state()?)?;
+    refresh_report(&out, cfg);
     Ok(out)
 }
 
 const STATE: &str = "trainer_state.json";
+
+/// The run's settings as the report shows them.
+fn settings(cfg: &GrpoConfig) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("model_name_or_path".into(), cfg.model_name_or_path.clone()),
+        ("dataset_name".into(), cfg.dataset_name.clone()),
+        (
+            "eval_dataset".into(),
+            cfg.eval_dataset.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("reward_funcs".into(), cfg.reward_funcs.join(" ")),
+        (
+            "reward_weights".into(),
+            cfg.reward_weights
+                .as_ref()
+                .map_or("1 each".into(), |w| format!("{w:?}")),
+        ),
+    ];
+    for (k, val) in [
+        ("num_generations", cfg.num_generations.to_string()),
+        (
+            "per_device_train_batch_size",
+            cfg.per_device_train_batch_size.to_string(),
+        ),
+        (
+            "gradient_accumulation_steps",
+            cfg.gradient_accumulation_steps.to_string(),
+        ),
+        ("num_iterations", cfg.num_iterations.to_string()),
+        (
+            "max_completion_length",
+            cfg.max_completion_length.to_string(),
+        ),
+        ("temperature", cfg.temperature.to_string()),
+        ("top_p", cfg.top_p.to_string()),
+        ("loss_type", format!("{:?}", cfg.loss_type).to_lowercase()),
+        (
+            "scale_rewards",
+            format!("{:?}", cfg.scale_rewards).to_lowercase(),
+        ),
+        ("beta", cfg.beta.to_string()),
+        ("epsilon", cfg.epsilon.to_string()),
+        ("learning_rate", cfg.learning_rate.to_string()),
+        ("max_steps", cfg.max_steps.to_string()),
+        (
+            "lora_r / lora_alpha",
+            format!("{} / {}", cfg.lora_r, cfg.lora_alpha),
+        ),
+        ("seed", cfg.seed.to_string()),
+    ] {
+        v.push((k.to_string(), val));
+    }
+    v
+}
+
+/// `report.html` beside `metrics.jsonl`; a report that cannot be drawn is not worth
+/// stopping the run for, so it is only a warning.
+fn refresh_report(out: &Path, cfg: &GrpoConfig) {
+    if let Err(e) = crate::report::write_grpo_report(out, "seek train grpo", &settings(cfg)) {
+        tracing::warn!("cannot write report.html: {e}");
+    }
+}
 
 /// Where a GRPO run is (`trainer_state.json` in each checkpoint).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -459,6 +459,228 @@ pub fn write_report(
     Ok(path)
 }
 
+/// The series of `key` over the lines that have it as a number (`null`: a gap).
+fn series(lines: &[serde_json::Value], key: &str) -> Vec<(f64, f64)> {
+    lines
+        .iter()
+        .filter(|l| l.get(key).is_some())
+        .filter_map(|l| {
+            let step = l["step"].as_f64()?;
+            Some((step, l[key].as_f64().unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
+
+/// Keys of the lines that start with `prefix` and end with `/mean`, in order of first sight.
+fn keys_like(lines: &[serde_json::Value], prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in lines {
+        if let Some(o) = l.as_object() {
+            for k in o.keys() {
+                if k.starts_with(prefix) && k.ends_with("/mean") && !out.contains(k) {
+                    out.push(k.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn chart_of(lines: &[serde_json::Value], title: &str, keys: &[String]) -> String {
+    let data: Vec<(String, Vec<(f64, f64)>)> = keys
+        .iter()
+        .map(|k| (k.clone(), series(lines, k)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    if data.is_empty() {
+        return String::new();
+    }
+    let refs: Vec<(&str, Vec<(f64, f64)>)> =
+        data.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    line_chart(title, &refs)
+}
+
+/// A GRPO run's page, drawn from its `metrics.jsonl` lines (optimizer steps and held-out
+/// evaluations, TRL's names): settings, a summary (held-out figures first and last, the step
+/// time split), charts of the rewards, the held-out rewards, lengths and clipping, KL and the
+/// time per step, and sample completions along the run.
+pub fn render_grpo(
+    title: &str,
+    settings: &[(String, String)],
+    lines: &[serde_json::Value],
+) -> String {
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    let evals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("eval_reward").is_some())
+        .collect();
+    let mut body = String::from("<h2>Settings</h2>\n");
+    body.push_str(&if settings.is_empty() {
+        note("No settings recorded.")
+    } else {
+        table(settings)
+    });
+    body.push_str("<h2>Summary</h2>\n");
+    let mut rows: Vec<(String, String)> = vec![("optimizer steps".into(), steps.len().to_string())];
+    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+        for k in keys_like(lines, "eval_rewards/") {
+            let f =
+                |e: &serde_json::Value| e[&k].as_f64().map_or("-".into(), |v| format!("{v:.3}"));
+            rows.push((
+                format!(
+                    "held-out {} (step {} → {})",
+                    k.trim_start_matches("eval_rewards/")
+                        .trim_end_matches("/mean"),
+                    first["step"],
+                    last["step"]
+                ),
+                format!("{} → {}", f(first), f(last)),
+            ));
+        }
+    }
+    let mean = |k: &str| {
+        let v: Vec<f64> = steps
+            .iter()
+            .filter_map(|l| l[k].as_f64())
+            .filter(|x| x.is_finite())
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    if !steps.is_empty() {
+        rows.push((
+            "time per step: generation / scoring / training".into(),
+            format!(
+                "{} / {} / {}",
+                duration(mean("time_generation_s")),
+                duration(mean("time_scoring_s")),
+                duration(mean("time_training_s"))
+            ),
+        ));
+        if let Some(e) = steps.last().and_then(|l| l["elapsed_s"].as_f64()) {
+            rows.push((
+                "wall time (training, evaluations included)".into(),
+                duration(e),
+            ));
+        }
+        let errors: u64 = steps
+            .iter()
+            .filter_map(|l| l["reward_errors"].as_u64())
+            .sum();
+        rows.push(("failed external reward calls".into(), errors.to_string()));
+    }
+    body.push_str(&if steps.is_empty() && evals.is_empty() {
+        note("No steps recorded yet.")
+    } else {
+        table(&rows)
+    });
+    body.push_str("<h2>Charts</h2>\n");
+    let mut reward_keys = vec!["reward".to_string()];
+    reward_keys.extend(keys_like(lines, "rewards/"));
+    body.push_str(&chart_of(
+        lines,
+        "Reward of the sampled completions vs step",
+        &reward_keys,
+    ));
+    let mut eval_keys = vec!["eval_reward".to_string()];
+    eval_keys.extend(keys_like(lines, "eval_rewards/"));
+    body.push_str(&chart_of(
+        lines,
+        "Held-out problems, greedy: reward vs step",
+        &eval_keys,
+    ));
+    body.push_str(&chart_of(
+        lines,
+        "Completion length (tokens) vs step",
+        &[
+            "completions/mean_length".into(),
+            "eval_completions/mean_length".into(),
+        ],
+    ));
+    body.push_str(&chart_of(
+        lines,
+        "Shares vs step",
+        &[
+            "completions/clipped_ratio".into(),
+            "frac_reward_zero_std".into(),
+            "clip_ratio/region_mean".into(),
+            "reward_std".into(),
+        ],
+    ));
+    body.push_str(&chart_of(
+        lines,
+        "KL to the reference vs step",
+        &["kl".into()],
+    ));
+    body.push_str(&chart_of(
+        lines,
+        "Seconds per step vs step",
+        &[
+            "time_generation_s".into(),
+            "time_scoring_s".into(),
+            "time_training_s".into(),
+        ],
+    ));
+    body.push_str("<h2>Sample completions</h2>\n");
+    let sampled: Vec<&&serde_json::Value> = steps
+        .iter()
+        .filter(|l| l["sample"].as_str().is_some_and(|s| !s.is_empty()))
+        .collect();
+    let every = sampled.len().div_ceil(12).max(1);
+    let mut samples: Vec<(String, String)> = sampled
+        .iter()
+        .step_by(every)
+        .map(|l| {
+            (
+                format!("step {}", l["step"]),
+                l["sample"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for e in &evals {
+        samples.push((
+            format!("held-out, after step {}", e["step"]),
+            e["eval_sample"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    body.push_str(&if samples.is_empty() {
+        note("No samples recorded yet.")
+    } else {
+        table(&samples)
+    });
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{t}</title><style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n{body}</body></html>\n",
+        t = escape(title)
+    )
+}
+
+/// Reads a GRPO run's `dir/metrics.jsonl` and writes `dir/report.html` (atomically).
+pub fn write_grpo_report(
+    dir: &Path,
+    title: &str,
+    settings: &[(String, String)],
+) -> Result<PathBuf, ReportError> {
+    let path = dir.join("metrics.jsonl");
+    let file = File::open(&path).map_err(io(&path))?;
+    let mut lines = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io(&path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        lines.push(serde_json::from_str(&line).map_err(|e| ReportError::Parse {
+            path: path.clone(),
+            line: i + 1,
+            message: e.to_string(),
+        })?);
+    }
+    let html = render_grpo(title, settings, &lines);
+    let (out, tmp) = (dir.join("report.html"), dir.join("report.html.tmp"));
+    std::fs::write(&tmp, html).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
