@@ -289,7 +289,7 @@ fn toml_entries(text: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         .map(|(k, v)| {
             let vals = match v {
                 toml::Value::Array(a) => a.iter().map(scalar).collect::<anyhow::Result<_>>()?,
-                v => vec![scalar(v).with_context(|| format!("{k}"))?],
+                v => vec![scalar(v).with_context(|| k.to_string())?],
             };
             Ok((k.clone(), vals))
         })
@@ -1114,5 +1114,86 @@ fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn a_trl_yaml_recipe_becomes_flags_and_the_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = dir.path().join("grpo.yaml");
+        std::fs::write(
+            &recipe,
+            "# open-r1 style\nmodel_name_or_path: Qwen/Qwen2.5-0.5B\nlearning_rate: 1.0e-06  # small\nreward_funcs:\n  - accuracy_reward\n  - think_format_reward\nreward_weights: [1.0, 0.5]\nmask_truncated_completions: true\nuse_peft: false\nmax_steps: 50\n",
+        )
+        .unwrap();
+        let out = recipe_argv(argv(&[
+            "seek",
+            "train",
+            "grpo",
+            "--config",
+            recipe.to_str().unwrap(),
+            "--max-steps",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(
+            out,
+            argv(&[
+                "seek",
+                "train",
+                "grpo",
+                "--model_name_or_path",
+                "Qwen/Qwen2.5-0.5B",
+                "--learning_rate",
+                "1.0e-06",
+                "--reward_funcs",
+                "accuracy_reward",
+                "think_format_reward",
+                "--reward_weights",
+                "1.0",
+                "0.5",
+                "--mask_truncated_completions",
+                "--config",
+                recipe.to_str().unwrap(),
+                "--max-steps",
+                "3",
+            ])
+        );
+        // TOML works the same way; a nested YAML map is named as the problem.
+        let toml = dir.path().join("grpo.toml");
+        std::fs::write(&toml, "beta = 0.04\nreward_funcs = [\"accuracy_reward\"]\n").unwrap();
+        let out = recipe_argv(argv(&[
+            "seek",
+            "train",
+            "grpo",
+            "--config",
+            toml.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert_eq!(
+            &out[3..7],
+            &argv(&["--beta", "0.04", "--reward_funcs", "accuracy_reward"])[..]
+        );
+        std::fs::write(&recipe, "peft:\n  r: 16\n").unwrap();
+        let e = recipe_argv(argv(&[
+            "seek",
+            "train",
+            "grpo",
+            "--config",
+            recipe.to_str().unwrap(),
+        ]))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("nested settings"), "{e:#}");
+        // Other commands pass through.
+        let other = argv(&["seek", "run", "--config", "x"]);
+        assert_eq!(recipe_argv(other.clone()).unwrap(), other);
     }
 }

@@ -115,7 +115,7 @@ async fn get_reward(
                 }
             })
             .collect();
-        extra.insert(f.name().into(), vals.into());
+        extra.insert(f.name(), vals.into());
     }
     extra.insert("unscorable".into(), unscorable.into());
     Json(serde_json::json!({"rewards": rewards, "scores": rewards, "extra_logs": extra}))

@@ -831,7 +831,9 @@ pub fn run(
                 first = false;
                 write_line(&mut metrics, &rec)?;
                 on_event(RunEvent::Step(&rec));
-                if step == cfg.max_steps || (cfg.save_steps > 0 && step % cfg.save_steps == 0) {
+                if step == cfg.max_steps
+                    || (cfg.save_steps > 0 && step.is_multiple_of(cfg.save_steps))
+                {
                     save_checkpoint(&out, &lora, cfg, &model, &opt, &state)?;
                     refresh_report(&out, cfg);
                 }
