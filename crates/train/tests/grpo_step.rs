@@ -138,9 +138,28 @@ fn equal_rewards_move_nothing_and_truncated_completions_can_be_masked() {
     let stats = policy_step(&m, &mut opt, &[group([1.0, 0.0, 0.5, 0.5], [true; 4])], &c).unwrap();
     assert_eq!(stats.clipped_ratio, 1.0);
     assert_eq!(stats.grad_norm, 0.0);
-    // beta > 0 is refused with a reason until a reference model is kept.
+}
+
+/// beta > 0: the reference is the base without the adapter. While the adapter is zero the
+/// policy is the reference (KL exactly 0); once a step moved it, the KL is positive.
+#[test]
+fn the_reference_is_the_base_without_the_adapter() {
+    let rewards = [1.0, 0.0, 0.5, 0.5];
+    let m = model();
+    let mut opt = AdamW::new(m.vars().to_vec(), AdamWConfig::default());
     let mut c = cfg(LossType::Grpo);
     c.loss.beta = 0.04;
-    let e = policy_step(&m, &mut opt, &[group([1.0, 0.0, 0.5, 0.5], [false; 4])], &c).unwrap_err();
-    assert!(e.to_string().contains("reference model"), "{e}");
+    let first = policy_step(&m, &mut opt, &[group(rewards, [false; 4])], &c).unwrap();
+    assert_eq!(first.kl, Some(0.0));
+    let second = policy_step(&m, &mut opt, &[group(rewards, [false; 4])], &c).unwrap();
+    assert!(second.kl.unwrap() > 0.0, "{:?}", second.kl);
+    // Without beta no KL is computed (nor the reference's forward run).
+    let plain = policy_step(
+        &m,
+        &mut opt,
+        &[group(rewards, [false; 4])],
+        &cfg(LossType::Grpo),
+    )
+    .unwrap();
+    assert_eq!(plain.kl, None);
 }
