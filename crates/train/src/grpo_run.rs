@@ -287,6 +287,8 @@ pub struct GrpoStepRecord {
     pub grad_norm: f64,
     /// Seconds generating the completions (engine start included).
     pub time_generation_s: f64,
+    /// Of which: loading the base with the adapter's current tensors and starting the engine.
+    pub time_engine_start_s: f64,
     /// Seconds scoring them.
     pub time_scoring_s: f64,
     /// Seconds in the policy step.
@@ -822,6 +824,7 @@ pub fn run(
                     grad_norm: u.grad_norm,
                     // The generation and scoring of a batch count on its first step.
                     time_generation_s: if first { time_generation_s } else { 0.0 },
+                    time_engine_start_s: if first { engine_start_s } else { 0.0 },
                     time_scoring_s: if first { time_scoring_s } else { 0.0 },
                     time_training_s: t3.elapsed().as_secs_f64() + std::mem::take(&mut extra_s),
                     generation_tokens_per_s: gen_tokens as f64 / time_generation_s.max(1e-9),
