@@ -104,3 +104,6 @@ pub trait CausalLm: Send + Sync {
     /// Where the weights live.
     fn device(&self) -> &Device;
 }
+
+#[cfg(test)]
+mod config_forms_tests;

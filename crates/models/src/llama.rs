@@ -25,10 +25,12 @@ use crate::weights::{Embedding, Matmul, Weights};
 use crate::{CausalLm, KvCache, ModelError, Result};
 
 /// `rope_scaling` / `rope_parameters` of a Hugging Face config (transformers v4 and v5 names).
+/// The kind may be written `type` (transformers 4.3x), `rope_type`, or both (5.x keeps the key it
+/// was given and adds `rope_type`); both with different values is an error that names them.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "RawRopeParameters")]
 pub struct RopeParameters {
     /// `default`, `llama3`, `linear`, `yarn`, ...
-    #[serde(alias = "type")]
     pub rope_type: Option<String>,
     /// Base frequency (transformers v5 keeps it here).
     pub rope_theta: Option<f64>,
@@ -48,6 +50,50 @@ pub struct RopeParameters {
     pub mscale: Option<f64>,
     /// YaRN: its denominator, and DeepSeek's softmax-scale correction.
     pub mscale_all_dim: Option<f64>,
+}
+
+/// [`RopeParameters`] as written, `type` and `rope_type` apart.
+#[derive(Deserialize)]
+struct RawRopeParameters {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    rope_type: Option<String>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+    beta_fast: Option<f64>,
+    beta_slow: Option<f64>,
+    mscale: Option<f64>,
+    mscale_all_dim: Option<f64>,
+}
+
+impl TryFrom<RawRopeParameters> for RopeParameters {
+    type Error = String;
+
+    fn try_from(r: RawRopeParameters) -> std::result::Result<Self, String> {
+        let rope_type = match (r.kind, r.rope_type) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(format!(
+                    "the rope settings say type = {a:?} and rope_type = {b:?}; they must agree (keep one of them)"
+                ))
+            }
+            (a, b) => b.or(a),
+        };
+        Ok(Self {
+            rope_type,
+            rope_theta: r.rope_theta,
+            factor: r.factor,
+            low_freq_factor: r.low_freq_factor,
+            high_freq_factor: r.high_freq_factor,
+            original_max_position_embeddings: r.original_max_position_embeddings,
+            beta_fast: r.beta_fast,
+            beta_slow: r.beta_slow,
+            mscale: r.mscale,
+            mscale_all_dim: r.mscale_all_dim,
+        })
+    }
 }
 
 /// Hugging Face `config.json` of a Llama model (field names as in `LlamaConfig`).
