@@ -237,6 +237,41 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     })
 }
 
+/// A llama / qwen2 model read once and kept to take LoRA adapters: GRPO's rollouts after each
+/// optimizer step get the base with the step's adapter without reading and building the model
+/// again (the weights, the memory map and the kernels' thread pool are shared).
+pub struct LoraBase {
+    model: Llama,
+}
+
+impl LoraBase {
+    /// Reads the base (without an adapter).
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let Described {
+            format,
+            arch,
+            fp8_block,
+            files,
+            ..
+        } = describe(path)?;
+        let w = weights_for(&format, files, fp8_block, opts)?;
+        match &arch {
+            ArchConfig::Llama(decoder) => Ok(Self {
+                model: Llama::from_decoder(decoder.clone(), &w)?,
+            }),
+            ArchConfig::Deepseek(_) => Err(config_err(
+                path,
+                "LoRA adapters at inference apply to llama and qwen2 models so far".into(),
+            )),
+        }
+    }
+
+    /// The base with `adapter` applied (unmerged), ready for an engine.
+    pub fn with_adapter(&self, adapter: &crate::llama::LoraAdapter) -> Result<Box<dyn CausalLm>> {
+        Ok(Box::new(self.model.clone().with_lora(adapter)?))
+    }
+}
+
 /// Opens a model for training: the differentiable form of its architecture, with the
 /// trainable parameters `opts` asks for. GGUF weights are dequantized to f32, except a LoRA
 /// run's base with `opts.quantized_base`, which stays in the file's encoding.

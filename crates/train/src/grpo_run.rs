@@ -410,8 +410,7 @@ fn rollouts(
 
 /// The inference engine on the base model with the adapter as it is now.
 fn start_engine(
-    base: &Path,
-    load: &LoadOptions,
+    base: &seek_models::LoraBase,
     model: &seek_models::autograd::Trainable,
     scaling: f64,
     tokenizer: &Arc<seek_tokenizer::Tokenizer>,
@@ -422,15 +421,8 @@ fn start_engine(
         scaling,
         tensors: model.adapter_state()?,
     };
-    let infer = seek_models::load(
-        base,
-        &LoadOptions {
-            lora: Some(adapter),
-            ..load.clone()
-        },
-    )?;
     EngineHandle::start(
-        infer.model,
+        base.with_adapter(&adapter)?,
         tokenizer.clone(),
         EngineConfig {
             max_running,
@@ -584,6 +576,8 @@ pub fn run(
     let (model, _info, format) = seek_models::load_trainable(base, load, &opts)?;
     let tokenizer = Arc::new(crate::sft::tokenizer_for(&format)?);
     let eos = tokenizer.eos_token_ids().first().copied();
+    // The inference model, read once; each generation batch applies the adapter as it is then.
+    let infer_base = seek_models::LoraBase::load(base, load)?;
     let eval_set: Vec<(Problem, RenderedPrompt)> = eval_problems
         .into_iter()
         .map(|p| render(&tokenizer, &p).map(|r| (p, r)))
@@ -679,8 +673,7 @@ pub fn run(
         // Rollouts through the engine, with the adapter as it is now.
         let t0 = Instant::now();
         let engine = start_engine(
-            base,
-            load,
+            &infer_base,
             &model,
             scaling,
             &tokenizer,
@@ -845,8 +838,7 @@ pub fn run(
     }
     if eval_due(state.global_step, last_eval) {
         let engine = start_engine(
-            base,
-            load,
+            &infer_base,
             &model,
             scaling,
             &tokenizer,
