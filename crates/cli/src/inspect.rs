@@ -3,6 +3,7 @@
 use clap::Args;
 use seek_models::{ModelFormat, ModelInfo};
 use serde::Serialize;
+use std::path::PathBuf;
 
 use crate::source::tokenizer_for;
 use crate::ModelArg;
@@ -35,6 +36,9 @@ struct Report {
     info: ModelInfo,
     /// Percent of the bytes the header describes that the file holds (GGUF only).
     complete_percent: Option<f64>,
+    /// The files of a split GGUF model, in part order (absent for one file).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<PathBuf>,
     tokenizer: Option<TokenizerSummary>,
     tokenizer_error: Option<String>,
     chat_template: Option<String>,
@@ -85,9 +89,16 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             .collect(),
         reasoning_model: seek_engine::chat::is_reasoning_model(t),
     });
+    let parts: Vec<PathBuf> = match &format {
+        ModelFormat::Gguf(f) if f.part_paths().len() > 1 => {
+            f.part_paths().into_iter().map(PathBuf::from).collect()
+        }
+        _ => Vec::new(),
+    };
     let report = Report {
         info,
         complete_percent,
+        parts,
         tokenizer: summary,
         tokenizer_error,
         chat_template,
@@ -102,6 +113,13 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         i.name.as_deref().unwrap_or("(unnamed)")
     );
     println!("path           {} ({})", i.path.display(), i.format);
+    if !report.parts.is_empty() {
+        println!("split          {} parts:", report.parts.len());
+        for p in &report.parts {
+            let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            println!("                 {} ({})", p.display(), bytes(len));
+        }
+    }
     println!("architecture   {}", i.architecture);
     let active = if i.active_parameters < i.parameters {
         format!(" · {} active per token", human(i.active_parameters))

@@ -316,6 +316,8 @@ pub struct TensorInfo {
     pub offset: u64,
     /// Size of the data in bytes.
     pub n_bytes: u64,
+    /// Which file of a split model holds it (0 for a single file).
+    pub part: usize,
 }
 
 impl TensorInfo {
@@ -330,24 +332,69 @@ impl TensorInfo {
     }
 }
 
-/// An open, memory-mapped GGUF file with its parsed header.
-pub struct GgufFile {
+/// One file of a (possibly split) GGUF model.
+struct Part {
     path: PathBuf,
     mmap: memmap2::Mmap,
+    data_offset: u64,
+}
+
+/// An open, memory-mapped GGUF model with its parsed header: one file, or every part of a
+/// model split as llama.cpp's `gguf-split` writes it (`NAME-00001-of-00003.gguf`, ...), opened
+/// from any one of them.
+pub struct GgufFile {
+    path: PathBuf,
+    parts: Vec<Part>,
     /// Format version (2 or 3).
     pub version: u32,
-    /// Metadata in key order.
+    /// Metadata in key order (the first part's: the others hold only `split.*`).
     pub metadata: BTreeMap<String, Value>,
-    /// Tensor descriptions in file order.
+    /// Tensor descriptions in file order, part after part.
     pub tensors: Vec<TensorInfo>,
     by_name: BTreeMap<String, usize>,
+}
+
+/// One parsed file.
+struct Parsed {
+    version: u32,
+    metadata: BTreeMap<String, Value>,
+    tensors: Vec<TensorInfo>,
     data_offset: u64,
+}
+
+/// `split.no`, `split.count` and `split.tensors.count` of a part, when it has them.
+fn split_keys(m: &BTreeMap<String, Value>) -> Option<(u64, u64, u64)> {
+    let get = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_i64)
+            .and_then(|v| u64::try_from(v).ok())
+    };
+    Some((
+        get("split.no")?,
+        get("split.count")?,
+        get("split.tensors.count")?,
+    ))
+}
+
+/// The path of part `no` (0-based) of `count` beside `path`, llama.cpp's naming
+/// (`PREFIX-%05d-of-%05d.gguf`); `None` when `path` is not named that way.
+pub fn split_path(path: &Path, no: u64, count: u64) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".gguf")?;
+    // PREFIX-00001-of-00003
+    let (rest, total) = stem.rsplit_once("-of-")?;
+    let (prefix, _) = rest.rsplit_once('-')?;
+    if total.len() != 5 || !total.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(path.with_file_name(format!("{prefix}-{:05}-of-{count:05}.gguf", no + 1)))
 }
 
 impl fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
+            .field("parts", &self.parts.len())
             .field("version", &self.version)
             .field("metadata", &self.metadata.len())
             .field("tensors", &self.tensors.len())
@@ -356,22 +403,138 @@ impl fmt::Debug for GgufFile {
 }
 
 impl GgufFile {
-    /// Opens and memory-maps `path` and parses its header.
+    /// Opens and memory-maps `path` and parses its header; for a split model (`split.count` >
+    /// 1), every part too: they must all be there, belong to the same split (same count and
+    /// tensor total, each its own number) and together hold each tensor once.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
+        let (mmap, first) = Self::open_part(&path)?;
+        let Some((no, count, total)) = split_keys(&first.metadata).filter(|k| k.1 > 1) else {
+            let by_name = first
+                .tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.clone(), i))
+                .collect();
+            return Ok(Self {
+                path: path.clone(),
+                parts: vec![Part {
+                    path,
+                    mmap,
+                    data_offset: first.data_offset,
+                }],
+                version: first.version,
+                metadata: first.metadata,
+                tensors: first.tensors,
+                by_name,
+            });
+        };
+        let err = |path: &Path, msg: String| GgufError {
+            path: path.to_path_buf(),
+            problem: Problem::Invalid(msg),
+        };
+        if count > 1024 {
+            return Err(err(
+                &path,
+                format!(
+                    "split.count {count} is not a believable number of parts; the file is corrupt"
+                ),
+            ));
+        }
+        let name_of = |k: u64| {
+            split_path(&path, k, count).ok_or_else(|| {
+                err(
+                    &path,
+                    format!("this is part {} of {count} of a split model, but its name does not follow llama.cpp's NAME-00001-of-{count:05}.gguf, so the other parts cannot be found; rename the parts as gguf-split wrote them", no + 1),
+                )
+            })
+        };
+        let mut parts = Vec::with_capacity(count as usize);
+        let mut tensors = Vec::new();
+        let mut metadata = BTreeMap::new();
+        let mut version = first.version;
+        let mut first = Some((mmap, first));
+        for k in 0..count {
+            let p = name_of(k)?;
+            let (mmap, parsed) = if k == no {
+                first
+                    .take()
+                    .ok_or_else(|| err(&path, "a part appears twice".into()))?
+            } else {
+                if !p.is_file() {
+                    return Err(err(
+                        &p,
+                        format!("part {} of {count} of the split model is missing (opened {}); download every part into the same folder", k + 1, path.display()),
+                    ));
+                }
+                Self::open_part(&p)?
+            };
+            match split_keys(&parsed.metadata) {
+                Some((pno, pcount, ptotal)) if pno == k && pcount == count && ptotal == total => {}
+                other => {
+                    return Err(err(
+                        &p,
+                        format!(
+                            "does not belong with {}: it says split.no/split.count/split.tensors.count = {}, expected {k}/{count}/{total}; the parts come from different downloads",
+                            path.display(),
+                            other.map_or("(none)".into(), |(a, b, c)| format!("{a}/{b}/{c}"))
+                        ),
+                    ))
+                }
+            }
+            if k == 0 {
+                metadata = parsed.metadata;
+                version = parsed.version;
+            }
+            for mut t in parsed.tensors {
+                t.part = k as usize;
+                tensors.push(t);
+            }
+            parts.push(Part {
+                path: p,
+                mmap,
+                data_offset: parsed.data_offset,
+            });
+        }
+        let mut by_name = BTreeMap::new();
+        for (i, t) in tensors.iter().enumerate() {
+            if by_name.insert(t.name.clone(), i).is_some() {
+                return Err(err(&path, format!("tensor {:?} is in two parts of the split model; the parts come from different downloads", t.name)));
+            }
+        }
+        if tensors.len() as u64 != total {
+            return Err(err(&path, format!("the parts hold {} tensors but split.tensors.count says {total}; a part is truncated or from another download", tensors.len())));
+        }
+        Ok(Self {
+            path: parts[0].path.clone(),
+            parts,
+            version,
+            metadata,
+            tensors,
+            by_name,
+        })
+    }
+
+    fn open_part(path: &Path) -> Result<(memmap2::Mmap, Parsed), GgufError> {
         let err = |problem| GgufError {
-            path: path.clone(),
+            path: path.to_path_buf(),
             problem,
         };
-        let file = std::fs::File::open(&path).map_err(|e| err(Problem::Io(e)))?;
+        let file = std::fs::File::open(path).map_err(|e| err(Problem::Io(e)))?;
         // SAFETY: the map is read-only. Like every mmap-based loader (llama.cpp, safetensors) we
         // rely on the file not being truncated by another process while it is open.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(Problem::Io(e)))?;
-        Self::parse(path.clone(), mmap).map_err(err)
+        let parsed = Self::parse(&mmap).map_err(err)?;
+        Ok((mmap, parsed))
     }
 
-    fn parse(path: PathBuf, mmap: memmap2::Mmap) -> Result<Self, Problem> {
-        let mut r = Reader { buf: &mmap, pos: 0 };
+    /// The files of the model, in part order (one for a file that is not split).
+    pub fn part_paths(&self) -> Vec<&Path> {
+        self.parts.iter().map(|p| p.path.as_path()).collect()
+    }
+
+    fn parse(mmap: &[u8]) -> Result<Parsed, Problem> {
+        let mut r = Reader { buf: mmap, pos: 0 };
         let magic: [u8; 4] = r.bytes(4, "the magic number")?.try_into().expect("4 bytes");
         if &magic != MAGIC {
             return Err(Problem::BadMagic(magic));
@@ -425,6 +588,7 @@ impl GgufFile {
                 ggml_type,
                 offset,
                 n_bytes,
+                part: 0,
             });
         }
 
@@ -448,13 +612,11 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(Self {
-            path,
-            mmap,
+        drop(by_name);
+        Ok(Parsed {
             version,
             metadata,
             tensors,
-            by_name,
             data_offset,
         })
     }
@@ -464,22 +626,27 @@ impl GgufFile {
         &self.path
     }
 
-    /// Size of the file in bytes.
+    /// Size of the file in bytes (of all parts, for a split model).
     pub fn file_len(&self) -> u64 {
-        self.mmap.len() as u64
+        self.parts.iter().map(|p| p.mmap.len() as u64).sum()
     }
 
-    /// The file length that the header implies: the end of the last tensor's data.
+    /// The length that the header implies: the end of the last tensor's data (summed over the
+    /// parts of a split model).
     pub fn expected_len(&self) -> u64 {
+        (0..self.parts.len())
+            .map(|k| self.part_expected_len(k))
+            .sum()
+    }
+
+    fn part_expected_len(&self, k: usize) -> u64 {
+        let off = self.parts[k].data_offset;
         self.tensors
             .iter()
-            .map(|t| {
-                self.data_offset
-                    .saturating_add(t.offset)
-                    .saturating_add(t.n_bytes)
-            })
+            .filter(|t| t.part == k)
+            .map(|t| off.saturating_add(t.offset).saturating_add(t.n_bytes))
             .max()
-            .unwrap_or(self.data_offset)
+            .unwrap_or(off)
     }
 
     fn error(&self, problem: Problem) -> GgufError {
@@ -584,22 +751,32 @@ impl GgufFile {
 
     /// The raw bytes of a tensor, straight from the memory map.
     pub fn tensor_data(&self, info: &TensorInfo) -> Result<&[u8], GgufError> {
-        let start = self.data_offset.checked_add(info.offset);
+        let Some(part) = self.parts.get(info.part) else {
+            return Err(self.error(Problem::Invalid(format!(
+                "tensor {:?} names part {} of a model with {}",
+                info.name,
+                info.part + 1,
+                self.parts.len()
+            ))));
+        };
+        let len = part.mmap.len() as u64;
+        let start = part.data_offset.checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(info.n_bytes));
         match (start, end) {
-            (Some(start), Some(end)) if end <= self.file_len() => {
-                Ok(&self.mmap[start as usize..end as usize])
-            }
+            (Some(start), Some(end)) if end <= len => Ok(&part.mmap[start as usize..end as usize]),
             _ => {
-                let expected_len = self.expected_len();
-                Err(self.error(Problem::TensorOutOfBounds {
-                    name: info.name.clone(),
-                    start: start.unwrap_or(u64::MAX),
-                    end: end.unwrap_or(u64::MAX),
-                    file_len: self.file_len(),
-                    expected_len,
-                    percent: 100.0 * self.file_len() as f64 / expected_len.max(1) as f64,
-                }))
+                let expected_len = self.part_expected_len(info.part);
+                Err(GgufError {
+                    path: part.path.clone(),
+                    problem: Problem::TensorOutOfBounds {
+                        name: info.name.clone(),
+                        start: start.unwrap_or(u64::MAX),
+                        end: end.unwrap_or(u64::MAX),
+                        file_len: len,
+                        expected_len,
+                        percent: 100.0 * len as f64 / expected_len.max(1) as f64,
+                    },
+                })
             }
         }
     }

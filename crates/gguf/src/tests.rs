@@ -231,3 +231,56 @@ fn integer_arrays_are_stored_compactly_and_round_trip() {
         .to_bytes();
     assert_eq!(again, bytes);
 }
+
+#[test]
+fn a_split_model_opens_from_any_part_and_bad_sets_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = write(&sample().to_bytes());
+    let first = dir.path().join("model-00001-of-00002.gguf");
+    let parts = sample().to_split_bytes(2);
+    assert_eq!(parts.len(), 2);
+    for (k, bytes) in parts.iter().enumerate() {
+        let p = split_path(&first, k as u64, 2).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let a = GgufFile::open(whole.path()).unwrap();
+    for k in 0..2 {
+        let g = GgufFile::open(split_path(&first, k, 2).unwrap()).unwrap();
+        assert_eq!(g.part_paths().len(), 2);
+        assert_eq!(g.path(), first.as_path());
+        assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
+        assert_eq!(g.tensors.len(), 2);
+        for name in ["w", "b"] {
+            let (ta, tb) = (a.tensor_info(name).unwrap(), g.tensor_info(name).unwrap());
+            assert_eq!(
+                a.tensor_data(ta).unwrap(),
+                g.tensor_data(tb).unwrap(),
+                "{name}"
+            );
+        }
+        assert_eq!(g.tensor_info("b").unwrap().part, 1);
+    }
+    // A missing part, a part of another split, a file named otherwise.
+    let second = split_path(&first, 1, 2).unwrap();
+    let saved = std::fs::read(&second).unwrap();
+    std::fs::remove_file(&second).unwrap();
+    let e = GgufFile::open(&first).unwrap_err().to_string();
+    assert!(e.contains("part 2 of 2") && e.contains("missing"), "{e}");
+    let other = GgufWriter::new()
+        .f32_tensor("w", &[1], &[0.])
+        .f32_tensor("x", &[1], &[0.])
+        .f32_tensor("y", &[1], &[0.])
+        .to_split_bytes(2);
+    std::fs::write(&second, &other[1]).unwrap();
+    let e = GgufFile::open(&first).unwrap_err().to_string();
+    assert!(e.contains("does not belong with"), "{e}");
+    std::fs::write(&second, &saved).unwrap();
+    let renamed = dir.path().join("model.gguf");
+    std::fs::copy(&first, &renamed).unwrap();
+    let e = GgufFile::open(&renamed).unwrap_err().to_string();
+    assert!(e.contains("NAME-00001-of-00002.gguf"), "{e}");
+    assert_eq!(
+        split_path(Path::new("/m/x-00002-of-00003.gguf"), 0, 3).unwrap(),
+        Path::new("/m/x-00001-of-00003.gguf")
+    );
+}

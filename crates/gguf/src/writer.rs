@@ -69,6 +69,66 @@ impl GgufWriter {
         }
         out
     }
+
+    /// The file split into `n` parts as llama.cpp's `gguf-split` writes them: the tensors in
+    /// order, spread evenly; every part has `split.no` (u16, 0-based), `split.count` (u16) and
+    /// `split.tensors.count` (i32); the first part also has all the metadata. Name the parts
+    /// with [`crate::split_path`] (`NAME-00001-of-0000N.gguf`).
+    pub fn to_split_bytes(&self, n: usize) -> Vec<Vec<u8>> {
+        let n = n.clamp(1, self.tensors.len().max(1));
+        let per = self.tensors.len().div_ceil(n).max(1);
+        let chunks: Vec<_> = if self.tensors.is_empty() {
+            vec![&self.tensors[..]]
+        } else {
+            self.tensors.chunks(per).collect()
+        };
+        let count = chunks.len();
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(k, tensors)| {
+                let split = [
+                    ("split.no".to_string(), Value::U16(k as u16)),
+                    ("split.count".to_string(), Value::U16(count as u16)),
+                    (
+                        "split.tensors.count".to_string(),
+                        Value::I32(self.tensors.len() as i32),
+                    ),
+                ];
+                let mut metadata: Vec<(String, Value)> = if k == 0 {
+                    self.metadata
+                        .iter()
+                        .filter(|(key, _)| !key.starts_with("split."))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                metadata.extend(split);
+                GgufWriter {
+                    metadata,
+                    tensors: tensors.to_vec(),
+                }
+                .to_bytes()
+            })
+            .collect()
+    }
+
+    /// Every metadata entry and tensor of `file` (raw bytes, any type), to write it again,
+    /// whole or split.
+    pub fn copy_of(file: &crate::GgufFile) -> Result<Self, crate::GgufError> {
+        let mut w = Self::new();
+        for (k, v) in &file.metadata {
+            // The writer aligns to 32 bytes, GGUF's default.
+            if !k.starts_with("split.") && k != "general.alignment" {
+                w = w.meta(k, v.clone());
+            }
+        }
+        for t in &file.tensors {
+            w = w.tensor(&t.name, &t.dims, t.ggml_type, file.tensor_data(t)?.to_vec());
+        }
+        Ok(w)
+    }
 }
 
 fn code_of(ty: GgmlType) -> u32 {

@@ -557,6 +557,28 @@ fn single_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         .collect();
+    // The parts of one split model (NAME-0000k-of-0000n.gguf) count as one file: its first part.
+    let firsts: Vec<&PathBuf> = ggufs
+        .iter()
+        .filter(|p| {
+            seek_gguf::split_path(p, 0, 1).is_some()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.contains("-00001-of-"))
+        })
+        .collect();
+    let all_parts_of_one = firsts.len() == 1
+        && ggufs.iter().all(|p| {
+            let (a, b) = (p.to_string_lossy(), firsts[0].to_string_lossy());
+            let stem = |s: &str| {
+                s.rsplit_once("-of-")
+                    .and_then(|(x, _)| x.rsplit_once('-').map(|y| y.0.to_string()))
+            };
+            stem(&a).is_some() && stem(&a) == stem(&b)
+        });
+    if all_parts_of_one {
+        return Ok(Some(firsts[0].clone()));
+    }
     match ggufs.len() {
         0 => Ok(None),
         1 => Ok(ggufs.into_iter().next()),
