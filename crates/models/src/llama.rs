@@ -180,6 +180,8 @@ pub(crate) struct DecoderConfig {
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     pub attention_bias: bool,
+    /// Qwen3: an RMSNorm over each head of q and k (weights of `head_dim`) before RoPE.
+    pub qk_norm: bool,
 }
 
 impl Config {
@@ -241,6 +243,7 @@ impl Config {
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
             attention_bias: self.attention_bias,
+            qk_norm: false,
         };
         cfg.check()?;
         Ok(cfg)
@@ -365,6 +368,7 @@ impl DecoderConfig {
                 .unwrap_or(4096),
             tie_word_embeddings: !file.has_tensor("output.weight"),
             attention_bias,
+            qk_norm: arch == "qwen3",
         };
         cfg.check().map_err(|p| config_err(file.path(), p))?;
         Ok(cfg)
@@ -377,7 +381,8 @@ impl DecoderConfig {
             self.num_heads * self.head_dim,
             self.num_kv_heads * self.head_dim,
         );
-        let bias = if self.attention_bias { q + 2 * kv } else { 0 };
+        let bias = if self.attention_bias { q + 2 * kv } else { 0 }
+            + if self.qk_norm { 2 * self.head_dim } else { 0 };
         let layer = e * q + 2 * e * kv + q * e + bias + 3 * e * f + 2 * e;
         let embed = self.vocab_size * e * if self.tie_word_embeddings { 1 } else { 2 };
         (embed + l * layer + e) as u64
@@ -417,6 +422,16 @@ impl RmsNorm {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+
+    /// Normalizes each `head_dim` slice of `x` in place (Qwen3's q/k norm on `(N, H*D)` rows).
+    fn normalize_heads(&self, x: &mut [f32]) {
+        let d = self.weight_f32.len();
+        let mut tmp = vec![0f32; d];
+        for head in x.chunks_exact_mut(d) {
+            vector::rms_norm(head, &self.weight_f32, self.eps, &mut tmp);
+            head.copy_from_slice(&tmp);
+        }
     }
 
     /// Normalizes each row of `x: (m, E)` into `out`.
@@ -686,6 +701,9 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3's per-head norms of q and k (over `head_dim`), before RoPE.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -706,6 +724,14 @@ impl Attention {
             v_proj: Linear::new(w, &format!("{prefix}.v_proj"), hkv * d, e, bias)?,
             // Qwen2 has biases on q/k/v but not on o.
             o_proj: Linear::new(w, &format!("{prefix}.o_proj"), e, h * d, false)?,
+            q_norm: cfg
+                .qk_norm
+                .then(|| RmsNorm::new(w, &format!("{prefix}.q_norm.weight"), d, cfg.rms_norm_eps))
+                .transpose()?,
+            k_norm: cfg
+                .qk_norm
+                .then(|| RmsNorm::new(w, &format!("{prefix}.k_norm.weight"), d, cfg.rms_norm_eps))
+                .transpose()?,
             num_heads: h,
             num_kv_heads: hkv,
             head_dim: d,
@@ -722,16 +748,18 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
-        let q = self
-            .q_proj
-            .forward(x)?
-            .reshape((b, t, h, d))?
-            .transpose(1, 2)?;
-        let k = self
-            .k_proj
-            .forward(x)?
-            .reshape((b, t, hkv, d))?
-            .transpose(1, 2)?;
+        let q = self.q_proj.forward(x)?.reshape((b, t, h, d))?;
+        let q = match &self.q_norm {
+            Some(n) => n.forward(&q)?,
+            None => q,
+        }
+        .transpose(1, 2)?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, hkv, d))?;
+        let k = match &self.k_norm {
+            Some(n) => n.forward(&k)?,
+            None => k,
+        }
+        .transpose(1, 2)?;
         let v = self
             .v_proj
             .forward(x)?
@@ -1351,6 +1379,10 @@ impl Llama {
                 n,
                 &mut [&mut q, &mut k, &mut v],
             )?;
+            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+                qn.normalize_heads(&mut q);
+                kn.normalize_heads(&mut k);
+            }
             for r in 0..n {
                 let (c, sn) = (
                     &cos[r * half..(r + 1) * half],
@@ -1726,6 +1758,7 @@ mod tests {
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             attention_bias: false,
+            qk_norm: false,
         }
     }
 

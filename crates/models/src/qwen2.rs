@@ -102,6 +102,7 @@ impl Config {
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
             attention_bias: true,
+            qk_norm: false,
         };
         cfg.check()?;
         Ok(cfg)

@@ -69,6 +69,9 @@ pub fn gguf_name(hf: &str) -> String {
         ("mlp.shared_experts.gate_proj", "ffn_gate_shexp"),
         ("mlp.shared_experts.up_proj", "ffn_up_shexp"),
         ("mlp.shared_experts.down_proj", "ffn_down_shexp"),
+        // Qwen3's per-head q/k norms (before `self_attn.q_proj`'s prefix would not matter)
+        ("self_attn.q_norm", "attn_q_norm"),
+        ("self_attn.k_norm", "attn_k_norm"),
         ("self_attn.q_proj", "attn_q"),
         ("self_attn.k_proj", "attn_k"),
         ("self_attn.v_proj", "attn_v"),

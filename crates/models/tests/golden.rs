@@ -22,6 +22,8 @@ fn safetensors_checkpoints_match_transformers() {
         "tiny-qwen2",
         "tiny-qwen2-bf16",
         "tiny-llama3-rope",
+        // tools/make_qwen3_golden.py: head_dim apart from hidden / heads, per-head q/k norms
+        "tiny-qwen3",
     ] {
         let path = fixtures().join(dir);
         let g = golden(&path.join("golden.json"));
@@ -38,6 +40,7 @@ fn unquantized_gguf_files_match_transformers() {
         "tiny-qwen2.f16",
         "tiny-qwen2.bf16",
         "tiny-llama3-rope.f16",
+        "tiny-qwen3.f32",
     ] {
         let dir = fixtures().join("gguf");
         let path = dir.join(format!("{stem}.gguf"));
