@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use seek_engine::chat::{default_sampling, render_chat, render_raw, RenderedPrompt};
+use seek_engine::chat::{default_sampling, render_raw, RenderedPrompt};
 use seek_engine::generate::Delta;
 use seek_engine::{generate, GenerateOutput, GenerateRequest};
 use seek_types::{ChatMessage, SamplingParams};
@@ -60,9 +60,38 @@ pub struct GenArgs {
     /// A system prompt (folded into the user turn for R1 models, as DeepSeek advises).
     #[arg(long)]
     pub system: Option<String>,
+    /// Extra chat-template variables as JSON, as vLLM's `chat_template_kwargs`
+    /// (e.g. '{"enable_thinking": false}' for Qwen3).
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_kwargs: Option<String>,
+    /// Answer without thinking where the chat template allows it (Qwen3's
+    /// `enable_thinking: false`, DeepSeek-V3.1's `thinking: false`).
+    #[arg(long)]
+    pub no_think: bool,
 }
 
 impl GenArgs {
+    /// `--chat-template-kwargs`, with `--no-think` adding `enable_thinking` and `thinking`
+    /// false.
+    pub fn template_kwargs(
+        &self,
+    ) -> anyhow::Result<Option<serde_json::Map<String, serde_json::Value>>> {
+        let mut map = match &self.chat_template_kwargs {
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => anyhow::bail!(
+                    "--chat-template-kwargs {text:?} is not a JSON object; e.g. '{{\"enable_thinking\": false}}'"
+                ),
+            },
+            None => serde_json::Map::new(),
+        };
+        if self.no_think {
+            map.insert("enable_thinking".into(), false.into());
+            map.insert("thinking".into(), false.into());
+        }
+        Ok((!map.is_empty()).then_some(map))
+    }
+
     fn sampling(&self, defaults: SamplingParams) -> anyhow::Result<SamplingParams> {
         let p = SamplingParams {
             temperature: self.temperature.unwrap_or(defaults.temperature),
@@ -284,7 +313,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             messages.push(ChatMessage::system(s.clone()));
         }
         messages.push(ChatMessage::user(args.prompt.clone()));
-        render_chat(&tokenizer, &messages)?
+        let kwargs = args.gen.template_kwargs()?;
+        seek_engine::chat::render_chat_with(
+            &tokenizer,
+            &messages,
+            &seek_engine::chat::ChatOptions {
+                template_kwargs: kwargs.as_ref(),
+                ..Default::default()
+            },
+        )?
     };
     let mut req = args.gen.request(&prompt, sampling);
     req.guide = args.constraint.guide(&tokenizer)?;
@@ -371,7 +408,15 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             _ => {}
         }
         history.push(ChatMessage::user(line));
-        let prompt = render_chat(&tokenizer, &history)?;
+        let kwargs = args.gen.template_kwargs()?;
+        let prompt = seek_engine::chat::render_chat_with(
+            &tokenizer,
+            &history,
+            &seek_engine::chat::ChatOptions {
+                template_kwargs: kwargs.as_ref(),
+                ..Default::default()
+            },
+        )?;
         let req = args.gen.request(&prompt, sampling.clone());
         let out = stream(
             loaded.model.as_ref(),

@@ -82,6 +82,9 @@ pub struct ChatOptions<'a> {
     /// DeepSeek's chat prefix completion: the last message is an assistant turn to continue
     /// (its `reasoning_content`, then its `content`), not a turn to answer.
     pub continue_final: bool,
+    /// Extra template variables (vLLM's `chat_template_kwargs`: `{"enable_thinking": false}`
+    /// turns Qwen3's thinking off).
+    pub template_kwargs: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// [`render_chat`] with tools and prefix continuation.
@@ -117,9 +120,13 @@ pub fn render_chat_with(
     } else {
         messages.to_vec()
     };
-    let mut text = template.render_with_tools(&messages, opts.tools, true)?;
+    let mut text =
+        template.render_with_kwargs(&messages, opts.tools, true, opts.template_kwargs)?;
     let mut starts_in_reasoning = false;
-    if reasoning {
+    // A template that closed the reasoning itself (Qwen3 with `enable_thinking: false` ends in
+    // an empty `<think>\n\n</think>`) asked for an answer without it.
+    let closed = text.trim_end().ends_with("</think>");
+    if reasoning && !closed {
         let trimmed = text.trim_end_matches('\n');
         if !trimmed.ends_with("<think>") {
             text.push_str("<think>\n");

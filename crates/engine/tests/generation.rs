@@ -52,6 +52,49 @@ fn r1_prompt_folds_the_system_prompt_and_opens_think() {
     );
 }
 
+/// Qwen3's template (on the Qwen2.5 vocabulary, which shares its chat tokens): thinking by
+/// default, the prompt opens `<think>`; with `enable_thinking: false` the template closes an
+/// empty block itself and the answer starts outside the reasoning, with no `<think>` added.
+#[test]
+fn qwen3_thinking_can_be_turned_off_through_template_kwargs() {
+    use seek_engine::chat::{render_chat_with, ChatOptions};
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/templates/Qwen-Qwen3-0.6B.jinja"),
+    )
+    .unwrap();
+    let tok = tokenizer("Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf").with_chat_template(
+        seek_tokenizer::ChatTemplate::new(source, None, Some("<|im_end|>".into())).unwrap(),
+    );
+    assert!(is_reasoning_model(&tok));
+    let msgs = [ChatMessage::user("What is 2+2?")];
+    let on = render_chat(&tok, &msgs).unwrap();
+    assert!(on.starts_in_reasoning);
+    assert!(
+        on.text.ends_with("<|im_start|>assistant\n<think>\n"),
+        "{:?}",
+        on.text
+    );
+    let mut kw = serde_json::Map::new();
+    kw.insert("enable_thinking".into(), false.into());
+    let off = render_chat_with(
+        &tok,
+        &msgs,
+        &ChatOptions {
+            template_kwargs: Some(&kw),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!off.starts_in_reasoning);
+    assert!(
+        off.text
+            .ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+        "{:?}",
+        off.text
+    );
+}
+
 fn qwen() -> (seek_models::LoadedModel, Tokenizer) {
     let path = model("Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf");
     let loaded = seek_models::load(&path, &Default::default()).unwrap();

@@ -342,6 +342,7 @@ impl ValidRequest {
         let opts = ChatOptions {
             tools: plan.as_ref().map(|_| &template_tools[..]),
             continue_final,
+            template_kwargs: req.chat_template_kwargs.as_ref(),
         };
         let rendered = render_chat_with(&tokenizer, &messages, &opts)
             .map_err(|e| render_error("messages", e))?;

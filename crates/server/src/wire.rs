@@ -63,6 +63,9 @@ pub struct ChatCompletionRequest {
     pub tool_choice: Option<serde_json::Value>,
     /// Allow more than one call per turn (default true).
     pub parallel_tool_calls: Option<bool>,
+    /// vLLM's extra chat-template variables (`{"enable_thinking": false}` for Qwen3,
+    /// `{"thinking": true}` for DeepSeek-V3.1).
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     /// Token id (as a string) -> bias in `[-100, 100]` added to its logit.
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     /// vLLM extension: constrain the output (`json`, `regex`, `choice`, `grammar`).

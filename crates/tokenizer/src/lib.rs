@@ -86,6 +86,13 @@ impl Tokenizer {
         hf_dir::from_hf_dir(dir)
     }
 
+    /// The same tokenizer with another chat template (a `--chat-template` file, or a model
+    /// whose file carries none).
+    pub fn with_chat_template(mut self, template: ChatTemplate) -> Self {
+        self.chat_template = Some(template);
+        self
+    }
+
     /// Token ids of `text`. Special and added tokens written in the text (`<|im_start|>`,
     /// `<think>`) are recognised as single tokens. With `add_special_tokens`, BOS/EOS are added
     /// where the model's tokenizer adds them (e.g. DeepSeek-R1-Distill and Llama 3 prepend BOS).

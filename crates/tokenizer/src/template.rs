@@ -137,6 +137,19 @@ impl ChatTemplate {
         tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.render_with_kwargs(messages, tools, add_generation_prompt, None)
+    }
+
+    /// [`Self::render_with_tools`] with extra template variables, as `apply_chat_template(..,
+    /// **kwargs)` passes them (vLLM's `chat_template_kwargs`): Qwen3's `enable_thinking`,
+    /// DeepSeek-V3.1's `thinking`. They cannot replace the conversation's own variables.
+    pub fn render_with_kwargs(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<String, TokenizerError> {
         let messages: Vec<TemplateMessage<'_>> = messages
             .iter()
             .map(|m| TemplateMessage {
@@ -169,6 +182,16 @@ impl ChatTemplate {
         }
         if let Some(e) = &self.eos_token {
             ctx.push(("eos_token", Value::from(e.as_str())));
+        }
+        let mut ctx: Vec<(String, Value)> =
+            ctx.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for (k, v) in kwargs.into_iter().flatten() {
+            if ctx.iter().any(|(name, _)| name == k) {
+                return Err(TokenizerError::TemplateRender(format!(
+                    "chat_template_kwargs cannot set {k:?}: the conversation sets it"
+                )));
+            }
+            ctx.push((k.clone(), Value::from_serialize(v)));
         }
         let ctx: Value = ctx.into_iter().collect();
         let template = self
