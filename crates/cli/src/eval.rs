@@ -381,6 +381,8 @@ pub(crate) fn local(
         model: path.to_string(),
         revision: "main".into(),
         lora: lora.map(std::path::Path::to_path_buf),
+        no_mmap: false,
+        mlock: false,
     })
     .with_context(|| format!("loading {path}"))?;
     let tok = Arc::new(opened.tokenizer);

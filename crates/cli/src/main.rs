@@ -84,6 +84,14 @@ pub struct ModelArg {
     /// `seek train` or `peft` writes it) applied on top of MODEL, unmerged.
     #[arg(long, value_name = "DIR")]
     pub lora: Option<PathBuf>,
+    /// Read a GGUF model into memory instead of mapping it (llama.cpp's --no-mmap); by default
+    /// the weights are read in place, so a model larger than memory still runs, from disk.
+    #[arg(long)]
+    pub no_mmap: bool,
+    /// Lock the weights in memory (llama.cpp's --mlock): no paging; an error when the memory
+    /// or `ulimit -l` is too small.
+    #[arg(long)]
+    pub mlock: bool,
 }
 
 impl ModelArg {

@@ -33,6 +33,12 @@ pub struct ServeArgs {
     /// server makes no outbound connections, so repo ids are not fetched: download them first.
     #[arg(value_name = "MODEL", required_unless_present = "upstream")]
     models: Vec<String>,
+    /// Read GGUF models into memory instead of mapping them (llama.cpp's --no-mmap).
+    #[arg(long)]
+    no_mmap: bool,
+    /// Lock the weights in memory (llama.cpp's --mlock).
+    #[arg(long)]
+    mlock: bool,
     /// Gateway mode: serve the model of another OpenAI-compatible server (a vLLM or SGLang
     /// cluster, a hosted API; e.g. http://10.0.0.5:8000/v1) instead of local models, behind
     /// this server's keys, guard, audit and cost accounting. The only outbound connection
@@ -459,6 +465,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         model: model.clone(),
                         revision: "main".into(),
                         lora: None,
+                        no_mmap: args.no_mmap,
+                        mlock: args.mlock,
                     };
                     (name, Source::Local(arg), p)
                 })
@@ -479,6 +487,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     model: args.models[0].clone(),
                     revision: "main".into(),
                     lora: Some(PathBuf::from(dir)),
+                    no_mmap: args.no_mmap,
+                    mlock: args.mlock,
                 };
                 v.push((name.to_string(), Source::Local(arg), prices[0]));
             }

@@ -93,6 +93,13 @@ pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
         Some(d) => format!("{} with the adapter {}", path.display(), d.display()),
         None => path.display().to_string(),
     })?;
+    // What the model takes beside what the machine has, said at load when it does not fit.
+    let plan = seek_models::MemoryPlan::new(&loaded.info, loaded.info.context_length.min(4096));
+    if plan.fits() == Some(false) {
+        eprintln!("{}", plan.message(!arg.no_mmap));
+    } else {
+        tracing::info!("{}", plan.message(!arg.no_mmap));
+    }
     let tokenizer = tokenizer_for(&loaded.format)?;
     if tokenizer.vocab_size() > loaded.info.vocab_size {
         bail!(
@@ -112,6 +119,8 @@ pub fn open(arg: &crate::ModelArg) -> anyhow::Result<Opened> {
 /// [`load_options`] plus the model argument's `--lora` adapter.
 pub fn load_options_for(arg: &crate::ModelArg) -> anyhow::Result<seek_models::LoadOptions> {
     let mut opts = load_options();
+    opts.no_mmap = arg.no_mmap;
+    opts.mlock = arg.mlock;
     if let Some(dir) = &arg.lora {
         let (cfg, tensors) = seek_train::peft::read_adapter(dir)
             .with_context(|| format!("--lora {}", dir.display()))?;

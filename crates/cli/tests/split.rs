@@ -60,3 +60,42 @@ fn a_split_model_is_listed_runs_and_a_missing_part_is_named() {
         "{err}"
     );
 }
+
+/// `--no-mmap` (the file copied into memory) answers as the mapped file does; `--mlock` either
+/// locks the weights or, where `ulimit -l` is too small, says so and how to fix it.
+#[test]
+fn no_mmap_and_mlock_run_the_same_model() {
+    let whole = models_dir().join("SmolLM2-135M-Instruct-Q4_1.gguf");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            whole.to_str().unwrap(),
+            "What is the capital of France?",
+            "-n",
+            "8",
+            "-t",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        seek(&args)
+    };
+    let mapped = run(&[]);
+    assert!(mapped.status.success());
+    let copied = run(&["--no-mmap"]);
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    assert_eq!(copied.stdout, mapped.stdout);
+    let locked = run(&["--mlock"]);
+    if locked.status.success() {
+        assert_eq!(locked.stdout, mapped.stdout);
+    } else {
+        let err = String::from_utf8_lossy(&locked.stderr);
+        assert!(
+            err.contains("cannot lock") && err.contains("ulimit -l"),
+            "{err}"
+        );
+    }
+}

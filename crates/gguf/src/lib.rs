@@ -332,6 +332,17 @@ impl TensorInfo {
     }
 }
 
+/// How a model's files are brought into memory (llama.cpp's `--no-mmap` and `--mlock`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Read the files into memory instead of mapping them (the default maps them and reads
+    /// weights in place, so a model larger than memory still runs, paged from disk).
+    pub no_mmap: bool,
+    /// Lock the weights in memory (`mlock`): no paging to disk; fails when the limit
+    /// (`ulimit -l`) or the memory is too small.
+    pub mlock: bool,
+}
+
 /// One file of a (possibly split) GGUF model.
 struct Part {
     path: PathBuf,
@@ -407,8 +418,13 @@ impl GgufFile {
     /// 1), every part too: they must all be there, belong to the same split (same count and
     /// tensor total, each its own number) and together hold each tensor once.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// [`Self::open`] with `--no-mmap` / `--mlock` semantics.
+    pub fn open_with(path: impl AsRef<Path>, opts: OpenOptions) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let (mmap, first) = Self::open_part(&path)?;
+        let (mmap, first) = Self::open_part(&path, opts)?;
         let Some((no, count, total)) = split_keys(&first.metadata).filter(|k| k.1 > 1) else {
             let by_name = first
                 .tensors
@@ -467,7 +483,7 @@ impl GgufFile {
                         format!("part {} of {count} of the split model is missing (opened {}); download every part into the same folder", k + 1, path.display()),
                     ));
                 }
-                Self::open_part(&p)?
+                Self::open_part(&p, opts)?
             };
             match split_keys(&parsed.metadata) {
                 Some((pno, pcount, ptotal)) if pno == k && pcount == count && ptotal == total => {}
@@ -515,15 +531,35 @@ impl GgufFile {
         })
     }
 
-    fn open_part(path: &Path) -> Result<(memmap2::Mmap, Parsed), GgufError> {
+    fn open_part(path: &Path, opts: OpenOptions) -> Result<(memmap2::Mmap, Parsed), GgufError> {
         let err = |problem| GgufError {
             path: path.to_path_buf(),
             problem,
         };
-        let file = std::fs::File::open(path).map_err(|e| err(Problem::Io(e)))?;
-        // SAFETY: the map is read-only. Like every mmap-based loader (llama.cpp, safetensors) we
-        // rely on the file not being truncated by another process while it is open.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(Problem::Io(e)))?;
+        let mut file = std::fs::File::open(path).map_err(|e| err(Problem::Io(e)))?;
+        let mmap = if opts.no_mmap {
+            // Anonymous, page-aligned memory holding a copy of the file.
+            let len = file.metadata().map_err(|e| err(Problem::Io(e)))?.len() as usize;
+            let mut m = memmap2::MmapOptions::new()
+                .len(len.max(1))
+                .map_anon()
+                .map_err(|e| err(Problem::Io(e)))?;
+            std::io::Read::read_exact(&mut file, &mut m[..len]).map_err(|e| err(Problem::Io(e)))?;
+            m.make_read_only().map_err(|e| err(Problem::Io(e)))?
+        } else {
+            // SAFETY: the map is read-only. Like every mmap-based loader (llama.cpp,
+            // safetensors) we rely on the file not being truncated by another process while it
+            // is open.
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(Problem::Io(e)))?
+        };
+        if opts.mlock {
+            mmap.lock().map_err(|e| {
+                err(Problem::Invalid(format!(
+                    "cannot lock its {} bytes in memory ({e}); raise the limit (`ulimit -l unlimited`, or LimitMEMLOCK for a service), free memory, or run without --mlock",
+                    mmap.len()
+                )))
+            })?;
+        }
         let parsed = Self::parse(&mmap).map_err(err)?;
         Ok((mmap, parsed))
     }

@@ -62,7 +62,8 @@ pub(crate) fn decode_each<M: CausalLm + ?Sized>(
 pub use kv_cache::KvCache;
 pub use llama::{permute_rows as llama_permute_rows, LoraAdapter};
 pub use load::{
-    inspect, load, load_trainable, LoadOptions, LoadedModel, LoraBase, ModelFormat, ModelInfo,
+    available_memory, inspect, load, load_trainable, LoadOptions, LoadedModel, LoraBase,
+    MemoryPlan, ModelFormat, ModelInfo,
 };
 
 /// A decoder-only language model.

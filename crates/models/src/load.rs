@@ -36,6 +36,10 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// A LoRA adapter applied on top of the weights (unmerged), for `llama` and `qwen2`.
     pub lora: Option<crate::llama::LoraAdapter>,
+    /// GGUF: read the file into memory instead of mapping it (llama.cpp's `--no-mmap`).
+    pub no_mmap: bool,
+    /// GGUF: lock the weights in memory (llama.cpp's `--mlock`).
+    pub mlock: bool,
 }
 
 impl Default for LoadOptions {
@@ -45,6 +49,8 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             threads: None,
             lora: None,
+            no_mmap: false,
+            mlock: false,
         }
     }
 }
@@ -137,9 +143,20 @@ struct Described {
 }
 
 fn describe(path: &Path) -> Result<Described> {
+    describe_with(path, seek_gguf::OpenOptions::default())
+}
+
+fn gguf_open(opts: &LoadOptions) -> seek_gguf::OpenOptions {
+    seek_gguf::OpenOptions {
+        no_mmap: opts.no_mmap,
+        mlock: opts.mlock,
+    }
+}
+
+fn describe_with(path: &Path, open: seek_gguf::OpenOptions) -> Result<Described> {
     if path.is_dir() {
         if let Some(gguf) = single_gguf_in(path)? {
-            return describe(&gguf);
+            return describe_with(&gguf, open);
         }
         let (arch, decoder, fp8_block) = hf_config(path)?;
         // A folder with only config.json can still be inspected (parameters counted from the
@@ -178,7 +195,7 @@ fn describe(path: &Path) -> Result<Described> {
             files,
         })
     } else {
-        let file = Arc::new(GgufFile::open(path)?);
+        let file = Arc::new(GgufFile::open_with(path, open)?);
         let (arch, decoder) = gguf_config(&file)?;
         let mut types = BTreeMap::new();
         let (mut params, mut bytes) = (0, 0);
@@ -208,7 +225,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         arch,
         fp8_block,
         files,
-    } = describe(path)?;
+    } = describe_with(path, gguf_open(opts))?;
     let w = weights_for(&format, files, fp8_block, opts)?;
     let model: Box<dyn CausalLm> = match &arch {
         // llama and qwen2 are both the Llama decoder; `decoder` holds their differences.
@@ -719,4 +736,120 @@ fn read_safetensors_header(path: &Path) -> Result<serde_json::Value> {
     f.read_exact(&mut buf).map_err(io)?;
     serde_json::from_slice(&buf)
         .map_err(|e| config_err(path, format!("safetensors header is not valid JSON: {e}")))
+}
+
+/// What running a model takes in memory beside what the machine has: the weights (mapped
+/// files are read in place, so they count once, in the page cache), the KV cache for a
+/// context, and the memory available (`MemAvailable`, or less under a cgroup limit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    /// Bytes of weights.
+    pub weight_bytes: u64,
+    /// Tokens of context the KV cache is sized for.
+    pub context: usize,
+    /// Bytes of KV cache for `context` tokens.
+    pub kv_bytes: u64,
+    /// Bytes the machine (or the process's cgroup) has free, when known.
+    pub available: Option<u64>,
+}
+
+impl MemoryPlan {
+    /// The plan for `info` with a KV cache of `context` tokens.
+    pub fn new(info: &ModelInfo, context: usize) -> Self {
+        Self {
+            weight_bytes: info.weight_bytes,
+            context,
+            kv_bytes: info.kv_bytes_per_token.saturating_mul(context as u64),
+            available: available_memory(),
+        }
+    }
+
+    /// Weights plus KV cache.
+    pub fn needed(&self) -> u64 {
+        self.weight_bytes.saturating_add(self.kv_bytes)
+    }
+
+    /// Whether it fits in what is available (`None`: unknown).
+    pub fn fits(&self) -> Option<bool> {
+        self.available.map(|a| self.needed() <= a)
+    }
+
+    /// One line for the log; when it does not fit, what happens and what to do.
+    pub fn message(&self, mapped: bool) -> String {
+        let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
+        let mut s = format!(
+            "memory: weights {} + KV cache {} for {} tokens = about {}; available {}",
+            gib(self.weight_bytes),
+            gib(self.kv_bytes),
+            self.context,
+            gib(self.needed()),
+            self.available.map_or("unknown".into(), gib)
+        );
+        if self.fits() == Some(false) {
+            s.push_str(if mapped {
+                ". It does not fit: the weights stay mapped and the OS reads them from disk as they are used (MoE experts included), so expect decoding at disk speed, far slower than in memory. Use a smaller quant or a shorter context; --mlock makes this an error instead"
+            } else {
+                ". It does not fit and --no-mmap copies the weights into memory: expect swapping or the OOM killer. Drop --no-mmap (the weights are then read in place from disk), or use a smaller quant or a shorter context"
+            });
+        }
+        s
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo, lowered to the cgroup v2 limit's headroom when one is
+/// set (containers, systemd services).
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let host = meminfo.as_deref().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let cgroup = match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
+        _ => None,
+    };
+    match (host, cgroup) {
+        (Some(h), Some(c)) => Some(h.min(c)),
+        (h, c) => h.or(c),
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_says_whether_the_model_fits_and_what_to_do() {
+        let plan = MemoryPlan {
+            weight_bytes: 40 << 30,
+            context: 4096,
+            kv_bytes: 2 << 30,
+            available: Some(16 << 30),
+        };
+        assert_eq!(plan.fits(), Some(false));
+        let m = plan.message(true);
+        assert!(
+            m.contains("about 42.00 GiB") && m.contains("disk speed"),
+            "{m}"
+        );
+        assert!(plan.message(false).contains("Drop --no-mmap"));
+        let small = MemoryPlan {
+            available: Some(64 << 30),
+            ..plan
+        };
+        assert_eq!(small.fits(), Some(true));
+        assert!(!small.message(true).contains("does not fit"));
+        // This machine reports something.
+        assert!(available_memory().is_some_and(|b| b > 0));
+    }
 }
