@@ -30,8 +30,35 @@ enum TrainCommand {
     Distill(Box<DistillArgs>),
     /// Merge a LoRA adapter (or take a full fine-tune) into a GGUF file for llama.cpp / Ollama, or a merged Hugging Face folder.
     Export(ExportArgs),
+    /// Draw report.html from a run's metrics.jsonl (sft or grpo; a run in progress too).
+    Report(ReportArgs),
     /// R1-Zero-style reinforcement learning (GRPO, TRL's options) with rule-based rewards; LoRA.
     Grpo(Box<GrpoArgs>),
+}
+
+/// `seek train report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The run's output folder (holding metrics.jsonl).
+    #[arg(long = "output_dir", visible_alias = "output-dir")]
+    output_dir: PathBuf,
+}
+
+fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
+    let metrics = a.output_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics)
+        .with_context(|| format!("cannot read {}", metrics.display()))?;
+    // A GRPO run logs rewards; an SFT run does not.
+    let grpo = text
+        .lines()
+        .any(|l| l.contains("\"reward\"") || l.contains("\"eval_reward\""));
+    let path = if grpo {
+        seek_train::report::write_grpo_report(&a.output_dir, "seek train grpo", &[])?
+    } else {
+        seek_train::report::write_report(&a.output_dir, "seek train sft", &[])?
+    };
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 /// `seek train grpo` (TRL's `GRPOConfig` names; unset options take TRL's defaults).
@@ -738,6 +765,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         TrainCommand::Sft(a) => sft_cmd(*a),
         TrainCommand::Distill(a) => distill_cmd(*a),
         TrainCommand::Export(a) => export_cmd(a),
+        TrainCommand::Report(a) => report_cmd(a),
         TrainCommand::Grpo(a) => grpo_cmd(*a),
     }
 }

@@ -591,6 +591,27 @@ fn grpo_keeps_a_reference_iterates_resumes_and_reports_failed_rewards() {
         .collect();
     assert_eq!(steps, [1, 2, 3, 4]);
     assert!(out.join("checkpoint-4").is_dir());
+    // report.html draws the run: reward and held-out curves, the time split, samples.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for needle in [
+        "Held-out problems, greedy",
+        "eval_rewards/accuracy_reward/mean",
+        "time_generation_s",
+        "Sample completions",
+        "<svg",
+    ] {
+        assert!(html.contains(needle), "{needle}");
+    }
+    std::fs::remove_file(out.join("report.html")).unwrap();
+    ok(&seek(&[
+        "train",
+        "report",
+        "--output_dir",
+        out.to_str().unwrap(),
+    ]));
+    assert!(std::fs::read_to_string(out.join("report.html"))
+        .unwrap()
+        .contains("Held-out problems, greedy"));
     // A reward command that fails: named on stderr with the completion it got, counted, and
     // the run goes on with that function left out.
     let fresh = dir.path().join("failing");
