@@ -564,6 +564,41 @@ impl GgufFile {
         Ok((mmap, parsed))
     }
 
+    /// A GGUF file held in memory (a test's bytes, a fuzzer's input): parsed as [`Self::open`]
+    /// parses a file, named `<memory>` in errors; a split part stands alone.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, GgufError> {
+        let path = PathBuf::from("<memory>");
+        let err = |problem| GgufError {
+            path: path.clone(),
+            problem,
+        };
+        let mut m = memmap2::MmapOptions::new()
+            .len(bytes.len().max(1))
+            .map_anon()
+            .map_err(|e| err(Problem::Io(e)))?;
+        m[..bytes.len()].copy_from_slice(bytes);
+        let mmap = m.make_read_only().map_err(|e| err(Problem::Io(e)))?;
+        let parsed = Self::parse(&mmap[..bytes.len()]).map_err(err)?;
+        let by_name = parsed
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(Self {
+            path: path.clone(),
+            parts: vec![Part {
+                path,
+                mmap,
+                data_offset: parsed.data_offset,
+            }],
+            version: parsed.version,
+            metadata: parsed.metadata,
+            tensors: parsed.tensors,
+            by_name,
+        })
+    }
+
     /// The files of the model, in part order (one for a file that is not split).
     pub fn part_paths(&self) -> Vec<&Path> {
         self.parts.iter().map(|p| p.path.as_path()).collect()

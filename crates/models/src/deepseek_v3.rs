@@ -342,6 +342,12 @@ impl DeepseekConfig {
         if self.moe_layer_freq == 0 {
             return Err("moe_layer_freq = 0 is out of range (1..)".into());
         }
+        if self.n_shared_experts > 1 << 12 {
+            return Err(format!(
+                "n_shared_experts = {} is out of range (0..=4096)",
+                self.n_shared_experts
+            ));
+        }
         if let Some(r) = &self.routing {
             if r.n_experts > 1 << 12 {
                 return Err(format!(

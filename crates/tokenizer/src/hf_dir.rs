@@ -20,12 +20,35 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         });
     }
     let bytes = read(&tokenizer_json)?;
-    let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
-        TokenizerError::hf(
-            format!("{}: not a valid tokenizer.json", tokenizer_json.display()),
-            e,
-        )
-    })?;
+    let invalid = |why: String| TokenizerError::BadConfig {
+        path: tokenizer_json.clone(),
+        problem: why,
+    };
+    check_bpe_merges(&bytes).map_err(invalid)?;
+    // The tokenizers crate trusts its input in places (a merge shorter than the subword prefix
+    // panics it); a panic there is a bad file, not a crash.
+    let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+        .map_err(|_| {
+            invalid(
+                "is not a valid tokenizer.json (the tokenizers library rejected its model)".into(),
+            )
+        })?
+        .map_err(|e| {
+            TokenizerError::hf(
+                format!("{}: not a valid tokenizer.json", tokenizer_json.display()),
+                e,
+            )
+        })?;
+
+    // A file whose pieces do not fit together fails here, once, rather than on a request.
+    let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        inner.encode_fast("Probe: 1 + 2 = 3.", true).is_ok()
+    }));
+    if probe.is_err() {
+        return Err(invalid(
+            "is inconsistent: encoding a test sentence fails inside the tokenizers library (e.g. its post-processor names a token it does not define)".into(),
+        ));
+    }
 
     let config_path = dir.join("tokenizer_config.json");
     let config = read_json(&config_path)?.unwrap_or(Value::Null);
@@ -224,4 +247,33 @@ fn template_field(config: &Value, path: &Path) -> Result<Option<String>, Tokeniz
         }
         Some(v) => Err(wrong_type(path, "chat_template", "a string", v)),
     }
+}
+
+/// A BPE model's `continuing_subword_prefix` must begin the second half of every merge: the
+/// tokenizers crate slices it off unchecked (a shorter or different half panics it, or cuts a
+/// character in two).
+fn check_bpe_merges(bytes: &[u8]) -> Result<(), String> {
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        return Ok(()); // the tokenizers crate reports the JSON error
+    };
+    let model = &v["model"];
+    let prefix = match model["continuing_subword_prefix"].as_str() {
+        Some(p) if !p.is_empty() && model["type"] == "BPE" => p,
+        _ => return Ok(()),
+    };
+    for (i, m) in model["merges"].as_array().into_iter().flatten().enumerate() {
+        let second = match m {
+            Value::String(s) => s.split_once(' ').map(|(_, b)| b.to_string()),
+            Value::Array(a) => a.get(1).and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
+        if let Some(b) = second {
+            if !b.starts_with(prefix) {
+                return Err(format!(
+                    "merge {i} ({m}) does not start its second token with the continuing_subword_prefix {prefix:?}; the file is corrupt"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

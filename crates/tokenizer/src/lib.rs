@@ -102,10 +102,15 @@ impl Tokenizer {
         text: &str,
         add_special_tokens: bool,
     ) -> Result<Vec<TokenId>, TokenizerError> {
-        let encoding = self
-            .inner
-            .encode_fast(text, add_special_tokens)
-            .map_err(|e| TokenizerError::hf("encoding text", e))?;
+        // The tokenizers crate panics on some inconsistent files (a post-processor naming a
+        // token it does not define); that is a bad tokenizer file, not a crash.
+        let encoding = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.inner.encode_fast(text, add_special_tokens)
+        }))
+        .map_err(|_| TokenizerError::TemplateRender(
+            "the tokenizer failed on this text: its tokenizer.json is inconsistent (e.g. a post-processor names a token it does not define)".into(),
+        ))?
+        .map_err(|e| TokenizerError::hf("encoding text", e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -123,9 +128,15 @@ impl Tokenizer {
                 vocab_size: self.vocab_size,
             });
         }
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| TokenizerError::hf("decoding token ids", e))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.inner.decode(ids, skip_special_tokens)
+        }))
+        .map_err(|_| {
+            TokenizerError::TemplateRender(
+                "the tokenizer failed to decode: its tokenizer.json is inconsistent".into(),
+            )
+        })?
+        .map_err(|e| TokenizerError::hf("decoding token ids", e))
     }
 
     /// Number of token ids, added and padding tokens included: the size of the model's

@@ -281,7 +281,8 @@ fn without_generation_tags(source: &str) -> String {
     let mut out = String::with_capacity(source.len());
     let mut rest = source;
     while let Some(start) = rest.find("{%") {
-        let Some(len) = rest[start..].find("%}") else {
+        // The closing `%}` comes after the opening `{%` (in `{%}` they overlap: no tag).
+        let Some(len) = rest[start + 2..].find("%}").map(|i| i + 2) else {
             break;
         };
         let tag = &rest[start..start + len + 2];
@@ -674,6 +675,9 @@ mod tests {
             without_generation_tags("{% generation %}x{% endgeneration %}"),
             "{% if true %}x{% endif %}"
         );
+        // Found by the fuzzer (crates/cli/tests/fuzz.rs): overlapping `{%}` panicked.
+        assert_eq!(without_generation_tags("a{%}b"), "a{%}b");
+        assert!(ChatTemplate::new("{%}{{ x }}".into(), None, None).is_err());
     }
 
     #[test]
