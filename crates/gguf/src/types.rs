@@ -19,6 +19,8 @@ pub enum GgmlType {
     Q5K,
     Q6K,
     Q8K,
+    IQ4NL,
+    IQ4XS,
 }
 
 /// ggml type codes that exist but that Seek cannot compute with, by name.
@@ -27,10 +29,8 @@ const UNSUPPORTED: &[(u32, &str)] = &[
     (17, "IQ2_XS"),
     (18, "IQ3_XXS"),
     (19, "IQ1_S"),
-    (20, "IQ4_NL"),
     (21, "IQ3_S"),
     (22, "IQ2_S"),
-    (23, "IQ4_XS"),
     (24, "I8"),
     (25, "I16"),
     (26, "I32"),
@@ -61,10 +61,12 @@ impl GgmlType {
             14 => Self::Q6K,
             15 => Self::Q8K,
             30 => Self::BF16,
+            20 => Self::IQ4NL,
+            23 => Self::IQ4XS,
             _ => {
                 return Err(match UNSUPPORTED.iter().find(|(c, _)| *c == code) {
                     Some((_, name)) => format!(
-                        "quantization type {name} is not supported; use a file quantized to one of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K (e.g. Q4_K_M)"
+                        "quantization type {name} is not supported; use a file quantized to one of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS (e.g. Q4_K_M or IQ4_XS)"
                     ),
                     None => format!("unknown ggml type code {code}; the file is corrupt or newer than Seek"),
                 })
@@ -90,6 +92,8 @@ impl GgmlType {
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
             Self::Q8K => "Q8_K",
+            Self::IQ4NL => "IQ4_NL",
+            Self::IQ4XS => "IQ4_XS",
         }
     }
 
@@ -110,6 +114,8 @@ impl GgmlType {
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
             Self::Q8K => (256, 292),
+            Self::IQ4NL => (32, 18),
+            Self::IQ4XS => (256, 136),
         }
     }
 

@@ -74,8 +74,9 @@ fn parse_args() -> Args {
     args
 }
 
-fn candle_dtype(ty: QType) -> GgmlDType {
-    match ty {
+/// candle's type for `ty`, where candle has one (not the I-quants).
+fn candle_dtype(ty: QType) -> Option<GgmlDType> {
+    Some(match ty {
         QType::Q4_0 => GgmlDType::Q4_0,
         QType::Q4_1 => GgmlDType::Q4_1,
         QType::Q5_0 => GgmlDType::Q5_0,
@@ -86,7 +87,8 @@ fn candle_dtype(ty: QType) -> GgmlDType {
         QType::Q4K => GgmlDType::Q4K,
         QType::Q5K => GgmlDType::Q5K,
         QType::Q6K => GgmlDType::Q6K,
-    }
+        QType::IQ4NL | QType::IQ4XS => return None,
+    })
 }
 
 /// Random blocks with small finite f16 scales (random bytes elsewhere).
@@ -94,7 +96,7 @@ fn random_weights(ty: QType, rows: usize, cols: usize, rng: &mut StdRng) -> Vec<
     let mut data = vec![0u8; rows * ty.row_bytes(cols)];
     rng.fill(&mut data[..]);
     let scales: &[usize] = match ty {
-        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => &[0],
+        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 | QType::IQ4NL | QType::IQ4XS => &[0],
         QType::Q4_1 | QType::Q5_1 | QType::Q4K | QType::Q5K => &[0, 2],
         QType::Q2K => &[80, 82],
         QType::Q3K => &[108],
@@ -213,9 +215,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
             let gb = data.len() as f64 / 1e9;
             let gop = 2.0 * (rows * cols * m) as f64 / 1e9;
-            let candle = if args.candle {
-                let qt =
-                    qtensor_from_ggml(candle_dtype(ty), &data, vec![rows, cols], &Device::Cpu)?;
+            let candle = if let (true, Some(dt)) = (args.candle, candle_dtype(ty)) {
+                let qt = qtensor_from_ggml(dt, &data, vec![rows, cols], &Device::Cpu)?;
                 let mm = QMatMul::from_qtensor(qt)?;
                 let xt = Tensor::from_slice(&x, (m, cols), &Device::Cpu)?;
                 // Same results, or the comparison is meaningless.

@@ -177,6 +177,8 @@ fn scalar_range(ty: QType) -> RangeFn {
         QType::Q4K => range!(QType::Q4K),
         QType::Q5K => range!(QType::Q5K),
         QType::Q6K => range!(QType::Q6K),
+        QType::IQ4NL => range!(QType::IQ4NL),
+        QType::IQ4XS => range!(QType::IQ4XS),
     }
 }
 

@@ -18,7 +18,7 @@
 //! The SIMD level is chosen at run time ([`Simd::best`]): AVX-512 (F/BW/VL/VNNI), AVX2 (with
 //! FMA and F16C), NEON on AArch64 (one row at a time, integer dot products on 16-byte vectors;
 //! tested bit for bit against the scalar code under `qemu-aarch64`), or the portable scalar
-//! code; Q2_K and Q3_K run the scalar code everywhere.
+//! code; Q2_K, Q3_K, IQ4_NL and IQ4_XS run the scalar code everywhere.
 //!
 //! A decode loop keeps one [`Scratch`] and one [`ThreadPool`] and multiplies straight from the
 //! model file's bytes:
@@ -73,11 +73,15 @@ pub enum QType {
     Q4K,
     Q5K,
     Q6K,
+    /// 4-bit non-linear: 32-element blocks of nibbles that index a fixed table of 16 values.
+    IQ4NL,
+    /// IQ4_NL's table in 256-element super-blocks with a 6-bit scale per 32 elements.
+    IQ4XS,
 }
 
 impl QType {
     /// Every type, in ggml's type-code order.
-    pub const ALL: [QType; 10] = [
+    pub const ALL: [QType; 12] = [
         QType::Q4_0,
         QType::Q4_1,
         QType::Q5_0,
@@ -88,6 +92,8 @@ impl QType {
         QType::Q4K,
         QType::Q5K,
         QType::Q6K,
+        QType::IQ4NL,
+        QType::IQ4XS,
     ];
 
     /// ggml's name for the type (`"Q4_K"`, ...).
@@ -103,13 +109,17 @@ impl QType {
             QType::Q4K => "Q4_K",
             QType::Q5K => "Q5_K",
             QType::Q6K => "Q6_K",
+            QType::IQ4NL => "IQ4_NL",
+            QType::IQ4XS => "IQ4_XS",
         }
     }
 
     /// Elements per block: 32, or 256 for the K-quants' super-blocks.
     pub fn block_elems(self) -> usize {
         match self {
-            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => 32,
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 | QType::IQ4NL => {
+                32
+            }
             _ => 256,
         }
     }
@@ -133,6 +143,8 @@ impl QType {
             QType::Q4K => 144,
             QType::Q5K => 176,
             QType::Q6K => 210,
+            QType::IQ4NL => 18,
+            QType::IQ4XS => 136,
         }
     }
 
@@ -145,7 +157,7 @@ impl QType {
     /// (ggml's `vec_dot_type`).
     pub fn vec_dot_type(self) -> VecDotType {
         match self {
-            QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => VecDotType::Q8_0,
+            QType::Q4_0 | QType::Q5_0 | QType::Q8_0 | QType::IQ4NL => VecDotType::Q8_0,
             QType::Q4_1 | QType::Q5_1 => VecDotType::Q8_1,
             _ => VecDotType::Q8K,
         }

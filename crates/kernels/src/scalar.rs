@@ -22,6 +22,48 @@ pub fn dequantize_row(ty: QType, w: &[u8], out: &mut [f32]) {
             QType::Q4K => dequant_q4_k(x, y),
             QType::Q5K => dequant_q5_k(x, y),
             QType::Q6K => dequant_q6_k(x, y),
+            QType::IQ4NL => dequant_iq4_nl(x, y),
+            QType::IQ4XS => dequant_iq4_xs(x, y),
+        }
+    }
+}
+
+/// The 16 values IQ4_NL's and IQ4_XS's nibbles index (the format's non-linear grid).
+pub(crate) const IQ4_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// IQ4_NL: `d` (f16), then 16 bytes: element `j` is the low nibble of byte `j`, element
+/// `j + 16` its high nibble, each an index into [`IQ4_VALUES`].
+fn dequant_iq4_nl(x: &[u8], y: &mut [f32]) {
+    let d = f16_at(x, 0);
+    for j in 0..16 {
+        let q = x[2 + j];
+        y[j] = d * IQ4_VALUES[(q & 0xF) as usize] as f32;
+        y[j + 16] = d * IQ4_VALUES[(q >> 4) as usize] as f32;
+    }
+}
+
+/// The 6-bit scale of sub-block `ib` (0..8) of an IQ4_XS super-block: 4 low bits from
+/// `scales_l` (two per byte), 2 high bits from `scales_h` (a u16), stored offset by 32.
+fn iq4_xs_scale(x: &[u8], ib: usize) -> i32 {
+    let scales_h = u16::from_le_bytes([x[2], x[3]]) as i32;
+    let low = (x[4 + ib / 2] >> (4 * (ib % 2))) as i32 & 0xF;
+    let high = (scales_h >> (2 * ib)) & 3;
+    (low | (high << 4)) - 32
+}
+
+/// IQ4_XS: `d` (f16), `scales_h` (u16), `scales_l` (4 bytes), then 8 sub-blocks of 32
+/// elements, each 16 bytes laid out as IQ4_NL's.
+fn dequant_iq4_xs(x: &[u8], y: &mut [f32]) {
+    let d = f16_at(x, 0);
+    for ib in 0..8 {
+        let dl = d * iq4_xs_scale(x, ib) as f32;
+        let qs = &x[8 + 16 * ib..8 + 16 * ib + 16];
+        let y = &mut y[32 * ib..32 * ib + 32];
+        for j in 0..16 {
+            y[j] = dl * IQ4_VALUES[(qs[j] & 0xF) as usize] as f32;
+            y[j + 16] = dl * IQ4_VALUES[(qs[j] >> 4) as usize] as f32;
         }
     }
 }
@@ -287,7 +329,46 @@ pub fn vec_dot(ty: QType, w: &[u8], x: &[u8], nb: usize) -> f32 {
         QType::Q4K => dot_q4_k(w, x, nb),
         QType::Q5K => dot_q5_k(w, x, nb),
         QType::Q6K => dot_q6_k(w, x, nb),
+        QType::IQ4NL => dot_iq4_nl(w, x, nb),
+        QType::IQ4XS => dot_iq4_xs(w, x, nb),
     }
+}
+
+fn dot_iq4_nl(w: &[u8], x: &[u8], nb: usize) -> f32 {
+    let mut sumf = 0f32;
+    for (a, b) in w.chunks_exact(18).zip(x.chunks_exact(q8_0::BYTES)).take(nb) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let q = a[2 + j];
+            sumi += IQ4_VALUES[(q & 0xF) as usize] as i32 * b[q8_0::QS + j] as i8 as i32;
+            sumi += IQ4_VALUES[(q >> 4) as usize] as i32 * b[q8_0::QS + j + 16] as i8 as i32;
+        }
+        sumf = (sumi as f32).mul_add(f16_at(a, 0) * f16_at(b, 0), sumf);
+    }
+    sumf
+}
+
+fn dot_iq4_xs(w: &[u8], x: &[u8], nb: usize) -> f32 {
+    let mut sumf = 0f32;
+    for (a, b) in w
+        .chunks_exact(136)
+        .zip(x.chunks_exact(q8_k::BYTES))
+        .take(nb)
+    {
+        let mut isum_all = 0i32;
+        for ib in 0..8 {
+            let qs = &a[8 + 16 * ib..8 + 16 * ib + 16];
+            let q8 = &b[q8_k::QS + 32 * ib..];
+            let mut sumi = 0i32;
+            for j in 0..16 {
+                sumi += IQ4_VALUES[(qs[j] & 0xF) as usize] as i32 * q8[j] as i8 as i32;
+                sumi += IQ4_VALUES[(qs[j] >> 4) as usize] as i32 * q8[j + 16] as i8 as i32;
+            }
+            isum_all += iq4_xs_scale(a, ib) * sumi;
+        }
+        sumf = (isum_all as f32).mul_add(f16_at(a, 0) * f32_at(b, 0), sumf);
+    }
+    sumf
 }
 
 fn dot_q4_0(w: &[u8], x: &[u8], nb: usize) -> f32 {

@@ -208,6 +208,8 @@ fn block_sizes_are_ggmls() {
             ("Q4_K", 144),
             ("Q5_K", 176),
             ("Q6_K", 210),
+            ("IQ4_NL", 18),
+            ("IQ4_XS", 136),
         ]
     );
     assert_eq!(QType::Q5_0.vec_dot_type(), VecDotType::Q8_0);

@@ -117,6 +117,8 @@ fn kernel_type(t: GgmlType) -> Option<QType> {
         GgmlType::Q4K => QType::Q4K,
         GgmlType::Q5K => QType::Q5K,
         GgmlType::Q6K => QType::Q6K,
+        GgmlType::IQ4NL => QType::IQ4NL,
+        GgmlType::IQ4XS => QType::IQ4XS,
         _ => return None,
     })
 }
@@ -138,6 +140,12 @@ fn ggml_dtype(t: GgmlType) -> Result<GgmlDType> {
         GgmlType::Q5K => GgmlDType::Q5K,
         GgmlType::Q6K => GgmlDType::Q6K,
         GgmlType::Q8K => GgmlDType::Q8K,
+        GgmlType::IQ4NL | GgmlType::IQ4XS => {
+            return Err(ModelError::Input(format!(
+                "{} tensors are read by Seek's kernels, not by candle",
+                t.name()
+            )))
+        }
     })
 }
 
@@ -226,7 +234,19 @@ impl Weights {
     /// A dense tensor (norm weights, biases), always dequantized, in [`Weights::dtype`].
     pub fn tensor(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor> {
         match self {
-            Self::Gguf { device, .. } => Ok(self.qtensor(hf_name, shape)?.dequantize(device)?),
+            Self::Gguf { file, device, .. } => {
+                let info = file.tensor_info(&gguf_name(hf_name)).ok();
+                match info.map(|i| (i, RowCodec::of(i.ggml_type))) {
+                    // The I-quants, which candle cannot decode: Seek's kernels do.
+                    Some((info, Ok(RowCodec::Kernel(q)))) if info.shape() == shape => {
+                        let cols = *shape.last().unwrap_or(&1);
+                        let rows = shape.iter().product::<usize>() / cols.max(1);
+                        let t = RowCodec::Kernel(q).decode(file.tensor_data(info)?, rows, cols)?;
+                        Ok(t.reshape(shape)?.to_device(device)?)
+                    }
+                    _ => Ok(self.qtensor(hf_name, shape)?.dequantize(device)?),
+                }
+            }
             Self::Safetensors { vb, fp8_block, .. } => {
                 if !vb.contains_tensor(hf_name) {
                     return Err(self.missing(hf_name));
@@ -410,7 +430,7 @@ impl Weights {
                     file: file.clone(),
                     device: self.device().clone(),
                     name,
-                    dtype: ggml_dtype(info.ggml_type)?,
+                    codec: RowCodec::of(info.ggml_type)?,
                     vocab,
                     hidden,
                 })
@@ -433,6 +453,54 @@ fn shape_or_candle(name: &str, expected: &[usize], e: candle_core::Error) -> Mod
     }
 }
 
+/// How rows of a quantized table are decoded: by candle (the types it knows) or by Seek's
+/// kernels (the I-quants).
+#[derive(Clone, Copy, Debug)]
+pub enum RowCodec {
+    /// candle's ggml decoder.
+    Candle(GgmlDType),
+    /// `seek_kernels::dequantize_row`.
+    Kernel(QType),
+}
+
+impl RowCodec {
+    fn of(t: GgmlType) -> Result<Self> {
+        match kernel_type(t) {
+            Some(q @ (QType::IQ4NL | QType::IQ4XS)) => Ok(Self::Kernel(q)),
+            _ => Ok(Self::Candle(ggml_dtype(t)?)),
+        }
+    }
+
+    fn row_bytes(self, cols: usize) -> usize {
+        match self {
+            Self::Candle(d) => cols / d.block_size() * d.type_size(),
+            Self::Kernel(q) => q.row_bytes(cols),
+        }
+    }
+
+    /// `rows x cols` values from `raw`, as an f32 tensor on the CPU.
+    fn decode(self, raw: &[u8], rows: usize, cols: usize) -> Result<Tensor> {
+        let device = Device::Cpu;
+        match self {
+            Self::Candle(d) => Ok(QTensor::new(
+                QStorage::from_data(std::borrow::Cow::Borrowed(raw), &device, d)?,
+                (rows, cols),
+            )?
+            .dequantize(&device)?),
+            Self::Kernel(q) => {
+                let mut out = vec![0f32; rows * cols];
+                for (r, o) in raw
+                    .chunks_exact(q.row_bytes(cols))
+                    .zip(out.chunks_exact_mut(cols))
+                {
+                    seek_kernels::dequantize_row(q, r, o);
+                }
+                Ok(Tensor::from_vec(out, (rows, cols), &device)?)
+            }
+        }
+    }
+}
+
 /// Token embeddings. A quantized table stays in the memory map and only the rows a
 /// forward needs are dequantized: a 150k-token vocabulary costs nothing until used.
 #[derive(Clone)]
@@ -448,7 +516,7 @@ pub enum Embedding {
         /// The GGUF tensor name.
         name: String,
         /// Its encoding.
-        dtype: GgmlDType,
+        codec: RowCodec,
         /// Rows.
         vocab: usize,
         /// Columns.
@@ -483,24 +551,19 @@ impl Embedding {
                 file,
                 device: out_device,
                 name,
-                dtype,
+                codec,
                 vocab,
                 hidden,
             } => {
                 check_ids(&flat, *vocab)?;
                 let info = file.tensor_info(name)?;
                 let data = file.tensor_data(info)?;
-                let row_bytes = hidden / dtype.block_size() * dtype.type_size();
-                let device = Device::Cpu;
+                let row_bytes = codec.row_bytes(*hidden);
                 let mut rows = Vec::with_capacity(flat.len());
                 for &id in &flat {
                     let start = id as usize * row_bytes;
                     let raw = &data[start..start + row_bytes];
-                    let q = QTensor::new(
-                        QStorage::from_data(std::borrow::Cow::Borrowed(raw), &device, *dtype)?,
-                        (1, *hidden),
-                    )?;
-                    rows.push(q.dequantize(&device)?);
+                    rows.push(codec.decode(raw, 1, *hidden)?);
                 }
                 Ok(Tensor::cat(&rows, 0)?
                     .reshape((b, t, *hidden))?

@@ -12,7 +12,7 @@ pub fn rng(seed: u64) -> StdRng {
 /// Byte offsets of the f16 scales (`d`, `dmin`/`m`) in a block of `ty`.
 fn f16_fields(ty: QType) -> &'static [usize] {
     match ty {
-        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => &[0],
+        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 | QType::IQ4NL | QType::IQ4XS => &[0],
         QType::Q4_1 | QType::Q5_1 | QType::Q4K | QType::Q5K => &[0, 2],
         QType::Q2K => &[80, 82],
         QType::Q3K => &[108],
