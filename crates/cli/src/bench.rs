@@ -302,6 +302,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let loaded = seek_models::load(&path, &opts)?;
     let load_s = start.elapsed().as_secs_f64();
     let rss_after_load = proc_status_bytes("VmRSS");
+    let memory = seek_models::MemoryPlan::new(&loaded.info, loaded.info.context_length.min(4096));
+    if memory.fits() == Some(false) {
+        eprintln!("{}", memory.message(!opts.no_mmap));
+    }
     let model = loaded.model.as_ref();
     let info = loaded.info.clone();
     let context = model.max_context();

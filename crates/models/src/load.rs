@@ -796,8 +796,9 @@ impl MemoryPlan {
     }
 }
 
-/// `MemAvailable` from /proc/meminfo, lowered to the cgroup v2 limit's headroom when one is
-/// set (containers, systemd services).
+/// `MemAvailable` from /proc/meminfo, lowered to the headroom of the process's own cgroup
+/// (v2 `memory.max` - `memory.current`, or v1 `memory.limit_in_bytes` - `memory.usage_in_bytes`)
+/// when one is set (containers, systemd services).
 pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
     let host = meminfo.as_deref().and_then(|m| {
@@ -807,17 +808,31 @@ pub fn available_memory() -> Option<u64> {
             .and_then(|kb| kb.parse::<u64>().ok())
             .map(|kb| kb * 1024)
     });
-    let read = |f: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    let cgroup = match (read("memory.max"), read("memory.current")) {
-        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
-        _ => None,
-    };
+    let read = |f: String| -> Option<u64> { std::fs::read_to_string(f).ok()?.trim().parse().ok() };
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut cgroup = None;
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let headroom = if ctrl.is_empty() {
+            let dir = format!("/sys/fs/cgroup{path}");
+            read(format!("{dir}/memory.max"))
+                .zip(read(format!("{dir}/memory.current")))
+                .map(|(max, cur)| max.saturating_sub(cur))
+        } else if ctrl.split(',').any(|c| c == "memory") {
+            let dir = format!("/sys/fs/cgroup/memory{path}");
+            read(format!("{dir}/memory.limit_in_bytes"))
+                .zip(read(format!("{dir}/memory.usage_in_bytes")))
+                .map(|(max, cur)| max.saturating_sub(cur))
+        } else {
+            None
+        };
+        if let Some(h) = headroom {
+            cgroup = Some(cgroup.map_or(h, |c: u64| c.min(h)));
+        }
+    }
     match (host, cgroup) {
         (Some(h), Some(c)) => Some(h.min(c)),
         (h, c) => h.or(c),
