@@ -3089,3 +3089,39 @@ async fn a_named_tool_call_comes_back_parsed_from_deepseeks_format() {
         assert!(a["q"].as_str().unwrap().chars().count() <= 6, "{args}");
     }
 }
+
+/// vLLM's `chat_template_kwargs` reach the template (a variable it does not use changes
+/// nothing); one that would replace the conversation's own variables is a 400.
+#[tokio::test]
+async fn chat_template_kwargs_are_template_variables() {
+    let s = state();
+    let plain = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"temperature": 0, "max_tokens": 4})),
+    )
+    .await;
+    let with = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(
+            PROMPT,
+            json!({"temperature": 0, "max_tokens": 4, "chat_template_kwargs": {"enable_thinking": false}}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        with.json()["choices"][0]["message"],
+        plain.json()["choices"][0]["message"],
+        "{}",
+        with.text
+    );
+    let r = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(PROMPT, json!({"chat_template_kwargs": {"messages": []}})),
+    )
+    .await;
+    let m = assert_openai_error(&r, 400, None, Some("messages"));
+    assert!(m.contains("cannot set \"messages\""), "{m}");
+}
