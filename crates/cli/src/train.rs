@@ -451,17 +451,7 @@ fn grpo_cmd(a: GrpoArgs) -> anyhow::Result<()> {
             .to_string()
     };
     let max_steps = cfg.max_steps;
-    let bar = ProgressBar::new(max_steps);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if !tty {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let (bar, tty) = progress_bar(max_steps);
     let line = |msg: String| {
         if tty {
             bar.println(msg);
@@ -840,6 +830,23 @@ fn read_recipe(path: &Path) -> anyhow::Result<SftConfig> {
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// A training progress bar of `len` steps, drawn only on a terminal; and whether stderr is one
+/// (log lines then go above the bar, otherwise they are printed plainly).
+fn progress_bar(len: u64) -> (ProgressBar, bool) {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !tty {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    (bar, tty)
+}
+
 struct Bar {
     bar: ProgressBar,
     logging_steps: u64,
@@ -1088,17 +1095,7 @@ fn sft_cmd(a: SftArgs) -> anyhow::Result<()> {
         );
     }
     let setup = sft::setup(&cfg, &crate::source::load_options())?;
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if !tty {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let (bar, tty) = progress_bar(1);
     let mut progress = Bar {
         bar: bar.clone(),
         logging_steps: cfg.logging_steps,

@@ -345,6 +345,17 @@ struct Rollout {
     truncated: bool,
 }
 
+/// What the rewards see of one completion of `p`.
+fn sample_of<'a>(p: &'a Problem, r: &RenderedPrompt, out: &'a Rollout) -> Sample<'a> {
+    Sample {
+        completion: &out.text,
+        solution: p.solution.as_deref(),
+        completion_tokens: Some(out.ids.len()),
+        prompt_opens_think: r.starts_in_reasoning,
+        row: Some(&p.row),
+    }
+}
+
 /// Generates `per_prompt` completions for each prompt through `engine` (all submitted at
 /// once, so the engine batches them), in prompt order.
 fn rollouts(
@@ -453,13 +464,7 @@ fn evaluate(
     let samples: Vec<Sample<'_>> = set
         .iter()
         .zip(&done)
-        .map(|((p, r), out)| Sample {
-            completion: &out.text,
-            solution: p.solution.as_deref(),
-            completion_tokens: Some(out.ids.len()),
-            prompt_opens_think: r.starts_in_reasoning,
-            row: Some(&p.row),
-        })
+        .map(|((p, r), out)| sample_of(p, r, out))
         .collect();
     let (all, errors) = rewards.score_batch(&samples);
     for scored in all {
@@ -720,13 +725,7 @@ pub fn run(
             .enumerate()
             .map(|(i, d)| {
                 let (p, r) = &picked[i / g];
-                Sample {
-                    completion: &d.text,
-                    solution: p.solution.as_deref(),
-                    completion_tokens: Some(d.ids.len()),
-                    prompt_opens_think: r.starts_in_reasoning,
-                    row: Some(&p.row),
-                }
+                sample_of(p, r, d)
             })
             .collect();
         let (all_scored, reward_errors) = rewards.score_batch(&samples);
