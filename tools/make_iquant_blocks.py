@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Adds IQ4_NL and IQ4_XS to tests/fixtures/golden/gguf/quant-blocks.gguf (written by
+"""Adds the I-quants (IQ4_NL, IQ4_XS, IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_M, IQ1_S) and the
+ternary TQ1_0 / TQ2_0 to tests/fixtures/golden/gguf/quant-blocks.gguf (written by
 tools/make_golden.py): each type's tensor of the same 2 x 512 `source` data, and `T.expected`, its
 decoding by gguf-py's `gguf.quants.dequantize` (llama.cpp's reference decoder), which Seek's
 `dequantize_row` must match bit for bit (crates/kernels/tests/golden.rs).
@@ -23,6 +24,9 @@ from gguf import GGUFReader, GGUFWriter
 ROOT = Path(__file__).resolve().parent.parent
 PATH = ROOT / "tests/fixtures/golden/gguf/quant-blocks.gguf"
 GOLDEN = ROOT / "tests/fixtures/golden/gguf/quant-blocks.golden.json"
+
+NEW = {"IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
+       "TQ1_0", "TQ2_0"}
 
 # The IQ4 grid (the format's definition).
 GRID = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
@@ -68,6 +72,31 @@ def iq4_xs(row):
     return bytes(out)
 
 
+# Byte offsets of the f16 scale fields per type (IQ1_M spreads its scale over 4 words).
+D_FIELDS = {QT.IQ2_XXS: [0], QT.IQ2_XS: [0], QT.IQ2_S: [0], QT.IQ3_XXS: [0], QT.IQ3_S: [0],
+            QT.IQ1_S: [0], QT.TQ1_0: [52], QT.TQ2_0: [64]}
+LOW_BIT = [QT.IQ2_XXS, QT.IQ2_XS, QT.IQ2_S, QT.IQ3_XXS, QT.IQ3_S, QT.IQ1_S, QT.IQ1_M]
+
+
+def random_blocks(qt, rows, cols, rng):
+    """Random bytes of `rows` x `cols` elements of `qt` with finite, moderate scales: every
+    byte pattern of the low-bit I-quants is a valid encoding (all indices are in range)."""
+    bs, ts = gguf.GGML_QUANT_SIZES[qt]
+    raw = rng.integers(0, 256, size=(rows * cols // bs, ts), dtype=np.uint8)
+    d = rng.uniform(-0.02, 0.02, size=raw.shape[0]).astype(np.float16).view(np.uint16)
+    if qt == QT.IQ1_M:
+        for i, bits in enumerate(d):
+            for k in range(4):
+                w = int(raw[i, 48 + 2 * k]) | int(raw[i, 49 + 2 * k]) << 8
+                w = (w & 0x0FFF) | (((int(bits) >> (4 * k)) & 0xF) << 12)
+                raw[i, 48 + 2 * k], raw[i, 49 + 2 * k] = w & 0xFF, w >> 8
+    else:
+        for at in D_FIELDS[qt]:
+            raw[:, at] = (d & 0xFF).astype(np.uint8)
+            raw[:, at + 1] = (d >> 8).astype(np.uint8)
+    return raw.reshape(rows, -1)
+
+
 def main():
     r = GGUFReader(PATH)
     tensors = {t.name: t for t in r.tensors}
@@ -75,7 +104,7 @@ def main():
     w = GGUFWriter(PATH.with_suffix(".tmp"), "quant-test")
     w.add_name("quant-blocks")
     for t in r.tensors:
-        if t.name.startswith(("IQ4_NL", "IQ4_XS")):
+        if t.name.split(".")[0] in NEW:
             continue
         qt = QT(t.tensor_type)
         data = np.asarray(t.data)
@@ -90,17 +119,29 @@ def main():
         exp = gguf.quants.dequantize(raw, qt).reshape(src.shape)
         w.add_tensor(f"{qt.name}.expected", exp.astype(np.float32))
         errors[qt.name] = float(np.abs(exp - src).max())
+    rng = np.random.default_rng(17)
+    for qt in LOW_BIT + [QT.TQ1_0, QT.TQ2_0]:
+        if qt in (QT.TQ1_0, QT.TQ2_0):
+            # gguf-py encodes the ternary types: their blocks come from the source.
+            raw = gguf.quants.quantize(src, qt)
+        else:
+            raw = random_blocks(qt, 2, 512, rng)
+        w.add_tensor(qt.name, raw, raw_dtype=qt)
+        exp = gguf.quants.dequantize(raw, qt).reshape(2, 512)
+        assert np.all(np.isfinite(exp))
+        w.add_tensor(f"{qt.name}.expected", exp.astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     PATH.with_suffix(".tmp").replace(PATH)
     g = json.loads(GOLDEN.read_text())
-    g["types"] = [t for t in g["types"] if not t.startswith("IQ4")] + ["IQ4_NL", "IQ4_XS"]
+    g["types"] = [t for t in g["types"] if t not in NEW] + sorted(NEW)
     g["max_abs_quantization_error"].update(errors)
-    g["iquants_from"] = "tools/make_iquant_blocks.py (encoded by a plain quantizer, decoded by gguf-py)"
+    g["iquants_from"] = ("tools/make_iquant_blocks.py: IQ4_NL/IQ4_XS encoded by a plain quantizer, "
+                         "TQ1_0/TQ2_0 by gguf-py, the low-bit I-quants random valid blocks; all decoded by gguf-py")
     GOLDEN.write_text(json.dumps(g, indent=1) + "\n")
-    print(f"added IQ4_NL, IQ4_XS to {PATH.name}; max |decoded - source| {errors}")
+    print(f"added {sorted(NEW)} to {PATH.name}; max |decoded - source| {errors}")
 
 
 if __name__ == "__main__" and len(__import__("sys").argv) == 1:

@@ -134,10 +134,10 @@ fn unsupported_versions_and_types_are_named() {
     let mut bytes = w.clone();
     // Type code sits after: header 24, name len 8 + "t", n_dims 4, dim 8.
     let pos = 24 + 8 + 1 + 4 + 8;
-    bytes[pos..pos + 4].copy_from_slice(&16u32.to_le_bytes());
+    bytes[pos..pos + 4].copy_from_slice(&39u32.to_le_bytes());
     let f = write(&bytes);
     let e = GgufFile::open(f.path()).unwrap_err().to_string();
-    assert!(e.contains("IQ2_XXS is not supported"), "{e}");
+    assert!(e.contains("MXFP4 is not supported"), "{e}");
 }
 
 #[test]

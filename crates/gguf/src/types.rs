@@ -21,24 +21,24 @@ pub enum GgmlType {
     Q8K,
     IQ4NL,
     IQ4XS,
+    IQ2XXS,
+    IQ2XS,
+    IQ3XXS,
+    IQ1S,
+    IQ3S,
+    IQ2S,
+    IQ1M,
+    TQ1_0,
+    TQ2_0,
 }
 
 /// ggml type codes that exist but that Seek cannot compute with, by name.
 const UNSUPPORTED: &[(u32, &str)] = &[
-    (16, "IQ2_XXS"),
-    (17, "IQ2_XS"),
-    (18, "IQ3_XXS"),
-    (19, "IQ1_S"),
-    (21, "IQ3_S"),
-    (22, "IQ2_S"),
     (24, "I8"),
     (25, "I16"),
     (26, "I32"),
     (27, "I64"),
     (28, "F64"),
-    (29, "IQ1_M"),
-    (34, "TQ1_0"),
-    (35, "TQ2_0"),
     (39, "MXFP4"),
 ];
 
@@ -63,10 +63,19 @@ impl GgmlType {
             30 => Self::BF16,
             20 => Self::IQ4NL,
             23 => Self::IQ4XS,
+            16 => Self::IQ2XXS,
+            17 => Self::IQ2XS,
+            18 => Self::IQ3XXS,
+            19 => Self::IQ1S,
+            21 => Self::IQ3S,
+            22 => Self::IQ2S,
+            29 => Self::IQ1M,
+            34 => Self::TQ1_0,
+            35 => Self::TQ2_0,
             _ => {
                 return Err(match UNSUPPORTED.iter().find(|(c, _)| *c == code) {
                     Some((_, name)) => format!(
-                        "quantization type {name} is not supported; use a file quantized to one of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS (e.g. Q4_K_M or IQ4_XS)"
+                        "quantization type {name} is not supported; use a file quantized to one of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, the I-quants IQ1_S..IQ4_XS, TQ1_0, TQ2_0 (e.g. Q4_K_M or IQ4_XS)"
                     ),
                     None => format!("unknown ggml type code {code}; the file is corrupt or newer than Seek"),
                 })
@@ -94,6 +103,15 @@ impl GgmlType {
             Self::Q8K => "Q8_K",
             Self::IQ4NL => "IQ4_NL",
             Self::IQ4XS => "IQ4_XS",
+            Self::IQ2XXS => "IQ2_XXS",
+            Self::IQ2XS => "IQ2_XS",
+            Self::IQ3XXS => "IQ3_XXS",
+            Self::IQ1S => "IQ1_S",
+            Self::IQ3S => "IQ3_S",
+            Self::IQ2S => "IQ2_S",
+            Self::IQ1M => "IQ1_M",
+            Self::TQ1_0 => "TQ1_0",
+            Self::TQ2_0 => "TQ2_0",
         }
     }
 
@@ -116,6 +134,15 @@ impl GgmlType {
             Self::Q8K => (256, 292),
             Self::IQ4NL => (32, 18),
             Self::IQ4XS => (256, 136),
+            Self::IQ2XXS => (256, 66),
+            Self::IQ2XS => (256, 74),
+            Self::IQ3XXS => (256, 98),
+            Self::IQ1S => (256, 50),
+            Self::IQ3S => (256, 110),
+            Self::IQ2S => (256, 82),
+            Self::IQ1M => (256, 56),
+            Self::TQ1_0 => (256, 54),
+            Self::TQ2_0 => (256, 66),
         }
     }
 

@@ -87,7 +87,7 @@ fn candle_dtype(ty: QType) -> Option<GgmlDType> {
         QType::Q4K => GgmlDType::Q4K,
         QType::Q5K => GgmlDType::Q5K,
         QType::Q6K => GgmlDType::Q6K,
-        QType::IQ4NL | QType::IQ4XS => return None,
+        _ => return None,
     })
 }
 
@@ -101,6 +101,12 @@ fn random_weights(ty: QType, rows: usize, cols: usize, rng: &mut StdRng) -> Vec<
         QType::Q2K => &[80, 82],
         QType::Q3K => &[108],
         QType::Q6K => &[208],
+        QType::TQ1_0 => &[52],
+        QType::TQ2_0 => &[64],
+        // IQ1_M's scale is spread over its scale words; random bits may make it NaN, which
+        // does not change the speed.
+        QType::IQ1M => &[],
+        _ => &[0],
     };
     for block in data.chunks_exact_mut(ty.block_bytes()) {
         for &at in scales {

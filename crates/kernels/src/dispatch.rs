@@ -179,6 +179,15 @@ fn scalar_range(ty: QType) -> RangeFn {
         QType::Q6K => range!(QType::Q6K),
         QType::IQ4NL => range!(QType::IQ4NL),
         QType::IQ4XS => range!(QType::IQ4XS),
+        QType::IQ2XXS => range!(QType::IQ2XXS),
+        QType::IQ2XS => range!(QType::IQ2XS),
+        QType::IQ2S => range!(QType::IQ2S),
+        QType::IQ3XXS => range!(QType::IQ3XXS),
+        QType::IQ3S => range!(QType::IQ3S),
+        QType::IQ1S => range!(QType::IQ1S),
+        QType::IQ1M => range!(QType::IQ1M),
+        QType::TQ1_0 => range!(QType::TQ1_0),
+        QType::TQ2_0 => range!(QType::TQ2_0),
     }
 }
 

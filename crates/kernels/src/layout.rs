@@ -31,6 +31,15 @@ offsets!(q4_k, BlockQ4K { DMIN = dmin, SCALES = scales, QS = qs });
 offsets!(q5_k, BlockQ5K { DMIN = dmin, SCALES = scales, QH = qh, QS = qs });
 offsets!(q6_k, BlockQ6K { QL = ql, QH = qh, SCALES = scales, D = d });
 offsets!(q8_k, BlockQ8K { QS = qs, BSUMS = bsums });
+offsets!(iq2_xxs, BlockIQ2XXS { D = d, QS = qs });
+offsets!(iq2_xs, BlockIQ2XS { D = d, QS = qs, SCALES = scales });
+offsets!(iq2_s, BlockIQ2S { D = d, QS = qs, SIGNS = signs, QH = qh, SCALES = scales });
+offsets!(iq3_xxs, BlockIQ3XXS { D = d, QS = qs, SAS = scales_and_signs });
+offsets!(iq3_s, BlockIQ3S { D = d, QS = qs, QH = qh, SIGNS = signs, SCALES = scales });
+offsets!(iq1_s, BlockIQ1S { D = d, QS = qs, QH = qh });
+offsets!(iq1_m, BlockIQ1M { QS = qs, QH = qh, SCALES = scales });
+offsets!(tq1_0, BlockTQ1_0 { QS = qs, QH = qh, D = d });
+offsets!(tq2_0, BlockTQ2_0 { QS = qs, D = d });
 
 /// The f16 at `b[at..at + 2]`, widened (exactly) to f32.
 #[inline(always)]
@@ -95,4 +104,10 @@ pub fn q3k_scales(s: &[u8]) -> [u8; 16] {
         out[4 * i..4 * i + 4].copy_from_slice(&a.to_le_bytes());
     }
     out
+}
+
+/// The u16 at `b[at..at + 2]`.
+#[inline(always)]
+pub fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
 }

@@ -18,7 +18,9 @@
 //! The SIMD level is chosen at run time ([`Simd::best`]): AVX-512 (F/BW/VL/VNNI), AVX2 (with
 //! FMA and F16C), NEON on AArch64 (one row at a time, integer dot products on 16-byte vectors;
 //! tested bit for bit against the scalar code under `qemu-aarch64`), or the portable scalar
-//! code; Q2_K, Q3_K, IQ4_NL and IQ4_XS run the scalar code everywhere.
+//! code. The I-quants below 4 bits and the ternary types share one integer form
+//! (`iquant`) and one AVX2 kernel (used at the AVX-512 level too); Q2_K, Q3_K, IQ4_NL and
+//! IQ4_XS, and every I-quant on NEON, run the scalar code.
 //!
 //! A decode loop keeps one [`Scratch`] and one [`ThreadPool`] and multiplies straight from the
 //! model file's bytes:
@@ -45,6 +47,8 @@
 mod arm;
 pub mod block;
 mod dispatch;
+mod iq_grids;
+mod iquant;
 mod layout;
 mod matmul;
 mod pool;
@@ -77,11 +81,29 @@ pub enum QType {
     IQ4NL,
     /// IQ4_NL's table in 256-element super-blocks with a 6-bit scale per 32 elements.
     IQ4XS,
+    /// 2.06 bits: 8-element entries of a 256-point lattice, 7-bit sign patterns.
+    IQ2XXS,
+    /// 2.31 bits: a 512-point lattice, a scale per 16 elements.
+    IQ2XS,
+    /// 2.56 bits: a 1024-point lattice, explicit signs.
+    IQ2S,
+    /// 3.06 bits: 4-element entries of a 256-point lattice.
+    IQ3XXS,
+    /// 3.44 bits: a 512-point lattice, explicit signs.
+    IQ3S,
+    /// 1.56 bits: a 2048-point lattice of -1/0/1 with a shift of 1/8.
+    IQ1S,
+    /// 1.75 bits: IQ1_S's lattice with finer scales and shifts.
+    IQ1M,
+    /// 1.69 bits: ternary, five base-3 digits per byte.
+    TQ1_0,
+    /// 2.06 bits: ternary, 2 bits per weight.
+    TQ2_0,
 }
 
 impl QType {
     /// Every type, in ggml's type-code order.
-    pub const ALL: [QType; 12] = [
+    pub const ALL: [QType; 21] = [
         QType::Q4_0,
         QType::Q4_1,
         QType::Q5_0,
@@ -92,8 +114,17 @@ impl QType {
         QType::Q4K,
         QType::Q5K,
         QType::Q6K,
+        QType::IQ2XXS,
+        QType::IQ2XS,
+        QType::IQ3XXS,
+        QType::IQ1S,
         QType::IQ4NL,
+        QType::IQ3S,
+        QType::IQ2S,
         QType::IQ4XS,
+        QType::IQ1M,
+        QType::TQ1_0,
+        QType::TQ2_0,
     ];
 
     /// ggml's name for the type (`"Q4_K"`, ...).
@@ -111,6 +142,15 @@ impl QType {
             QType::Q6K => "Q6_K",
             QType::IQ4NL => "IQ4_NL",
             QType::IQ4XS => "IQ4_XS",
+            QType::IQ2XXS => "IQ2_XXS",
+            QType::IQ2XS => "IQ2_XS",
+            QType::IQ2S => "IQ2_S",
+            QType::IQ3XXS => "IQ3_XXS",
+            QType::IQ3S => "IQ3_S",
+            QType::IQ1S => "IQ1_S",
+            QType::IQ1M => "IQ1_M",
+            QType::TQ1_0 => "TQ1_0",
+            QType::TQ2_0 => "TQ2_0",
         }
     }
 
@@ -145,6 +185,15 @@ impl QType {
             QType::Q6K => 210,
             QType::IQ4NL => 18,
             QType::IQ4XS => 136,
+            QType::IQ2XXS => 66,
+            QType::IQ2XS => 74,
+            QType::IQ2S => 82,
+            QType::IQ3XXS => 98,
+            QType::IQ3S => 110,
+            QType::IQ1S => 50,
+            QType::IQ1M => 56,
+            QType::TQ1_0 => 54,
+            QType::TQ2_0 => 66,
         }
     }
 

@@ -24,6 +24,7 @@ pub fn dequantize_row(ty: QType, w: &[u8], out: &mut [f32]) {
             QType::Q6K => dequant_q6_k(x, y),
             QType::IQ4NL => dequant_iq4_nl(x, y),
             QType::IQ4XS => dequant_iq4_xs(x, y),
+            _ => crate::iquant::dequantize_block(ty, x, y),
         }
     }
 }
@@ -331,6 +332,7 @@ pub fn vec_dot(ty: QType, w: &[u8], x: &[u8], nb: usize) -> f32 {
         QType::Q6K => dot_q6_k(w, x, nb),
         QType::IQ4NL => dot_iq4_nl(w, x, nb),
         QType::IQ4XS => dot_iq4_xs(w, x, nb),
+        _ => crate::iquant::vec_dot(ty, w, x, nb),
     }
 }
 

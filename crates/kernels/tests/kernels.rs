@@ -208,8 +208,17 @@ fn block_sizes_are_ggmls() {
             ("Q4_K", 144),
             ("Q5_K", 176),
             ("Q6_K", 210),
+            ("IQ2_XXS", 66),
+            ("IQ2_XS", 74),
+            ("IQ3_XXS", 98),
+            ("IQ1_S", 50),
             ("IQ4_NL", 18),
+            ("IQ3_S", 110),
+            ("IQ2_S", 82),
             ("IQ4_XS", 136),
+            ("IQ1_M", 56),
+            ("TQ1_0", 54),
+            ("TQ2_0", 66),
         ]
     );
     assert_eq!(QType::Q5_0.vec_dot_type(), VecDotType::Q8_0);

@@ -119,6 +119,15 @@ fn kernel_type(t: GgmlType) -> Option<QType> {
         GgmlType::Q6K => QType::Q6K,
         GgmlType::IQ4NL => QType::IQ4NL,
         GgmlType::IQ4XS => QType::IQ4XS,
+        GgmlType::IQ2XXS => QType::IQ2XXS,
+        GgmlType::IQ2XS => QType::IQ2XS,
+        GgmlType::IQ3XXS => QType::IQ3XXS,
+        GgmlType::IQ1S => QType::IQ1S,
+        GgmlType::IQ3S => QType::IQ3S,
+        GgmlType::IQ2S => QType::IQ2S,
+        GgmlType::IQ1M => QType::IQ1M,
+        GgmlType::TQ1_0 => QType::TQ1_0,
+        GgmlType::TQ2_0 => QType::TQ2_0,
         _ => return None,
     })
 }
@@ -140,7 +149,7 @@ fn ggml_dtype(t: GgmlType) -> Result<GgmlDType> {
         GgmlType::Q5K => GgmlDType::Q5K,
         GgmlType::Q6K => GgmlDType::Q6K,
         GgmlType::Q8K => GgmlDType::Q8K,
-        GgmlType::IQ4NL | GgmlType::IQ4XS => {
+        _ => {
             return Err(ModelError::Input(format!(
                 "{} tensors are read by Seek's kernels, not by candle",
                 t.name()
@@ -466,7 +475,7 @@ pub enum RowCodec {
 impl RowCodec {
     fn of(t: GgmlType) -> Result<Self> {
         match kernel_type(t) {
-            Some(q @ (QType::IQ4NL | QType::IQ4XS)) => Ok(Self::Kernel(q)),
+            Some(q) if ggml_dtype(t).is_err() => Ok(Self::Kernel(q)),
             _ => Ok(Self::Candle(ggml_dtype(t)?)),
         }
     }

@@ -23,7 +23,7 @@ pub fn kernel(ty: QType) -> Option<(RangeFn, usize, usize)> {
         QType::Q4K => range::<Q4K>,
         QType::Q5K => range::<Q5K>,
         QType::Q6K => range::<Q6K>,
-        QType::Q2K | QType::Q3K | QType::IQ4NL | QType::IQ4XS => return None,
+        _ => return None,
     };
     Some((f, 1, usize::MAX))
 }

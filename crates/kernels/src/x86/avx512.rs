@@ -36,7 +36,7 @@ pub fn kernel(ty: QType) -> Option<(RangeFn, usize, usize)> {
         QType::Q4K => (range_q4_k, PACK_FROM_M),
         QType::Q5K => (range_q5_k, PACK_FROM_M),
         QType::Q6K => (range_q6_k, PACK_FROM_M),
-        QType::Q2K | QType::Q3K | QType::IQ4NL | QType::IQ4XS => return None,
+        _ => return None,
     };
     Some((f, G, info))
 }

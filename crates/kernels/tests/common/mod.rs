@@ -17,6 +17,13 @@ fn f16_fields(ty: QType) -> &'static [usize] {
         QType::Q2K => &[80, 82],
         QType::Q3K => &[108],
         QType::Q6K => &[208],
+        QType::IQ2XXS | QType::IQ2XS | QType::IQ2S | QType::IQ3XXS | QType::IQ3S | QType::IQ1S => {
+            &[0]
+        }
+        QType::TQ1_0 => &[52],
+        QType::TQ2_0 => &[64],
+        // IQ1_M's scale is spread over its scale words (see `random_blocks`).
+        QType::IQ1M => &[],
     }
 }
 
@@ -30,6 +37,17 @@ pub fn random_blocks(ty: QType, n_blocks: usize, rng: &mut StdRng) -> Vec<u8> {
         for &at in f16_fields(ty) {
             let v: f32 = rng.random_range(-0.02..0.02);
             block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+        if ty == QType::IQ1M {
+            // The f16 scale's nibbles sit in bits 12..16 of the 4 scale words at 48.
+            let v: f32 = rng.random_range(-0.02..0.02);
+            let d = half::f16::from_f32(v).to_bits();
+            for k in 0..4 {
+                let at = 48 + 2 * k;
+                let w = u16::from_le_bytes([block[at], block[at + 1]]);
+                let w = (w & 0x0FFF) | ((d >> (4 * k)) & 0xF) << 12;
+                block[at..at + 2].copy_from_slice(&w.to_le_bytes());
+            }
         }
     }
     data
