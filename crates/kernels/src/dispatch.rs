@@ -166,6 +166,30 @@ fn scalar_range(ty: QType) -> RangeFn {
             f as RangeFn
         }};
     }
+    macro_rules! range_decoded {
+        ($ty:expr) => {{
+            // Each weight row is decoded once for all the activation rows.
+            fn f(job: &Job<'_>, rows: Range<usize>, pack: &mut Vec<u8>, out: Sink<'_>) {
+                let len = crate::iquant::decoded_bytes(job.nb);
+                if pack.len() < len {
+                    pack.resize(len, 0);
+                }
+                for r in rows {
+                    crate::iquant::decode_row(
+                        $ty,
+                        &job.w[r * job.wrow..],
+                        job.nb,
+                        &mut pack[..len],
+                    );
+                    for c in 0..job.m {
+                        let x = &job.act[c * job.xrow..];
+                        out(c, r, &[crate::iquant::dot_decoded(&pack[..len], x, job.nb)]);
+                    }
+                }
+            }
+            f as RangeFn
+        }};
+    }
     match ty {
         QType::Q4_0 => range!(QType::Q4_0),
         QType::Q4_1 => range!(QType::Q4_1),
@@ -179,15 +203,15 @@ fn scalar_range(ty: QType) -> RangeFn {
         QType::Q6K => range!(QType::Q6K),
         QType::IQ4NL => range!(QType::IQ4NL),
         QType::IQ4XS => range!(QType::IQ4XS),
-        QType::IQ2XXS => range!(QType::IQ2XXS),
-        QType::IQ2XS => range!(QType::IQ2XS),
-        QType::IQ2S => range!(QType::IQ2S),
-        QType::IQ3XXS => range!(QType::IQ3XXS),
-        QType::IQ3S => range!(QType::IQ3S),
-        QType::IQ1S => range!(QType::IQ1S),
-        QType::IQ1M => range!(QType::IQ1M),
-        QType::TQ1_0 => range!(QType::TQ1_0),
-        QType::TQ2_0 => range!(QType::TQ2_0),
+        QType::IQ2XXS => range_decoded!(QType::IQ2XXS),
+        QType::IQ2XS => range_decoded!(QType::IQ2XS),
+        QType::IQ2S => range_decoded!(QType::IQ2S),
+        QType::IQ3XXS => range_decoded!(QType::IQ3XXS),
+        QType::IQ3S => range_decoded!(QType::IQ3S),
+        QType::IQ1S => range_decoded!(QType::IQ1S),
+        QType::IQ1M => range_decoded!(QType::IQ1M),
+        QType::TQ1_0 => range_decoded!(QType::TQ1_0),
+        QType::TQ2_0 => range_decoded!(QType::TQ2_0),
     }
 }
 

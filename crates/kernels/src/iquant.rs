@@ -254,3 +254,52 @@ pub(crate) fn vec_dot(ty: QType, w: &[u8], x: &[u8], nb: usize) -> f32 {
     }
     sumf
 }
+
+/// Bytes [`decode_row`] needs for `nb` blocks.
+pub(crate) fn decoded_bytes(nb: usize) -> usize {
+    nb * (256 + 16 + 4)
+}
+
+/// Decodes `nb` blocks of a weight row into `buf` (`decoded_bytes(nb)` long): the quants,
+/// then the scales (each fits a byte), then `dw` per block, so that a prefill decodes each
+/// row once for all its activation rows.
+pub(crate) fn decode_row(ty: QType, w: &[u8], nb: usize, buf: &mut [u8]) {
+    let bb = ty.block_bytes();
+    let (qs, rest) = buf.split_at_mut(nb * 256);
+    let (ls, ds) = rest.split_at_mut(nb * 16);
+    let mut q = [0i8; 256];
+    for b in 0..nb {
+        let a = &w[b * bb..(b + 1) * bb];
+        block_quants(ty, a, &mut q);
+        for (o, &v) in qs[256 * b..256 * (b + 1)].iter_mut().zip(&q) {
+            *o = v as u8;
+        }
+        for (o, s) in ls[16 * b..16 * (b + 1)].iter_mut().zip(block_scales(ty, a)) {
+            *o = s as u8;
+        }
+        ds[4 * b..4 * b + 4].copy_from_slice(&block_d(ty, a).to_le_bytes());
+    }
+}
+
+/// [`vec_dot`] of a row decoded by [`decode_row`]: the same integers and float operations.
+pub(crate) fn dot_decoded(buf: &[u8], x: &[u8], nb: usize) -> f32 {
+    let (qs, rest) = buf.split_at(nb * 256);
+    let (ls, ds) = rest.split_at(nb * 16);
+    let mut sumf = 0f32;
+    for b in 0..nb {
+        let y = &x[b * q8_k::BYTES..(b + 1) * q8_k::BYTES];
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let w = &qs[256 * b + 16 * g..256 * b + 16 * g + 16];
+            let a = &y[q8_k::QS + 16 * g..q8_k::QS + 16 * g + 16];
+            let s: i32 = w
+                .iter()
+                .zip(a)
+                .map(|(&w, &a)| w as i8 as i32 * a as i8 as i32)
+                .sum();
+            isum += ls[16 * b + g] as i32 * s;
+        }
+        sumf = (isum as f32).mul_add(f32_at(ds, 4 * b) * f32_at(y, 0), sumf);
+    }
+    sumf
+}
