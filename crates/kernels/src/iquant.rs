@@ -238,19 +238,11 @@ pub(crate) fn dequantize_block(ty: QType, b: &[u8], y: &mut [f32]) {
 /// The dot product of `nb` blocks of `ty` with `nb` Q8_K blocks, in the canonical order.
 pub(crate) fn vec_dot(ty: QType, w: &[u8], x: &[u8], nb: usize) -> f32 {
     let bb = ty.block_bytes();
-    let mut q = [0i8; 256];
+    let mut buf = [0u8; 256 + 16 + 4];
     let mut sumf = 0f32;
     for (a, y) in w.chunks_exact(bb).zip(x.chunks_exact(q8_k::BYTES)).take(nb) {
-        block_quants(ty, a, &mut q);
-        let ls = block_scales(ty, a);
-        let mut isum = 0i32;
-        for g in 0..16 {
-            let s: i32 = (0..16)
-                .map(|i| q[16 * g + i] as i32 * y[q8_k::QS + 16 * g + i] as i8 as i32)
-                .sum();
-            isum += ls[g] * s;
-        }
-        sumf = (isum as f32).mul_add(block_d(ty, a) * f32_at(y, 0), sumf);
+        decode_row(ty, a, 1, &mut buf);
+        sumf = fma_block(&buf[..256], &buf[256..272], f32_at(&buf, 272), y, sumf);
     }
     sumf
 }
@@ -286,20 +278,24 @@ pub(crate) fn dot_decoded(buf: &[u8], x: &[u8], nb: usize) -> f32 {
     let (qs, rest) = buf.split_at(nb * 256);
     let (ls, ds) = rest.split_at(nb * 16);
     let mut sumf = 0f32;
-    for b in 0..nb {
-        let y = &x[b * q8_k::BYTES..(b + 1) * q8_k::BYTES];
-        let mut isum = 0i32;
-        for g in 0..16 {
-            let w = &qs[256 * b + 16 * g..256 * b + 16 * g + 16];
-            let a = &y[q8_k::QS + 16 * g..q8_k::QS + 16 * g + 16];
-            let s: i32 = w
-                .iter()
-                .zip(a)
-                .map(|(&w, &a)| w as i8 as i32 * a as i8 as i32)
-                .sum();
-            isum += ls[16 * b + g] as i32 * s;
-        }
-        sumf = (isum as f32).mul_add(f32_at(ds, 4 * b) * f32_at(y, 0), sumf);
+    for (b, y) in x.chunks_exact(q8_k::BYTES).take(nb).enumerate() {
+        let (q, l) = (&qs[256 * b..256 * (b + 1)], &ls[16 * b..16 * (b + 1)]);
+        sumf = fma_block(q, l, f32_at(ds, 4 * b), y, sumf);
     }
     sumf
+}
+
+/// One decoded block (`q` as bytes, `ls`, `dw`) against the Q8_K block `y`:
+/// `fma(sum_g ls[g] * sum_{i in g} q[i] * y[i], dw * dy, sumf)`.
+fn fma_block(q: &[u8], ls: &[u8], dw: f32, y: &[u8], sumf: f32) -> f32 {
+    let mut isum = 0i32;
+    for g in 0..16 {
+        let s: i32 = q[16 * g..16 * g + 16]
+            .iter()
+            .zip(&y[q8_k::QS + 16 * g..q8_k::QS + 16 * g + 16])
+            .map(|(&w, &a)| w as i8 as i32 * a as i8 as i32)
+            .sum();
+        isum += ls[g] as i32 * s;
+    }
+    (isum as f32).mul_add(dw * f32_at(y, 0), sumf)
 }

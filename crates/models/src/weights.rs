@@ -106,30 +106,8 @@ pub fn gguf_name(hf: &str) -> String {
 
 /// The kernel type of a GGUF encoding, when Seek's kernels compute with it.
 fn kernel_type(t: GgmlType) -> Option<QType> {
-    Some(match t {
-        GgmlType::Q4_0 => QType::Q4_0,
-        GgmlType::Q4_1 => QType::Q4_1,
-        GgmlType::Q5_0 => QType::Q5_0,
-        GgmlType::Q5_1 => QType::Q5_1,
-        GgmlType::Q8_0 => QType::Q8_0,
-        GgmlType::Q2K => QType::Q2K,
-        GgmlType::Q3K => QType::Q3K,
-        GgmlType::Q4K => QType::Q4K,
-        GgmlType::Q5K => QType::Q5K,
-        GgmlType::Q6K => QType::Q6K,
-        GgmlType::IQ4NL => QType::IQ4NL,
-        GgmlType::IQ4XS => QType::IQ4XS,
-        GgmlType::IQ2XXS => QType::IQ2XXS,
-        GgmlType::IQ2XS => QType::IQ2XS,
-        GgmlType::IQ3XXS => QType::IQ3XXS,
-        GgmlType::IQ1S => QType::IQ1S,
-        GgmlType::IQ3S => QType::IQ3S,
-        GgmlType::IQ2S => QType::IQ2S,
-        GgmlType::IQ1M => QType::IQ1M,
-        GgmlType::TQ1_0 => QType::TQ1_0,
-        GgmlType::TQ2_0 => QType::TQ2_0,
-        _ => return None,
-    })
+    // The kernels name their types as ggml does.
+    QType::from_name(t.name())
 }
 
 fn ggml_dtype(t: GgmlType) -> Result<GgmlDType> {
@@ -474,9 +452,11 @@ pub enum RowCodec {
 
 impl RowCodec {
     fn of(t: GgmlType) -> Result<Self> {
-        match kernel_type(t) {
-            Some(q) if ggml_dtype(t).is_err() => Ok(Self::Kernel(q)),
-            _ => Ok(Self::Candle(ggml_dtype(t)?)),
+        // candle decodes what it knows; the I-quants are the kernels' alone.
+        match (ggml_dtype(t), kernel_type(t)) {
+            (Ok(d), _) => Ok(Self::Candle(d)),
+            (Err(_), Some(q)) => Ok(Self::Kernel(q)),
+            (Err(e), None) => Err(e),
         }
     }
 
